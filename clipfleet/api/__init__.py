@@ -1,0 +1,1 @@
+"""HTTP layer: schemas, routes and the FastAPI app the ingress deployment serves."""

@@ -1,0 +1,58 @@
+"""The FastAPI app served by the ingress deployment."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clipfleet.api import deps, routes_health, routes_v1
+from clipfleet.api.errors import envelope, error_response, handle_exception
+from clipfleet.config import ApiLimits
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_MAX_REQUEST_ID = 128
+
+
+def body_limit() -> int:
+    service = deps.current_service()
+    return (service.args.limits if service else ApiLimits()).max_body_bytes
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="clipfleet",
+        version="0.1.0",
+        description="CLIP and ResNet embeddings, CLIP scores and zero-shot tags on Ray Serve.",
+    )
+    app.include_router(routes_health.router)
+    app.include_router(routes_v1.router)
+    app.add_exception_handler(RequestValidationError, handle_exception)
+    app.add_exception_handler(StarletteHTTPException, handle_exception)
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next) -> JSONResponse:
+        # Ray Serve's proxy assigns X-Request-ID (honouring the client's) and returns it.
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        request_id = incoming[:_MAX_REQUEST_ID] if incoming.isprintable() and incoming else ""
+        request.state.request_id = request_id or uuid.uuid4().hex
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > body_limit():
+            response = envelope(
+                413,
+                "payload_too_large",
+                f"the request body is {declared} bytes; the limit is {body_limit()}",
+            )
+        else:
+            try:
+                response = await call_next(request)
+            except Exception as exc:  # every error leaves through the one envelope
+                response = error_response(request, exc)
+        if REQUEST_ID_HEADER not in response.headers and not incoming:
+            response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        return response
+
+    return app

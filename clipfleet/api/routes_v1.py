@@ -1,0 +1,111 @@
+"""The v1 JSON API and its multipart upload variants."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
+
+from clipfleet.api.schemas import (
+    EmbeddingResponse,
+    EmbedImageRequest,
+    EmbedTextRequest,
+    ErrorResponse,
+    ImageRef,
+    ScoreRequest,
+    ScoreResponse,
+    TagRequest,
+    TagResponse,
+)
+from clipfleet.fetch import ImageSource
+from clipfleet.service import ClipfleetService
+
+from .deps import get_service
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 502, 503, 504)}
+router = APIRouter(prefix="/v1", tags=["v1"], responses=ERRORS)
+Service = Annotated[ClipfleetService, Depends(get_service)]
+PROFILE_HEADER = "X-Clipfleet-Profile"
+
+
+def source_of(ref: ImageRef) -> ImageSource:
+    return ImageSource(url=ref.url, base64=ref.base64)
+
+
+async def source_of_upload(upload: UploadFile) -> ImageSource:
+    return ImageSource(data=await upload.read())
+
+
+def _served(response: Response, body: dict) -> dict:
+    response.headers[PROFILE_HEADER] = body["profile"]
+    return body
+
+
+@router.post("/embed/image", response_model=EmbeddingResponse)
+async def embed_image(body: EmbedImageRequest, service: Service, response: Response):
+    sources = [source_of(ref) for ref in body.images]
+    return _served(response, await service.embed_images(sources, body.encoder, body.profile))
+
+
+@router.post("/embed/text", response_model=EmbeddingResponse)
+async def embed_text(body: EmbedTextRequest, service: Service, response: Response):
+    return _served(response, await service.embed_texts(body.texts, body.profile))
+
+
+@router.post("/score", response_model=ScoreResponse)
+async def score(body: ScoreRequest, service: Service, response: Response):
+    pairs = [(source_of(pair.image), pair.text) for pair in body.pairs]
+    return _served(response, await service.score(pairs, body.profile))
+
+
+@router.post("/tag", response_model=TagResponse)
+async def tag(body: TagRequest, service: Service, response: Response):
+    result = await service.tag(
+        source_of(body.image), body.labels, body.top_k, body.prompt_template, body.profile
+    )
+    return _served(response, result)
+
+
+@router.post("/embed/image/upload", response_model=EmbeddingResponse)
+async def embed_image_upload(
+    service: Service,
+    response: Response,
+    image: Annotated[list[UploadFile], File(description="one or more image files")],
+    encoder: Annotated[Literal["clip", "resnet"], Form()] = "clip",
+    profile: Annotated[str | None, Form()] = None,
+):
+    sources = [await source_of_upload(upload) for upload in image]
+    return _served(response, await service.embed_images(sources, encoder, profile))
+
+
+@router.post("/score/upload", response_model=ScoreResponse)
+async def score_upload(
+    service: Service,
+    response: Response,
+    image: Annotated[UploadFile, File()],
+    text: Annotated[str, Form(min_length=1)],
+    profile: Annotated[str | None, Form()] = None,
+):
+    pairs = [(await source_of_upload(image), text)]
+    return _served(response, await service.score(pairs, profile))
+
+
+@router.post("/tag/upload", response_model=TagResponse)
+async def tag_upload(
+    service: Service,
+    response: Response,
+    image: Annotated[UploadFile, File()],
+    labels: Annotated[list[str] | None, Form(description="repeat the field per label")] = None,
+    top_k: Annotated[int, Form(ge=1, le=4096)] = 5,
+    prompt_template: Annotated[str | None, Form()] = None,
+    profile: Annotated[str | None, Form()] = None,
+):
+    result = await service.tag(
+        await source_of_upload(image), labels, top_k, prompt_template, profile
+    )
+    return _served(response, result)
+
+
+@router.get("/models")
+async def models(service: Service):
+    return await service.models()

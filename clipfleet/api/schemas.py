@@ -1,0 +1,105 @@
+"""Typed, bounded request and response bodies of the v1 API.
+
+The bounds here are hard caps that reject absurd input before any work is done; the
+operator's (smaller) limits from serve_config.yaml are enforced by the service.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+HARD_MAX_ITEMS = 4096
+HARD_MAX_TEXT = 100_000
+HARD_MAX_BASE64 = 64 * 1024 * 1024
+
+Text = Annotated[str, Field(min_length=1, max_length=HARD_MAX_TEXT)]
+ProfileName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageRef(Strict):
+    """An image by http(s) `url` or inline `base64` (a data: URL prefix is accepted)."""
+
+    url: str | None = Field(None, min_length=1, max_length=8192)
+    base64: str | None = Field(None, min_length=1, max_length=HARD_MAX_BASE64)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ImageRef:
+        if (self.url is None) == (self.base64 is None):
+            raise ValueError("give exactly one of `url` or `base64`")
+        return self
+
+
+class EmbedImageRequest(Strict):
+    images: list[ImageRef] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
+    encoder: Literal["clip", "resnet"] = "clip"
+    profile: ProfileName | None = None
+
+
+class EmbedTextRequest(Strict):
+    texts: list[Text] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
+    profile: ProfileName | None = None
+
+
+class ScorePair(Strict):
+    image: ImageRef
+    text: Text
+
+
+class ScoreRequest(Strict):
+    pairs: list[ScorePair] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
+    profile: ProfileName | None = None
+
+
+class TagRequest(Strict):
+    image: ImageRef
+    labels: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, min_length=1, max_length=HARD_MAX_ITEMS
+    )
+    top_k: int = Field(5, ge=1, le=HARD_MAX_ITEMS)
+    prompt_template: str | None = Field(None, min_length=1, max_length=500)
+    profile: ProfileName | None = None
+
+
+class Served(BaseModel):
+    profile: str
+    model: str
+
+
+class EmbeddingResponse(Served):
+    embeddings: list[list[float]]
+    dim: int
+    encoder: Literal["clip", "resnet"]
+
+
+class ScoreResult(BaseModel):
+    clip_score: float
+    cosine: float
+
+
+class ScoreResponse(Served):
+    results: list[ScoreResult]
+
+
+class Tag(BaseModel):
+    label: str
+    confidence: float
+
+
+class TagResponse(Served):
+    tags: list[Tag]
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,175 @@
+"""Typed application arguments: the `args:` block of serve_config.yaml.
+
+Everything here is validated by pydantic before any deployment starts, and unknown keys are
+rejected, so a typo in serve_config.yaml fails `serve run` instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+RANDOM_WEIGHTS_ENV = "CLIPFLEET_RANDOM_WEIGHTS"
+_TRUE_WORDS = {"1", "true", "yes", "on"}
+_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def random_weights_enabled() -> bool:
+    """True when CLIPFLEET_RANDOM_WEIGHTS asks for random initialisation (testing only)."""
+    return os.environ.get(RANDOM_WEIGHTS_ENV, "").strip().lower() in _TRUE_WORDS
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClipModelSpec(StrictModel):
+    """Which CLIP to load and from where.
+
+    backend=open_clip: `model` is an open_clip architecture name (ViT-B-32) or `hf-hub:org/repo`;
+    `pretrained` is an open_clip tag (laion2b_s34b_b79k, openai) or a local checkpoint file.
+    backend=transformers: `model` is a Hugging Face CLIP id or a local directory.
+    `architecture` only matters in random-weights mode for hub ids, whose architecture can't be
+    read offline: the open_clip name (or transformers id) whose shape to build instead.
+    """
+
+    backend: Literal["open_clip", "transformers"] = "open_clip"
+    model: str = Field(min_length=1)
+    pretrained: str | None = None
+    architecture: str | None = None
+
+    @model_validator(mode="after")
+    def _pretrained_only_for_open_clip(self) -> ClipModelSpec:
+        if self.backend == "transformers" and self.pretrained:
+            raise ValueError(
+                "`pretrained` is only for backend open_clip; for transformers put the hub id or "
+                "local directory in `model`"
+            )
+        return self
+
+
+class ResNetSpec(StrictModel):
+    """A torchvision classification model used as a feature extractor.
+
+    `weights` is a torchvision weights enum name (IMAGENET1K_V2, DEFAULT) or a local state-dict
+    file; `transforms_from` names the weights enum whose transforms to use with a local file.
+    """
+
+    model: str = "resnet50"
+    weights: str = "IMAGENET1K_V2"
+    transforms_from: str = "DEFAULT"
+
+
+class ProfileSpec(StrictModel):
+    clip: ClipModelSpec
+    resnet: ResNetSpec = ResNetSpec()
+
+
+class BatchingConfig(StrictModel):
+    """Dynamic batching knobs; also the encoders' `user_config` (changeable live)."""
+
+    max_batch_size: int = Field(16, ge=1, le=512)
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0)
+
+
+class FetchLimits(StrictModel):
+    timeout_s: float = Field(10.0, gt=0, le=120)
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(50_000_000, ge=64)
+    min_side: int = Field(8, ge=1)
+    max_redirects: int = Field(5, ge=0, le=20)
+    # Images are downscaled (JPEG draft mode + resize) so that their shorter side is at most this
+    # before they are shipped to encoders: big enough for every model's own preprocessing.
+    ship_shortest_side: int = Field(448, ge=64, le=4096)
+    connection_limit: int = Field(64, ge=1)
+    allowed_content_types: tuple[str, ...] = (
+        "image/jpeg",
+        "image/png",
+        "image/webp",
+        "image/gif",
+        "image/bmp",
+        "image/tiff",
+        "application/octet-stream",
+    )
+
+
+class ApiLimits(StrictModel):
+    max_items: int = Field(64, ge=1, le=4096)
+    max_text_chars: int = Field(1000, ge=1, le=100_000)
+    max_labels: int = Field(256, ge=1, le=10_000)
+    max_top_k: int = Field(50, ge=1)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+
+
+DEFAULT_LABELS: tuple[str, ...] = (
+    # seed 002's label sets: pet types and fur lengths
+    "cat",
+    "dog",
+    "hamster",
+    "rabbit",
+    "bird",
+    "fish",
+    "turtle",
+    "snake",
+    "lizard",
+    "long-hair",
+    "short-hair",
+    "medium-hair",
+)
+
+
+class AppArgs(StrictModel):
+    profiles: dict[str, ProfileSpec]
+    default_profile: str = "fast"
+    batching: BatchingConfig = BatchingConfig()
+    fetch: FetchLimits = FetchLimits()
+    limits: ApiLimits = ApiLimits()
+    default_labels: tuple[str, ...] = DEFAULT_LABELS
+    prompt_template: str = "a photo of a {label}."
+
+    @field_validator("profiles")
+    @classmethod
+    def _profile_names(cls, profiles: dict[str, ProfileSpec]) -> dict[str, ProfileSpec]:
+        if not profiles:
+            raise ValueError("at least one profile is required")
+        for name in profiles:
+            if not _NAME_PATTERN.match(name):
+                raise ValueError(
+                    f"profile name {name!r} must be lowercase letters, digits, '_' or '-'"
+                )
+        return profiles
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_has_label(cls, template: str) -> str:
+        if "{label}" not in template:
+            raise ValueError("prompt_template must contain '{label}'")
+        return template
+
+    @model_validator(mode="after")
+    def _default_profile_exists(self) -> AppArgs:
+        if self.default_profile not in self.profiles:
+            raise ValueError(
+                f"default_profile {self.default_profile!r} is not one of {sorted(self.profiles)}"
+            )
+        resnet_names: dict[str, ResNetSpec] = {}
+        for spec in self.profiles.values():
+            name = resnet_deployment_name(spec.resnet)
+            if resnet_names.setdefault(name, spec.resnet) != spec.resnet:
+                raise ValueError(
+                    f"two profiles use ResNet model {spec.resnet.model!r} with different weights;"
+                    " use one weights setting per torchvision model"
+                )
+        return self
+
+
+def clip_deployment_name(profile: str) -> str:
+    return f"clip_{profile}"
+
+
+def resnet_deployment_name(spec: ResNetSpec) -> str:
+    """Profiles that name the same ResNet share one deployment (one copy of the weights)."""
+    return f"resnet_{spec.model}"

@@ -1,0 +1,1 @@
+"""Plain model classes: load, preprocess, batched forward, postprocess. No Ray in here."""

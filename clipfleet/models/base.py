@@ -1,0 +1,124 @@
+"""The interface every encoder exposes, and the batched-forward plumbing they share."""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipfleet.models.device import DevicePlan, inference, l2_normalize
+
+logger = logging.getLogger("clipfleet.models")
+
+WARMUP_IMAGE_SIDE = 64
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be built or its weights could not be loaded."""
+
+
+@dataclass
+class ModelInfo:
+    family: str  # "clip" or "resnet"
+    backend: str
+    model: str
+    weights: str  # "pretrained:<tag>", "file:<path>", "hub:<id>", "torchvision:<enum>", "random"
+    embed_dim: int
+    device: str
+    load_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights == "random"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "backend": self.backend,
+            "model": self.model,
+            "weights": self.weights,
+            "random_weights": self.random_weights,
+            "embed_dim": self.embed_dim,
+            "device": self.device,
+            "load_seconds": round(self.load_seconds, 3),
+            **self.extra,
+        }
+
+
+def to_pil(image: np.ndarray | Image.Image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 uint8 array, got {image.dtype} {image.shape}")
+    return Image.fromarray(image, mode="RGB")
+
+
+class ImageEncoderModel(ABC):
+    """Split into preprocess (per item, CPU) and a batched forward (CPU or GPU)."""
+
+    info: ModelInfo
+    plan: DevicePlan
+
+    @abstractmethod
+    def preprocess_image(self, image: np.ndarray | Image.Image) -> torch.Tensor:
+        """One decoded RGB image -> the model's input tensor (C, H, W)."""
+
+    @abstractmethod
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """A (N, C, H, W) batch on the model's device -> (N, D) unnormalised features."""
+
+    def encode_images(self, pixel_batch: list[torch.Tensor]) -> np.ndarray:
+        """Preprocessed tensors -> (N, D) L2-normalised float32 embeddings."""
+        stacked = torch.stack(pixel_batch).to(self.plan.device, non_blocking=True)
+        return self._run(self._image_features, stacked)
+
+    def embed_images(self, images: list[np.ndarray | Image.Image]) -> np.ndarray:
+        """Convenience for callers without a batcher: preprocess + forward."""
+        return self.encode_images([self.preprocess_image(image) for image in images])
+
+    def _run(self, forward: Callable[[Any], torch.Tensor], inputs: Any) -> np.ndarray:
+        with inference(self.plan):
+            features = forward(inputs)
+        return l2_normalize(features).cpu().numpy().astype(np.float32, copy=False)
+
+    def warmup(self) -> float:
+        """One real forward pass; returns its duration in seconds."""
+        started = time.perf_counter()
+        blank = np.full((WARMUP_IMAGE_SIDE, WARMUP_IMAGE_SIDE, 3), 127, dtype=np.uint8)
+        self.embed_images([blank])
+        return time.perf_counter() - started
+
+
+class ClipModel(ImageEncoderModel):
+    """A CLIP: images and texts into one L2-normalised space."""
+
+    logit_scale: float
+
+    @abstractmethod
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> (N, D) unnormalised features (tokenisation included)."""
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return self._run(self._text_features, texts)
+
+    def warmup(self) -> float:
+        started = time.perf_counter()
+        super().warmup()
+        self.encode_texts(["a photo of a cat."])
+        return time.perf_counter() - started
+
+
+def report_random_weights(description: str) -> None:
+    logger.warning(
+        "RANDOM WEIGHTS: %s is built with random initialisation (CLIPFLEET_RANDOM_WEIGHTS=1). "
+        "Its embeddings and scores are meaningless; use this mode for tests only.",
+        description,
+    )

@@ -1,0 +1,96 @@
+"""CLIP through open_clip: builtin names with a pretrained tag or file, hf-hub: ids, local-dir:."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+from clipfleet.config import ClipModelSpec
+from clipfleet.models.base import ClipModel, ModelInfo, ModelLoadError, report_random_weights, to_pil
+from clipfleet.models.device import DevicePlan
+
+_SCHEMAS = ("hf-hub:", "local-dir:")
+
+
+def describe_weights(spec: ClipModelSpec, random_weights: bool) -> str:
+    if random_weights:
+        return "random"
+    if spec.model.startswith("hf-hub:"):
+        return f"hub:{spec.model.removeprefix('hf-hub:')}"
+    if spec.model.startswith("local-dir:"):
+        return f"dir:{spec.model.removeprefix('local-dir:')}"
+    if spec.pretrained and Path(spec.pretrained).expanduser().is_file():
+        return f"file:{spec.pretrained}"
+    if spec.pretrained:
+        return f"pretrained:{spec.pretrained}"
+    raise ModelLoadError(
+        f"open_clip model {spec.model!r} has no `pretrained` tag or file; set one "
+        f"(see open_clip.list_pretrained()) or use CLIPFLEET_RANDOM_WEIGHTS=1 for random weights"
+    )
+
+
+def random_architecture(spec: ClipModelSpec) -> str:
+    """The architecture to build when no weights may be loaded (hub configs can't be read)."""
+    if spec.model.startswith("hf-hub:"):
+        if not spec.architecture:
+            raise ModelLoadError(
+                f"random-weights mode can't read the architecture of {spec.model!r} offline; "
+                "set `architecture` (an open_clip model name such as ViT-B-32) in its spec"
+            )
+        return spec.architecture
+    return spec.architecture or spec.model
+
+
+class OpenClipModel(ClipModel):
+    def __init__(self, spec: ClipModelSpec, plan: DevicePlan, random_weights: bool) -> None:
+        started = time.perf_counter()
+        self.plan = plan
+        weights = describe_weights(spec, random_weights)
+        name = random_architecture(spec) if random_weights else spec.model
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name,
+                pretrained=None if random_weights or name.startswith(_SCHEMAS) else spec.pretrained,
+                load_weights=not random_weights,
+                pretrained_text=not random_weights,
+                device=plan.device,
+            )
+            self._tokenizer = open_clip.get_tokenizer(name)
+        except Exception as exc:  # any failure to build/load is a start-up error with advice
+            raise ModelLoadError(
+                f"could not load open_clip model {spec.model!r} (pretrained={spec.pretrained!r}): "
+                f"{exc}. Pre-fetch weights with `make weights` on a machine with internet, point "
+                "`pretrained` at a local checkpoint file, or set CLIPFLEET_RANDOM_WEIGHTS=1 "
+                "(random weights, tests only)."
+            ) from exc
+        if random_weights:
+            report_random_weights(f"open_clip {name}")
+        self._model = model.eval()
+        self._preprocess = preprocess
+        self.logit_scale = float(model.logit_scale.exp().item())
+        embed_dim = int(self.encode_texts(["probe"]).shape[1])
+        self.info = ModelInfo(
+            family="clip",
+            backend="open_clip",
+            model=spec.model,
+            weights=weights,
+            embed_dim=embed_dim,
+            device=plan.name,
+            load_seconds=time.perf_counter() - started,
+            extra={"logit_scale": round(self.logit_scale, 4)},
+        )
+
+    def preprocess_image(self, image: np.ndarray | Image.Image) -> torch.Tensor:
+        return self._preprocess(to_pil(image))
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._model.encode_image(pixels)
+
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        tokens = self._tokenizer(texts).to(self.plan.device)
+        return self._model.encode_text(tokens)

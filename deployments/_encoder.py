@@ -1,0 +1,74 @@
+"""What the CLIP and ResNet encoder deployments share: device set-up, batching, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import serve
+
+from clipfleet.config import BatchingConfig
+from clipfleet.models.base import ImageEncoderModel
+from clipfleet.models.device import DevicePlan, choose_device, set_torch_threads, torch_threads_for
+
+logger = logging.getLogger("ray.serve")
+
+DEFAULT_BATCHING = BatchingConfig()
+
+
+def prepare_replica() -> DevicePlan:
+    """Choose the device and size torch's thread pool to the CPUs this replica was given."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    set_torch_threads(torch_threads_for(cpus))
+    return choose_device()
+
+
+class BatchedImageEncoder:
+    """Per item: preprocess on the event loop's thread pool; per batch: one forward pass."""
+
+    model: ImageEncoderModel
+
+    def _init_stats(self) -> None:
+        self.batch_sizes: Counter[int] = Counter()
+        self.warmup_seconds = self.model.warmup()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """user_config: {max_batch_size, batch_wait_timeout_s}; unknown keys are rejected."""
+        batching = BatchingConfig(**(user_config or {}))
+        for batched in self._batched_methods():
+            batched.set_max_batch_size(batching.max_batch_size)
+            batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self.batching = batching
+        logger.info("batching set to %s", batching.model_dump())
+
+    def _batched_methods(self) -> list:
+        return [self._image_batch]
+
+    async def embed_image(self, image: np.ndarray) -> np.ndarray:
+        pixels = await asyncio.to_thread(self.model.preprocess_image, image)
+        return await self._image_batch(pixels)
+
+    @serve.batch(
+        max_batch_size=DEFAULT_BATCHING.max_batch_size,
+        batch_wait_timeout_s=DEFAULT_BATCHING.batch_wait_timeout_s,
+    )
+    async def _image_batch(self, pixel_batch: list[torch.Tensor]) -> list[np.ndarray]:
+        self.batch_sizes[len(pixel_batch)] += 1
+        return list(await asyncio.to_thread(self.model.encode_images, pixel_batch))
+
+    def describe(self) -> dict[str, Any]:
+        context = serve.get_replica_context()
+        return {
+            **self.model.info.as_dict(),
+            "replica_id": context.replica_id.unique_id,
+            "ready": True,
+            "warmup_seconds": round(self.warmup_seconds, 3),
+            "batching": self.batching.model_dump(),
+            "batch_sizes": dict(sorted(self.batch_sizes.items())),
+            "torch_threads": torch.get_num_threads(),
+        }

@@ -1,0 +1,27 @@
+"""Scoring deployment: CLIP score / cosine for pairs, zero-shot tags."""
+
+from __future__ import annotations
+
+import numpy as np
+from ray import serve
+
+from clipfleet.scoring import clip_scores, zero_shot
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
+class Scorer:
+    def score_pair(self, image_embedding: np.ndarray, text_embedding: np.ndarray) -> dict:
+        return clip_scores(image_embedding, text_embedding)[0]
+
+    def tag(
+        self,
+        image_embedding: np.ndarray,
+        label_embeddings: np.ndarray,
+        labels: list[str],
+        logit_scale: float,
+        top_k: int,
+    ) -> list[dict]:
+        return zero_shot(image_embedding, label_embeddings, labels, logit_scale, top_k)
+
+    def describe(self) -> dict:
+        return {"ready": True, "replica_id": serve.get_replica_context().replica_id.unique_id}

@@ -1,0 +1,1 @@
+"""Application builders: bind the deployment graph from typed arguments."""

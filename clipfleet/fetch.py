@@ -78,7 +78,9 @@ class ImageFetcher:
     async def read_bytes(self, source: ImageSource) -> bytes:
         if source.data is not None:
             if len(source.data) > self.limits.max_bytes:
-                raise PayloadTooLargeError(f"the image is larger than {self.limits.max_bytes} bytes")
+                raise PayloadTooLargeError(
+                    f"the image is larger than {self.limits.max_bytes} bytes"
+                )
             return source.data
         if source.base64 is not None:
             return decode_base64(source.base64, self.limits)
@@ -104,7 +106,9 @@ class ImageFetcher:
                 f"the image url redirected more than {self.limits.max_redirects} times"
             ) from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"the image url could not be fetched: {type(exc).__name__}") from exc
+            raise UpstreamError(
+                f"the image url could not be fetched: {type(exc).__name__}"
+            ) from exc
 
     def _check_content_type(self, content_type: str) -> None:
         media_type = content_type.split(";")[0].strip().lower()

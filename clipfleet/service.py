@@ -156,7 +156,8 @@ class ClipfleetService:
         labels = list(labels or self.args.default_labels)
         if len(labels) > self.args.limits.max_labels:
             raise InvalidRequestError(
-                f"{len(labels)} labels; the limit is {self.args.limits.max_labels}", "labels",
+                f"{len(labels)} labels; the limit is {self.args.limits.max_labels}",
+                "labels",
                 status=413,
             )
         template = prompt_template or self.args.prompt_template
@@ -193,7 +194,11 @@ class ClipfleetService:
             )
             profiles[name] = {
                 "clip": {**spec.clip.model_dump(), "label": profile.clip_label, **clip_info},
-                "resnet": {**spec.resnet.model_dump(), "label": profile.resnet_label, **resnet_info},
+                "resnet": {
+                    **spec.resnet.model_dump(),
+                    "label": profile.resnet_label,
+                    **resnet_info,
+                },
             }
         return {
             "default_profile": self.args.default_profile,

@@ -7,7 +7,6 @@ Graph: Ingress -> ImageFetcher, Scorer, one ClipEncoder per profile, one ResNetE
 distinct ResNet spec (profiles naming the same ResNet share it).
 """
 
-
 import logging
 
 from ray.serve import Application

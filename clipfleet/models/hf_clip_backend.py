@@ -23,7 +23,13 @@ from transformers import (
 )
 
 from clipfleet.config import ClipModelSpec
-from clipfleet.models.base import ClipModel, ModelInfo, ModelLoadError, report_random_weights, to_pil
+from clipfleet.models.base import (
+    ClipModel,
+    ModelInfo,
+    ModelLoadError,
+    report_random_weights,
+    to_pil,
+)
 from clipfleet.models.device import DevicePlan
 
 _BASE_PATCH32: dict = {}

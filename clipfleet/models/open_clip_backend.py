@@ -11,7 +11,13 @@ import torch
 from PIL import Image
 
 from clipfleet.config import ClipModelSpec
-from clipfleet.models.base import ClipModel, ModelInfo, ModelLoadError, report_random_weights, to_pil
+from clipfleet.models.base import (
+    ClipModel,
+    ModelInfo,
+    ModelLoadError,
+    report_random_weights,
+    to_pil,
+)
 from clipfleet.models.device import DevicePlan
 
 _SCHEMAS = ("hf-hub:", "local-dir:")

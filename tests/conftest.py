@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny random-init models written to disk once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    from tests.support.tiny_models import make_hf_clip_dir, make_open_clip_dir, make_resnet_file
+
+    folder = tmp_path_factory.mktemp("models")
+    make_open_clip_dir(folder / "open_clip")
+    make_hf_clip_dir(folder / "hf_clip")
+    make_resnet_file(folder / "resnet18.pt")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_args(model_dir):
+    from tests.support.local_dag import tiny_app_args
+
+    return tiny_app_args(model_dir)

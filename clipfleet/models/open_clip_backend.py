@@ -64,6 +64,7 @@ class OpenClipModel(ClipModel):
                 pretrained=None if random_weights or name.startswith(_SCHEMAS) else spec.pretrained,
                 load_weights=not random_weights,
                 pretrained_text=not random_weights,
+                require_pretrained=not random_weights,  # never a silent random fallback
                 device=plan.device,
             )
             self._tokenizer = open_clip.get_tokenizer(name)

@@ -19,3 +19,54 @@ def image_bytes(width: int = 96, height: int = 72, fmt: str = "JPEG", seed: int 
 
 def image_base64(**kwargs) -> str:
     return base64.b64encode(image_bytes(**kwargs)).decode()
+
+
+class ImageServer:
+    """A loopback aiohttp server for fetch tests: /img.jpg, /big, /slow, /html, /missing, /loop."""
+
+    def __init__(self) -> None:
+        self.base_url = ""
+        self._runner = None
+
+    async def start(self) -> ImageServer:
+        from aiohttp import web
+
+        async def image(request):
+            return web.Response(body=image_bytes(), content_type="image/jpeg")
+
+        async def big(request):
+            response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+            await response.prepare(request)
+            for _ in range(64):  # 4 MiB, with no Content-Length
+                await response.write(b"\xff" * 65536)
+            return response
+
+        async def slow(request):
+            import asyncio
+
+            await asyncio.sleep(5)
+            return web.Response(body=image_bytes(), content_type="image/jpeg")
+
+        async def html(request):
+            return web.Response(text="<html></html>", content_type="text/html")
+
+        async def loop(request):
+            raise web.HTTPFound("/loop")
+
+        app = web.Application()
+        app.router.add_get("/img.jpg", image)
+        app.router.add_get("/big", big)
+        app.router.add_get("/slow", slow)
+        app.router.add_get("/html", html)
+        app.router.add_get("/loop", loop)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -1,0 +1,61 @@
+"""ImageFetcher against a loopback server: success and every upstream failure's status."""
+
+from __future__ import annotations
+
+import pytest
+
+from clipfleet.config import FetchLimits
+from clipfleet.errors import ClipfleetError, InvalidRequestError
+from clipfleet.fetch import ImageFetcher, ImageSource
+from tests.support.images import ImageServer, image_base64, image_bytes
+
+
+@pytest.fixture
+async def server():
+    started = await ImageServer().start()
+    yield started
+    await started.stop()
+
+
+@pytest.fixture
+async def fetcher():
+    instance = ImageFetcher(FetchLimits(timeout_s=1.0, max_bytes=1024 * 1024, max_redirects=2))
+    yield instance
+    await instance.close()
+
+
+async def test_fetches_and_decodes(server, fetcher):
+    pixels = await fetcher.load(ImageSource(url=f"{server.base_url}/img.jpg"))
+    assert pixels.shape == (72, 96, 3)
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/missing", 502), ("/slow", 504), ("/big", 413), ("/html", 415), ("/loop", 502)],
+)
+async def test_upstream_failures_map_to_statuses(server, fetcher, path, status):
+    with pytest.raises(ClipfleetError) as caught:
+        await fetcher.load(ImageSource(url=server.base_url + path))
+    assert caught.value.status == status, caught.value.message
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/a.jpg", "file:///etc/passwd", "not a url"])
+async def test_only_http_urls(fetcher, url):
+    with pytest.raises(InvalidRequestError):
+        await fetcher.load(ImageSource(url=url))
+
+
+async def test_base64_and_raw_bytes(fetcher):
+    assert (await fetcher.load(ImageSource(base64=image_base64()))).shape == (72, 96, 3)
+    data_url = "data:image/jpeg;base64," + image_base64()
+    assert (await fetcher.load(ImageSource(base64=data_url))).shape == (72, 96, 3)
+    assert (await fetcher.load(ImageSource(data=image_bytes()))).shape == (72, 96, 3)
+    with pytest.raises(InvalidRequestError):
+        await fetcher.load(ImageSource(base64="not base64!"))
+
+
+def test_exactly_one_source():
+    with pytest.raises(InvalidRequestError):
+        ImageSource()
+    with pytest.raises(InvalidRequestError):
+        ImageSource(url="http://a/b.jpg", data=b"x")

@@ -1,0 +1,63 @@
+"""serve_config.yaml is valid for Ray and for AppArgs, and names only deployments that exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from clipfleet.config import AppArgs, clip_deployment_name, resnet_deployment_name
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXED_DEPLOYMENTS = {"Ingress", "ImageFetcher", "Scorer"}
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+def deployment_names(args: AppArgs) -> set[str]:
+    names = set(FIXED_DEPLOYMENTS)
+    for profile, spec in args.profiles.items():
+        names |= {clip_deployment_name(profile), resnet_deployment_name(spec.resnet)}
+    return names
+
+
+def test_serve_config_validates_against_ray_and_app_args():
+    config = load("serve_config.yaml")
+    ServeDeploySchema.model_validate(config)
+    for app in config["applications"]:
+        assert app["import_path"] == "pipelines.app:build_app"
+        args = AppArgs(**app["args"])
+        assert {"fast", "accurate"} <= set(args.profiles)
+        configured = {deployment["name"] for deployment in app["deployments"]}
+        assert configured <= deployment_names(args), configured - deployment_names(args)
+
+
+def test_real_default_models():
+    args = AppArgs(**load("serve_config.yaml")["applications"][0]["args"])
+    fast, accurate = args.profiles["fast"], args.profiles["accurate"]
+    assert (fast.clip.model, fast.clip.pretrained) == ("ViT-B-32", "laion2b_s34b_b79k")
+    assert (accurate.clip.model, accurate.clip.pretrained) == ("ViT-L-14", "openai")
+    assert fast.resnet.model == accurate.resnet.model == "resnet50"
+
+
+def test_encoder_user_config_is_valid_batching():
+    from clipfleet.config import BatchingConfig
+
+    for deployment in load("serve_config.yaml")["applications"][0]["deployments"]:
+        if "user_config" in deployment:
+            BatchingConfig(**deployment["user_config"])
+            autoscaling = deployment["autoscaling_config"]
+            # encoders must admit at least one full batch per replica
+            assert deployment["max_ongoing_requests"] >= deployment["user_config"]["max_batch_size"]
+            assert autoscaling["max_replicas"] >= autoscaling["min_replicas"]
+
+
+def test_a_typo_in_args_is_rejected():
+    args = dict(load("serve_config.yaml")["applications"][0]["args"])
+    args["batchng"] = {}
+    with pytest.raises(ValueError, match="batchng"):
+        AppArgs(**args)

@@ -63,16 +63,59 @@ class ResNetSpec(StrictModel):
     transforms_from: str = "DEFAULT"
 
 
+STABLE_VARIANT = "stable"
+
+
 class ProfileSpec(StrictModel):
-    clip: ClipModelSpec
+    """A profile's models. `clip:` is shorthand for `variants: {stable: ...}`; more variants
+    (canaries) each get their own encoder deployment, and the Ingress's `user_config` weights
+    split traffic between them."""
+
+    variants: dict[str, ClipModelSpec]
     resnet: ResNetSpec = ResNetSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clip_shorthand(cls, data):
+        if isinstance(data, dict) and "clip" in data:
+            if "variants" in data:
+                raise ValueError("give either `clip` or `variants`, not both")
+            data = {**data, "variants": {STABLE_VARIANT: data["clip"]}}
+            del data["clip"]
+        return data
+
+    @field_validator("variants")
+    @classmethod
+    def _has_stable(cls, variants: dict[str, ClipModelSpec]) -> dict[str, ClipModelSpec]:
+        if STABLE_VARIANT not in variants:
+            raise ValueError(f"variants must include {STABLE_VARIANT!r}")
+        for name in variants:
+            if not _NAME_PATTERN.match(name):
+                raise ValueError(f"variant name {name!r} must be lowercase letters, digits, _ or -")
+        return variants
+
+    @property
+    def clip(self) -> ClipModelSpec:
+        """The stable variant's CLIP."""
+        return self.variants[STABLE_VARIANT]
 
 
 class BatchingConfig(StrictModel):
-    """Dynamic batching knobs; also the encoders' `user_config` (changeable live)."""
+    """Dynamic batching knobs; the defaults of the encoders' `user_config`."""
 
     max_batch_size: int = Field(16, ge=1, le=512)
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0)
+
+
+class EncoderConfig(BatchingConfig):
+    """An encoder's `user_config`, applied live by `reconfigure()` (no replica restart).
+
+    The fault_* knobs inject failures or latency for rollout drills (e.g. proving that a bad
+    canary is rolled back); leave them at 0 in production.
+    """
+
+    fault_error_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    fault_latency_s: float = Field(0.0, ge=0.0, le=30.0)
 
 
 class FetchLimits(StrictModel):
@@ -166,8 +209,8 @@ class AppArgs(StrictModel):
         return self
 
 
-def clip_deployment_name(profile: str) -> str:
-    return f"clip_{profile}"
+def clip_deployment_name(profile: str, variant: str = STABLE_VARIANT) -> str:
+    return f"clip_{profile}" if variant == STABLE_VARIANT else f"clip_{profile}_{variant}"
 
 
 def resnet_deployment_name(spec: ResNetSpec) -> str:

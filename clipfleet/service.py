@@ -1,4 +1,5 @@
-"""What the routes do, over deployment handles: profile routing, fan-out, error attribution.
+"""What the routes do, over deployment handles: profile and variant routing, fan-out, error
+attribution, canary outcome accounting.
 
 Handles only need `.method.remote(...)` returning awaitables, so unit tests can pass fakes.
 """
@@ -6,18 +7,25 @@ Handles only need `.method.remote(...)` returning awaitables, so unit tests can 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clipfleet.config import AppArgs, ClipModelSpec, ResNetSpec
-from clipfleet.errors import ClipfleetError, InvalidRequestError, find_clipfleet_error
+from clipfleet.config import STABLE_VARIANT, AppArgs, ClipModelSpec, ResNetSpec
+from clipfleet.errors import InvalidRequestError, find_clipfleet_error
 from clipfleet.fetch import ImageSource
+from clipfleet.traffic import TrafficConfig, TrafficManager
+
+logger = logging.getLogger("ray.serve")
 
 READINESS_TIMEOUT_S = 5.0
+_NOT_THE_VARIANTS_FAULT = {502, 504}  # an image URL failing upstream says nothing of the model
 
 
 def clip_model_label(spec: ClipModelSpec) -> str:
@@ -29,12 +37,24 @@ def resnet_model_label(spec: ResNetSpec) -> str:
 
 
 @dataclass(frozen=True)
+class Routing:
+    """How the client asked to be routed: a sticky key and/or an explicitly pinned variant."""
+
+    key: str | None = None
+    variant: str | None = None
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
-    clip: Any  # DeploymentHandle of the profile's ClipEncoder
+    clip: dict[str, Any]  # variant -> DeploymentHandle of its ClipEncoder
+    clip_labels: dict[str, str]
     resnet: Any  # DeploymentHandle of the profile's ResNetEncoder
-    clip_label: str
     resnet_label: str
+
+    @property
+    def clip_label(self) -> str:
+        return self.clip_labels[STABLE_VARIANT]
 
 
 async def gather_items(responses: Sequence[Awaitable], field: str) -> list:
@@ -53,13 +73,20 @@ def render_prompt(template: str, label: str) -> str:
     return template.replace("{label}", label)
 
 
+def counts_against_variant(exc: BaseException) -> bool:
+    error = find_clipfleet_error(exc)
+    if error is None:
+        return True
+    return error.status >= 500 and error.status not in _NOT_THE_VARIANTS_FAULT
+
+
 class ClipfleetService:
     def __init__(
         self,
         args: AppArgs,
         fetcher: Any,
         scorer: Any,
-        clip_encoders: dict[str, Any],
+        clip_encoders: dict[str, dict[str, Any]],
         resnet_encoders: dict[str, Any],
     ) -> None:
         self.args = args
@@ -68,16 +95,21 @@ class ClipfleetService:
         self.profiles = {
             name: Profile(
                 name=name,
-                clip=clip_encoders[name],
+                clip=dict(clip_encoders[name]),
+                clip_labels={v: clip_model_label(s) for v, s in spec.variants.items()},
                 resnet=resnet_encoders[name],
-                clip_label=clip_model_label(spec.clip),
                 resnet_label=resnet_model_label(spec.resnet),
             )
             for name, spec in args.profiles.items()
         }
-        self._descriptions: dict[str, dict] = {}
+        self.traffic = TrafficManager({n: list(p.variants) for n, p in args.profiles.items()})
+        self.rollback_listeners: list[Callable[[str, str, str], None]] = []
+        self._logit_scales: dict[tuple[str, str], float] = {}
 
-    # -- validation -------------------------------------------------------------------------
+    def apply_traffic(self, config: TrafficConfig) -> None:
+        self.traffic.apply(config)
+
+    # -- validation and routing -------------------------------------------------------------
     def profile(self, name: str | None) -> Profile:
         name = name or self.args.default_profile
         if name not in self.profiles:
@@ -87,6 +119,19 @@ class ClipfleetService:
                 status=422,
             )
         return self.profiles[name]
+
+    def route(self, profile_name: str | None, routing: Routing | None) -> tuple[Profile, str]:
+        profile = self.profile(profile_name)
+        routing = routing or Routing()
+        try:
+            return profile, self.traffic.choose(profile.name, routing.key, routing.variant)
+        except KeyError:
+            raise InvalidRequestError(
+                f"profile {profile.name!r} has no variant {routing.variant!r}; "
+                f"choose one of {sorted(profile.clip)}",
+                "X-Clipfleet-Variant",
+                status=422,
+            ) from None
 
     def check_count(self, count: int, field: str) -> None:
         if count > self.args.limits.max_items:
@@ -106,43 +151,86 @@ class ClipfleetService:
                     status=422,
                 )
 
+    @contextlib.asynccontextmanager
+    async def _observed(self, profile: Profile, variant: str) -> AsyncIterator[None]:
+        """Feed the request's outcome to the canary guard (client mistakes don't count)."""
+        started = time.monotonic()
+        ok: bool | None = True
+        try:
+            yield
+        except asyncio.CancelledError:
+            ok = None  # the client went away
+            raise
+        except Exception as exc:
+            ok = False if counts_against_variant(exc) else None
+            exc.clipfleet_served = (profile.name, variant)  # error responses name it too
+            raise
+        finally:
+            if ok is not None:
+                latency_s = time.monotonic() - started
+                reason = self.traffic.record(profile.name, variant, ok, latency_s)
+                for listener in self.rollback_listeners if reason else ():
+                    listener(profile.name, variant, reason)
+
     def _fetch(self, source: ImageSource):
         return self.fetcher.fetch.remote(source)
 
+    def _served(self, profile: Profile, variant: str, label: str, **body) -> dict:
+        return {**body, "profile": profile.name, "variant": variant, "model": label}
+
     # -- operations -------------------------------------------------------------------------
     async def embed_images(
-        self, sources: Sequence[ImageSource], encoder: str, profile_name: str | None
+        self,
+        sources: Sequence[ImageSource],
+        encoder: str,
+        profile_name: str | None,
+        routing: Routing | None = None,
     ) -> dict:
-        profile = self.profile(profile_name)
         self.check_count(len(sources), "images")
-        handle = profile.clip if encoder == "clip" else profile.resnet
-        responses = [handle.embed_image.remote(self._fetch(source)) for source in sources]
-        vectors = await gather_items(responses, "images")
-        label = profile.clip_label if encoder == "clip" else profile.resnet_label
-        return _embedding_body(vectors, encoder, profile.name, label)
+        if encoder == "resnet":
+            profile = self.profile(profile_name)
+            responses = [profile.resnet.embed_image.remote(self._fetch(s)) for s in sources]
+            vectors = await gather_items(responses, "images")
+            body = _embedding_body(vectors, encoder)
+            return self._served(profile, STABLE_VARIANT, profile.resnet_label, **body)
+        profile, variant = self.route(profile_name, routing)
+        clip = profile.clip[variant]
+        async with self._observed(profile, variant):
+            responses = [clip.embed_image.remote(self._fetch(source)) for source in sources]
+            vectors = await gather_items(responses, "images")
+        body = _embedding_body(vectors, encoder)
+        return self._served(profile, variant, profile.clip_labels[variant], **body)
 
-    async def embed_texts(self, texts: Sequence[str], profile_name: str | None) -> dict:
-        profile = self.profile(profile_name)
+    async def embed_texts(
+        self, texts: Sequence[str], profile_name: str | None, routing: Routing | None = None
+    ) -> dict:
         self.check_count(len(texts), "texts")
         self.check_texts(texts, "texts")
-        matrix = await profile.clip.embed_texts.remote(list(texts))
-        return _embedding_body(list(matrix), "clip", profile.name, profile.clip_label)
+        profile, variant = self.route(profile_name, routing)
+        async with self._observed(profile, variant):
+            matrix = await profile.clip[variant].embed_texts.remote(list(texts))
+        body = _embedding_body(list(matrix), "clip")
+        return self._served(profile, variant, profile.clip_labels[variant], **body)
 
     async def score(
-        self, pairs: Sequence[tuple[ImageSource, str]], profile_name: str | None
+        self,
+        pairs: Sequence[tuple[ImageSource, str]],
+        profile_name: str | None,
+        routing: Routing | None = None,
     ) -> dict:
-        profile = self.profile(profile_name)
         self.check_count(len(pairs), "pairs")
         self.check_texts([text for _, text in pairs], "pairs")
-        responses = [
-            self.scorer.score_pair.remote(
-                profile.clip.embed_image.remote(self._fetch(source)),
-                profile.clip.embed_text.remote(text),
-            )
-            for source, text in pairs
-        ]
-        results = await gather_items(responses, "pairs")
-        return {"results": results, "profile": profile.name, "model": profile.clip_label}
+        profile, variant = self.route(profile_name, routing)
+        clip = profile.clip[variant]
+        async with self._observed(profile, variant):
+            responses = [
+                self.scorer.score_pair.remote(
+                    clip.embed_image.remote(self._fetch(source)), clip.embed_text.remote(text)
+                )
+                for source, text in pairs
+            ]
+            results = await gather_items(responses, "pairs")
+        return self._served(profile, variant, profile.clip_labels[variant], results=results)
 
     async def tag(
         self,
@@ -151,8 +239,8 @@ class ClipfleetService:
         top_k: int,
         prompt_template: str | None,
         profile_name: str | None,
+        routing: Routing | None = None,
     ) -> dict:
-        profile = self.profile(profile_name)
         labels = list(labels or self.args.default_labels)
         if len(labels) > self.args.limits.max_labels:
             raise InvalidRequestError(
@@ -165,46 +253,72 @@ class ClipfleetService:
             raise InvalidRequestError(
                 "prompt_template must contain '{label}'", "prompt_template", status=422
             )
+        profile, variant = self.route(profile_name, routing)
+        clip = profile.clip[variant]
         prompts = [render_prompt(template, label) for label in labels]
-        logit_scale = (await self.describe_clip(profile))["logit_scale"]
-        try:
-            tags = await self.scorer.tag.remote(
-                profile.clip.embed_image.remote(self._fetch(source)),
-                profile.clip.embed_texts.remote(prompts),
-                labels,
-                logit_scale,
-                min(top_k, self.args.limits.max_top_k, len(labels)),
+        async with self._observed(profile, variant):
+            logit_scale = await self.logit_scale(profile, variant)
+            (tags,) = await gather_items(
+                [
+                    self.scorer.tag.remote(
+                        clip.embed_image.remote(self._fetch(source)),
+                        clip.embed_texts.remote(prompts),
+                        labels,
+                        logit_scale,
+                        min(top_k, self.args.limits.max_top_k, len(labels)),
+                    )
+                ],
+                "image",
             )
-        except Exception as exc:
-            raise _attributed(exc, "image") from exc
-        return {"tags": tags, "profile": profile.name, "model": profile.clip_label}
+        return self._served(profile, variant, profile.clip_labels[variant], tags=tags)
 
     # -- introspection ----------------------------------------------------------------------
-    async def describe_clip(self, profile: Profile) -> dict:
-        if profile.name not in self._descriptions:
-            self._descriptions[profile.name] = await profile.clip.describe.remote()
-        return self._descriptions[profile.name]
+    async def logit_scale(self, profile: Profile, variant: str) -> float:
+        """Fixed per loaded model: asked once per variant."""
+        key = (profile.name, variant)
+        if key not in self._logit_scales:
+            description = await profile.clip[variant].describe.remote()
+            self._logit_scales[key] = description["logit_scale"]
+        return self._logit_scales[key]
 
     async def models(self) -> dict:
         profiles = {}
         for name, profile in self.profiles.items():
             spec = self.args.profiles[name]
-            clip_info, resnet_info = await asyncio.gather(
-                self.describe_clip(profile), profile.resnet.describe.remote()
+            traffic = self.traffic.status(name)
+            variants = dict(
+                zip(
+                    profile.clip,
+                    await asyncio.gather(*(h.describe.remote() for h in profile.clip.values())),
+                    strict=True,
+                )
             )
+            resnet_info = await profile.resnet.describe.remote()
             profiles[name] = {
-                "clip": {**spec.clip.model_dump(), "label": profile.clip_label, **clip_info},
+                "clip": {
+                    variant: {
+                        **spec.variants[variant].model_dump(),
+                        **info,
+                        "label": profile.clip_labels[variant],
+                        "traffic": traffic[variant],
+                    }
+                    for variant, info in variants.items()
+                },
                 "resnet": {
                     **spec.resnet.model_dump(),
-                    "label": profile.resnet_label,
                     **resnet_info,
+                    "label": profile.resnet_label,
                 },
             }
+        random_flags = [
+            info["random_weights"]
+            for entry in profiles.values()
+            for info in [*entry["clip"].values(), entry["resnet"]]
+        ]
         return {
             "default_profile": self.args.default_profile,
-            "random_weights": any(
-                part["random_weights"] for entry in profiles.values() for part in entry.values()
-            ),
+            "random_weights": any(random_flags),
+            "rollback_policy": self.traffic.policy.model_dump(),
             "profiles": profiles,
         }
 
@@ -215,7 +329,9 @@ class ClipfleetService:
             "scorer": self.scorer.describe.remote(),
         }
         for name, profile in self.profiles.items():
-            checks[f"{name}.clip"] = profile.clip.describe.remote()
+            for variant, handle in profile.clip.items():
+                suffix = "" if variant == STABLE_VARIANT else f".{variant}"
+                checks[f"{name}.clip{suffix}"] = handle.describe.remote()
             checks[f"{name}.resnet"] = profile.resnet.describe.remote()
         answers = await asyncio.gather(
             *(asyncio.wait_for(_awaited(check), READINESS_TIMEOUT_S) for check in checks.values()),
@@ -239,20 +355,6 @@ def _summary(description: dict) -> dict:
     return {key: description[key] for key in keys if key in description}
 
 
-def _attributed(exc: BaseException, param: str) -> BaseException:
-    error = find_clipfleet_error(exc)
-    return error.at_param(param) if error is not None else exc
-
-
-def _embedding_body(vectors: list[np.ndarray], encoder: str, profile: str, model: str) -> dict:
-    matrix = np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
-    return {
-        "embeddings": matrix.tolist(),
-        "dim": int(matrix.shape[1]),
-        "encoder": encoder,
-        "profile": profile,
-        "model": model,
-    }
-
-
-__all__ = ["ClipfleetError", "ClipfleetService", "Profile", "gather_items"]
+def _embedding_body(vectors: list[np.ndarray], encoder: str) -> dict:
+    matrix = np.stack(vectors)
+    return {"embeddings": matrix.tolist(), "dim": int(matrix.shape[1]), "encoder": encoder}

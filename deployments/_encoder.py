@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import Counter
 from typing import Any
 
@@ -12,13 +13,13 @@ import ray
 import torch
 from ray import serve
 
-from clipfleet.config import BatchingConfig
+from clipfleet.config import EncoderConfig
 from clipfleet.models.base import ImageEncoderModel
 from clipfleet.models.device import DevicePlan, choose_device, set_torch_threads, torch_threads_for
 
 logger = logging.getLogger("ray.serve")
 
-DEFAULT_BATCHING = BatchingConfig()
+DEFAULT_CONFIG = EncoderConfig()
 
 
 def prepare_replica() -> DevicePlan:
@@ -38,24 +39,31 @@ class BatchedImageEncoder:
         self.warmup_seconds = self.model.warmup()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """user_config: {max_batch_size, batch_wait_timeout_s}; unknown keys are rejected."""
-        batching = BatchingConfig(**(user_config or {}))
+        """user_config: EncoderConfig (batching, fault injection); unknown keys are rejected."""
+        config = EncoderConfig(**(user_config or {}))
         for batched in self._batched_methods():
-            batched.set_max_batch_size(batching.max_batch_size)
-            batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
-        self.batching = batching
-        logger.info("batching set to %s", batching.model_dump())
+            batched.set_max_batch_size(config.max_batch_size)
+            batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self.config = config
+        logger.info("encoder config set to %s", config.model_dump())
+
+    async def _inject_faults(self) -> None:
+        if self.config.fault_latency_s:
+            await asyncio.sleep(self.config.fault_latency_s)
+        if self.config.fault_error_ratio and random.random() < self.config.fault_error_ratio:
+            raise RuntimeError("fault injected by user_config.fault_error_ratio")
 
     def _batched_methods(self) -> list:
         return [self._image_batch]
 
     async def embed_image(self, image: np.ndarray) -> np.ndarray:
+        await self._inject_faults()
         pixels = await asyncio.to_thread(self.model.preprocess_image, image)
         return await self._image_batch(pixels)
 
     @serve.batch(
-        max_batch_size=DEFAULT_BATCHING.max_batch_size,
-        batch_wait_timeout_s=DEFAULT_BATCHING.batch_wait_timeout_s,
+        max_batch_size=DEFAULT_CONFIG.max_batch_size,
+        batch_wait_timeout_s=DEFAULT_CONFIG.batch_wait_timeout_s,
     )
     async def _image_batch(self, pixel_batch: list[torch.Tensor]) -> list[np.ndarray]:
         self.batch_sizes[len(pixel_batch)] += 1
@@ -68,7 +76,7 @@ class BatchedImageEncoder:
             "replica_id": context.replica_id.unique_id,
             "ready": True,
             "warmup_seconds": round(self.warmup_seconds, 3),
-            "batching": self.batching.model_dump(),
+            "config": self.config.model_dump(),
             "batch_sizes": dict(sorted(self.batch_sizes.items())),
             "torch_threads": torch.get_num_threads(),
         }

@@ -9,29 +9,31 @@ from ray import serve
 
 from clipfleet.config import ClipModelSpec, random_weights_enabled
 from clipfleet.models.clip import load_clip_model
-from deployments._encoder import DEFAULT_BATCHING, BatchedImageEncoder, prepare_replica
+from deployments._encoder import DEFAULT_CONFIG, BatchedImageEncoder, prepare_replica
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
 class ClipEncoder(BatchedImageEncoder):
     def __init__(self, spec: ClipModelSpec) -> None:
         self.model = load_clip_model(spec, prepare_replica(), random_weights_enabled())
-        self.batching = DEFAULT_BATCHING
+        self.config = DEFAULT_CONFIG
         self._init_stats()
 
     def _batched_methods(self) -> list:
         return [self._image_batch, self._text_batch]
 
     async def embed_text(self, text: str) -> np.ndarray:
+        await self._inject_faults()
         return await self._text_batch(text)
 
     async def embed_texts(self, texts: list[str]) -> np.ndarray:
         """(N, D) for N texts; each text joins the shared batch queue with other requests'."""
+        await self._inject_faults()
         return np.stack(await asyncio.gather(*(self._text_batch(text) for text in texts)))
 
     @serve.batch(
-        max_batch_size=DEFAULT_BATCHING.max_batch_size,
-        batch_wait_timeout_s=DEFAULT_BATCHING.batch_wait_timeout_s,
+        max_batch_size=DEFAULT_CONFIG.max_batch_size,
+        batch_wait_timeout_s=DEFAULT_CONFIG.batch_wait_timeout_s,
     )
     async def _text_batch(self, texts: list[str]) -> list[np.ndarray]:
         return list(await asyncio.to_thread(self.model.encode_texts, texts))

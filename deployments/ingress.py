@@ -9,6 +9,7 @@ from clipfleet.api.app import create_app
 from clipfleet.api.deps import set_service
 from clipfleet.config import AppArgs
 from clipfleet.service import ClipfleetService
+from clipfleet.traffic import TrafficConfig
 
 app = create_app()
 
@@ -21,7 +22,13 @@ class Ingress:
         args: AppArgs,
         fetcher: DeploymentHandle,
         scorer: DeploymentHandle,
-        clip_encoders: dict[str, DeploymentHandle],
+        clip_encoders: dict[str, dict[str, DeploymentHandle]],
         resnet_encoders: dict[str, DeploymentHandle],
     ) -> None:
-        set_service(ClipfleetService(args, fetcher, scorer, clip_encoders, resnet_encoders))
+        self.service = ClipfleetService(args, fetcher, scorer, clip_encoders, resnet_encoders)
+        set_service(self.service)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """user_config: TrafficConfig (variant weights, rollback policy); validated, unknown
+        keys and unknown profiles/variants rejected; applied without a restart."""
+        self.service.apply_traffic(TrafficConfig(**(user_config or {})))

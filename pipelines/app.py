@@ -3,7 +3,7 @@
 No `from __future__ import annotations` here: Serve reads the real `AppArgs` annotation to
 validate `args`.
 
-Graph: Ingress -> ImageFetcher, Scorer, one ClipEncoder per profile, one ResNetEncoder per
+Graph: Ingress -> ImageFetcher, Scorer, one ClipEncoder per profile variant, one ResNetEncoder per
 distinct ResNet spec (profiles naming the same ResNet share it).
 """
 
@@ -31,9 +31,12 @@ def build_app(args: AppArgs) -> Application:
         logger.warning("CLIPFLEET_RANDOM_WEIGHTS=1: every model gets RANDOM weights (tests only)")
     batching = args.batching.model_dump()
     clip_encoders = {
-        name: ClipEncoder.options(name=clip_deployment_name(name), user_config=batching).bind(
-            spec.clip
-        )
+        name: {
+            variant: ClipEncoder.options(
+                name=clip_deployment_name(name, variant), user_config=batching
+            ).bind(clip_spec)
+            for variant, clip_spec in spec.variants.items()
+        }
         for name, spec in args.profiles.items()
     }
     shared_resnets: dict[str, Application] = {}

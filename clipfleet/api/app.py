@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clipfleet.api import deps, routes_health, routes_v1
+from clipfleet.api import compat, deps, routes_health, routes_v1
 from clipfleet.api.errors import envelope, error_response, handle_exception
 from clipfleet.config import ApiLimits
 
@@ -30,6 +30,8 @@ def create_app() -> FastAPI:
     )
     app.include_router(routes_health.router)
     app.include_router(routes_v1.router)
+    for compat_router in compat.routers:  # the five seeds' drop-in routes (issue 8)
+        app.include_router(compat_router)
     app.add_exception_handler(RequestValidationError, handle_exception)
     app.add_exception_handler(StarletteHTTPException, handle_exception)
 

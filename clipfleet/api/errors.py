@@ -42,6 +42,14 @@ def _overload_or_unavailable(exc: BaseException) -> ClipfleetError | None:
 
 
 def error_response(request: Request, exc: BaseException) -> JSONResponse:
+    response = _error_response(request, exc)
+    served = getattr(exc, "clipfleet_served", None)
+    if served is not None:
+        response.headers["X-Clipfleet-Profile"], response.headers["X-Clipfleet-Variant"] = served
+    return response
+
+
+def _error_response(request: Request, exc: BaseException) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None)
     if isinstance(exc, RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}

@@ -25,6 +25,7 @@ async def readyz(service: Annotated[ClipfleetService, Depends(get_service)]) -> 
     ready, deployments = await service.readiness()
     body = {
         "status": "ready" if ready else "not_ready",
+        "model": service.profile(None).clip_label,  # seed 004's {status, model}
         "random_weights": any(entry.get("random_weights") for entry in deployments.values()),
         "deployments": deployments,
     }

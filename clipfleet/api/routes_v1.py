@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Response, UploadFile
 
 from clipfleet.api.schemas import (
     EmbeddingResponse,
@@ -18,7 +18,7 @@ from clipfleet.api.schemas import (
     TagResponse,
 )
 from clipfleet.fetch import ImageSource
-from clipfleet.service import ClipfleetService
+from clipfleet.service import ClipfleetService, Routing
 
 from .deps import get_service
 
@@ -26,6 +26,23 @@ ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 502, 5
 router = APIRouter(prefix="/v1", tags=["v1"], responses=ERRORS)
 Service = Annotated[ClipfleetService, Depends(get_service)]
 PROFILE_HEADER = "X-Clipfleet-Profile"
+VARIANT_HEADER = "X-Clipfleet-Variant"
+
+
+def routing_of(
+    route_key: Annotated[
+        str | None,
+        Header(alias="X-Clipfleet-Route-Key", max_length=256, description="sticky canary key"),
+    ] = None,
+    variant: Annotated[
+        str | None,
+        Header(alias="X-Clipfleet-Variant", max_length=32, description="pin a variant"),
+    ] = None,
+) -> Routing:
+    return Routing(key=route_key, variant=variant)
+
+
+Route = Annotated[Routing, Depends(routing_of)]
 
 
 def source_of(ref: ImageRef) -> ImageSource:
@@ -38,30 +55,34 @@ async def source_of_upload(upload: UploadFile) -> ImageSource:
 
 def _served(response: Response, body: dict) -> dict:
     response.headers[PROFILE_HEADER] = body["profile"]
+    response.headers[VARIANT_HEADER] = body["variant"]
     return body
 
 
 @router.post("/embed/image", response_model=EmbeddingResponse)
-async def embed_image(body: EmbedImageRequest, service: Service, response: Response):
+async def embed_image(
+    body: EmbedImageRequest, service: Service, response: Response, routing: Route
+):
     sources = [source_of(ref) for ref in body.images]
-    return _served(response, await service.embed_images(sources, body.encoder, body.profile))
+    result = await service.embed_images(sources, body.encoder, body.profile, routing)
+    return _served(response, result)
 
 
 @router.post("/embed/text", response_model=EmbeddingResponse)
-async def embed_text(body: EmbedTextRequest, service: Service, response: Response):
-    return _served(response, await service.embed_texts(body.texts, body.profile))
+async def embed_text(body: EmbedTextRequest, service: Service, response: Response, routing: Route):
+    return _served(response, await service.embed_texts(body.texts, body.profile, routing))
 
 
 @router.post("/score", response_model=ScoreResponse)
-async def score(body: ScoreRequest, service: Service, response: Response):
+async def score(body: ScoreRequest, service: Service, response: Response, routing: Route):
     pairs = [(source_of(pair.image), pair.text) for pair in body.pairs]
-    return _served(response, await service.score(pairs, body.profile))
+    return _served(response, await service.score(pairs, body.profile, routing))
 
 
 @router.post("/tag", response_model=TagResponse)
-async def tag(body: TagRequest, service: Service, response: Response):
+async def tag(body: TagRequest, service: Service, response: Response, routing: Route):
     result = await service.tag(
-        source_of(body.image), body.labels, body.top_k, body.prompt_template, body.profile
+        source_of(body.image), body.labels, body.top_k, body.prompt_template, body.profile, routing
     )
     return _served(response, result)
 
@@ -71,11 +92,12 @@ async def embed_image_upload(
     service: Service,
     response: Response,
     image: Annotated[list[UploadFile], File(description="one or more image files")],
+    routing: Route,
     encoder: Annotated[Literal["clip", "resnet"], Form()] = "clip",
     profile: Annotated[str | None, Form()] = None,
 ):
     sources = [await source_of_upload(upload) for upload in image]
-    return _served(response, await service.embed_images(sources, encoder, profile))
+    return _served(response, await service.embed_images(sources, encoder, profile, routing))
 
 
 @router.post("/score/upload", response_model=ScoreResponse)
@@ -84,10 +106,11 @@ async def score_upload(
     response: Response,
     image: Annotated[UploadFile, File()],
     text: Annotated[str, Form(min_length=1)],
+    routing: Route,
     profile: Annotated[str | None, Form()] = None,
 ):
     pairs = [(await source_of_upload(image), text)]
-    return _served(response, await service.score(pairs, profile))
+    return _served(response, await service.score(pairs, profile, routing))
 
 
 @router.post("/tag/upload", response_model=TagResponse)
@@ -95,13 +118,14 @@ async def tag_upload(
     service: Service,
     response: Response,
     image: Annotated[UploadFile, File()],
+    routing: Route,
     labels: Annotated[list[str] | None, Form(description="repeat the field per label")] = None,
     top_k: Annotated[int, Form(ge=1, le=4096)] = 5,
     prompt_template: Annotated[str | None, Form()] = None,
     profile: Annotated[str | None, Form()] = None,
 ):
     result = await service.tag(
-        await source_of_upload(image), labels, top_k, prompt_template, profile
+        await source_of_upload(image), labels, top_k, prompt_template, profile, routing
     )
     return _served(response, result)
 

@@ -68,6 +68,7 @@ class TagRequest(Strict):
 
 class Served(BaseModel):
     profile: str
+    variant: str
     model: str
 
 

@@ -63,12 +63,12 @@ def test_real_architectures_in_random_weights_mode(served):
     ready = requests.get(f"{served}/readyz", timeout=10).json()
     assert ready["random_weights"] is True
     profiles = requests.get(f"{served}/v1/models", timeout=10).json()["profiles"]
-    assert profiles["fast"]["clip"]["model"] == "ViT-B-32"
-    assert profiles["fast"]["clip"]["embed_dim"] == 512
-    assert profiles["accurate"]["clip"]["model"] == "ViT-L-14"
-    assert profiles["accurate"]["clip"]["embed_dim"] == 768
+    assert profiles["fast"]["clip"]["stable"]["model"] == "ViT-B-32"
+    assert profiles["fast"]["clip"]["stable"]["embed_dim"] == 512
+    assert profiles["accurate"]["clip"]["stable"]["model"] == "ViT-L-14"
+    assert profiles["accurate"]["clip"]["stable"]["embed_dim"] == 768
     assert profiles["fast"]["resnet"]["embed_dim"] == 2048
-    assert all(p["clip"]["weights"] == "random" for p in profiles.values())
+    assert all(v["weights"] == "random" for p in profiles.values() for v in p["clip"].values())
 
 
 @pytest.mark.parametrize("profile", ["fast", "accurate"])

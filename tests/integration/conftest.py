@@ -1,27 +1,87 @@
-"""One real local Ray + Serve for the integration tier, running the app on tiny models."""
+"""One real local Ray + Serve for the integration tier.
+
+Apps are deployed the way `serve deploy serve_config.yaml` does it (a ServeDeploySchema config
+sent to the controller), so the same path serves live reconfiguration tests.
+"""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import requests
 
+from clipfleet.config import AppArgs, clip_deployment_name, resnet_deployment_name
 from tests.support.servers import ThreadedImageServer, free_port
 
 APP_NAME = "clipfleet"
-READY_TIMEOUT_S = 180
+READY_TIMEOUT_S = 240
+
+
+def small_deployments(args: AppArgs, cpus: float = 0.2, **encoder_options) -> list[dict]:
+    """Deployment overrides that let several apps share this 2-core machine."""
+    entries = [
+        {"name": name, "ray_actor_options": {"num_cpus": 0.1}}
+        for name in ("Ingress", "ImageFetcher", "Scorer")
+    ]
+    encoders = {resnet_deployment_name(spec.resnet) for spec in args.profiles.values()}
+    for profile, spec in args.profiles.items():
+        encoders |= {clip_deployment_name(profile, variant) for variant in spec.variants}
+    for name in sorted(encoders):
+        entries.append({"name": name, "ray_actor_options": {"num_cpus": cpus}, **encoder_options})
+    return entries
+
+
+def merge_deployments(base: list[dict], overrides: list[dict]) -> list[dict]:
+    merged = {entry["name"]: dict(entry) for entry in base}
+    for entry in overrides:
+        merged.setdefault(entry["name"], {"name": entry["name"]}).update(entry)
+    return list(merged.values())
+
+
+class ServeApps:
+    """Declarative deploys: every apply() sends the whole config, like `serve deploy`."""
+
+    def __init__(self, base_url: str, port: int) -> None:
+        self.base_url = base_url
+        self.port = port
+        self.apps: dict[str, dict[str, Any]] = {}
+
+    def apply(
+        self, name: str, route_prefix: str, args: AppArgs, deployments: list[dict] | None = None
+    ) -> None:
+        from ray.serve.context import _get_global_client
+        from ray.serve.schema import ServeDeploySchema
+
+        self.apps[name] = {
+            "name": name,
+            "route_prefix": route_prefix,
+            "import_path": "pipelines.app:build_app",
+            "args": args.model_dump(mode="json"),
+            "deployments": deployments or small_deployments(args),
+        }
+        config = ServeDeploySchema.model_validate(
+            {
+                "http_options": {"host": "127.0.0.1", "port": self.port},
+                "applications": list(self.apps.values()),
+            }
+        )
+        _get_global_client().deploy_apps(config, _blocking=False)
+
+    def url(self, route_prefix: str) -> str:
+        return self.base_url + route_prefix.rstrip("/")
 
 
 @pytest.fixture(scope="session")
-def ray_serve():
+def serve_apps():
     import ray
     from ray import serve
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield f"http://127.0.0.1:{port}"
+    yield ServeApps(f"http://127.0.0.1:{port}", port)
     serve.shutdown()
     ray.shutdown()
 
@@ -40,15 +100,21 @@ def wait_ready(base_url: str, timeout_s: float = READY_TIMEOUT_S) -> dict:
     raise AssertionError(f"not ready after {timeout_s} s: {last and last.text}")
 
 
+def wait_for(condition, timeout_s: float, interval_s: float = 1.0, message: str = ""):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s: {message}")
+
+
 @pytest.fixture(scope="session")
-def app_url(ray_serve, tiny_args):
-    from ray import serve
-
-    from pipelines.app import build_app
-
-    serve.run(build_app(tiny_args), name=APP_NAME, route_prefix="/", blocking=False)
-    wait_ready(ray_serve)
-    return ray_serve
+def app_url(serve_apps, tiny_args):
+    serve_apps.apply(APP_NAME, "/", tiny_args)
+    wait_ready(serve_apps.url("/"))
+    return serve_apps.url("/")
 
 
 @pytest.fixture(scope="session")

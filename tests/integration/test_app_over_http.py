@@ -24,7 +24,7 @@ def test_ready_and_models_report_every_deployment(app_url):
         ready["deployments"]
     )
     models = requests.get(f"{app_url}/v1/models", timeout=10).json()
-    assert models["profiles"]["fast"]["clip"]["embed_dim"] == 32
+    assert models["profiles"]["fast"]["clip"]["stable"]["embed_dim"] == 32
     assert requests.get(f"{app_url}/healthz", timeout=10).json() == {"status": "ok"}
     assert requests.get(f"{app_url}/docs", timeout=10).status_code == 200
 

@@ -126,7 +126,11 @@ def build_local_service(args: AppArgs) -> ClipfleetService:
         fetcher=LocalHandle(LocalFetcher(args)),
         scorer=LocalHandle(LocalScorer()),
         clip_encoders={
-            name: LocalHandle(LocalClipEncoder(spec.clip)) for name, spec in args.profiles.items()
+            name: {
+                variant: LocalHandle(LocalClipEncoder(clip))
+                for variant, clip in spec.variants.items()
+            }
+            for name, spec in args.profiles.items()
         },
         resnet_encoders={name: resnets[spec.resnet] for name, spec in args.profiles.items()},
     )

@@ -118,6 +118,6 @@ def test_models_health_and_ready(client):
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     models = client.get("/v1/models").json()
     assert models["default_profile"] == "fast" and models["random_weights"] is False
-    assert models["profiles"]["accurate"]["clip"]["backend"] == "transformers"
-    assert models["profiles"]["fast"]["clip"]["weights"].startswith("dir:")
+    assert models["profiles"]["accurate"]["clip"]["stable"]["backend"] == "transformers"
+    assert models["profiles"]["fast"]["clip"]["stable"]["weights"].startswith("dir:")
     assert client.get("/docs").status_code == 200

@@ -8,7 +8,13 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from clipfleet.config import AppArgs, clip_deployment_name, resnet_deployment_name
+from clipfleet.config import (
+    AppArgs,
+    EncoderConfig,
+    clip_deployment_name,
+    resnet_deployment_name,
+)
+from clipfleet.traffic import TrafficConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXED_DEPLOYMENTS = {"Ingress", "ImageFetcher", "Scorer"}
@@ -21,7 +27,8 @@ def load(name: str) -> dict:
 def deployment_names(args: AppArgs) -> set[str]:
     names = set(FIXED_DEPLOYMENTS)
     for profile, spec in args.profiles.items():
-        names |= {clip_deployment_name(profile), resnet_deployment_name(spec.resnet)}
+        names |= {clip_deployment_name(profile, variant) for variant in spec.variants}
+        names.add(resnet_deployment_name(spec.resnet))
     return names
 
 
@@ -40,16 +47,21 @@ def test_real_default_models():
     args = AppArgs(**load("serve_config.yaml")["applications"][0]["args"])
     fast, accurate = args.profiles["fast"], args.profiles["accurate"]
     assert (fast.clip.model, fast.clip.pretrained) == ("ViT-B-32", "laion2b_s34b_b79k")
+    assert fast.variants["canary"].pretrained == "datacomp_xl_s13b_b90k"
     assert (accurate.clip.model, accurate.clip.pretrained) == ("ViT-L-14", "openai")
     assert fast.resnet.model == accurate.resnet.model == "resnet50"
 
 
-def test_encoder_user_config_is_valid_batching():
-    from clipfleet.config import BatchingConfig
-
-    for deployment in load("serve_config.yaml")["applications"][0]["deployments"]:
-        if "user_config" in deployment:
-            BatchingConfig(**deployment["user_config"])
+def test_user_configs_are_valid():
+    app = load("serve_config.yaml")["applications"][0]
+    args = AppArgs(**app["args"])
+    for deployment in app["deployments"]:
+        if deployment["name"] == "Ingress":
+            traffic = TrafficConfig(**deployment["user_config"])
+            traffic.check_against({name: set(p.variants) for name, p in args.profiles.items()})
+            assert traffic.weights["fast"] == {"stable": 90, "canary": 10}
+        elif "user_config" in deployment:
+            EncoderConfig(**deployment["user_config"])
             autoscaling = deployment["autoscaling_config"]
             # encoders must admit at least one full batch per replica
             assert deployment["max_ongoing_requests"] >= deployment["user_config"]["max_batch_size"]

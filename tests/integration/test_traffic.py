@@ -1,0 +1,141 @@
+"""Canary splits, stickiness, automatic rollback and live reconfiguration under real Serve.
+
+One app ("traffic", at /traffic) with a stable and a canary CLIP variant, redeployed with
+edited user_configs exactly as `serve deploy` of an edited serve_config.yaml would.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import ray
+import requests
+
+from clipfleet.config import AppArgs, ClipModelSpec, ProfileSpec, ResNetSpec
+from tests.integration.conftest import merge_deployments, small_deployments, wait_for, wait_ready
+
+APP = "traffic"
+PREFIX = "/traffic"
+CANARY_DEPLOYMENT = "clip_fast_canary"
+
+
+@pytest.fixture(scope="module")
+def traffic_args(model_dir) -> AppArgs:
+    stable = ClipModelSpec(model=f"local-dir:{model_dir / 'open_clip'}")
+    canary = ClipModelSpec(backend="transformers", model=str(model_dir / "hf_clip"))
+    resnet = ResNetSpec(model="resnet18", weights=str(model_dir / "resnet18.pt"))
+    profile = ProfileSpec(variants={"stable": stable, "canary": canary}, resnet=resnet)
+    return AppArgs(profiles={"fast": profile})
+
+
+def deploy(serve_apps, args, ingress_config, canary_config=None, stable_config=None):
+    overrides = [{"name": "Ingress", "user_config": ingress_config}]
+    if canary_config is not None:
+        overrides.append({"name": CANARY_DEPLOYMENT, "user_config": canary_config})
+    if stable_config is not None:
+        overrides.append({"name": "clip_fast", "user_config": stable_config})
+    serve_apps.apply(APP, PREFIX, args, merge_deployments(small_deployments(args), overrides))
+
+
+@pytest.fixture(scope="module")
+def traffic_url(serve_apps, traffic_args):
+    deploy(serve_apps, traffic_args, {"weights": {"fast": {"stable": 90, "canary": 10}}})
+    url = serve_apps.url(PREFIX)
+    wait_ready(url)
+    return url
+
+
+def embed_text(url: str, key: str | None = None, variant: str | None = None) -> requests.Response:
+    headers = {}
+    if key is not None:
+        headers["X-Clipfleet-Route-Key"] = key
+    if variant is not None:
+        headers["X-Clipfleet-Variant"] = variant
+    return requests.post(
+        f"{url}/v1/embed/text", json={"texts": ["a cat"]}, headers=headers, timeout=60
+    )
+
+
+def variants_for(url: str, keys: list[str | None]) -> list[tuple[int, str]]:
+    def call(key):
+        response = embed_text(url, key)
+        return response.status_code, response.headers.get("X-Clipfleet-Variant", "")
+
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(call, keys))
+
+
+def replica_actor_ids(deployment: str) -> set[str]:
+    """Serve names each replica actor SERVE_REPLICA::<app>#<deployment>#<replica id>."""
+    prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
+    names = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)]
+    return {name for name in names if name.startswith(prefix)}
+
+
+def ingress_traffic(url: str) -> dict:
+    return requests.get(f"{url}/v1/models", timeout=30).json()["profiles"]["fast"]["clip"]
+
+
+def test_split_matches_weights_and_keys_are_sticky(traffic_url):
+    results = variants_for(traffic_url, [f"client-{i}" for i in range(1000)])
+    assert all(status == 200 for status, _ in results)
+    counts = Counter(variant for _, variant in results)
+    assert set(counts) == {"stable", "canary"}
+    assert 60 <= counts["canary"] <= 140, counts  # 100 expected; ± ~4 standard deviations
+    again = variants_for(traffic_url, [f"client-{i}" for i in range(200)])
+    assert [variant for _, variant in again] == [variant for _, variant in results[:200]]
+    pinned = embed_text(traffic_url, variant="canary")
+    assert pinned.headers["X-Clipfleet-Variant"] == "canary"
+    assert pinned.json()["variant"] == "canary" and pinned.json()["model"].endswith("hf_clip")
+    assert embed_text(traffic_url, variant="nope").status_code == 422
+
+
+def test_live_reconfiguration_keeps_replicas(serve_apps, traffic_args, traffic_url):
+    before = {name: replica_actor_ids(name) for name in ("Ingress", "clip_fast")}
+    assert all(before.values())
+    deploy(
+        serve_apps,
+        traffic_args,
+        {"weights": {"fast": {"stable": 50, "canary": 50}}},
+        stable_config={"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
+    )
+
+    def applied():
+        stable = ingress_traffic(traffic_url)["stable"]
+        return stable["traffic"]["weight"] == 50 and stable["config"]["max_batch_size"] == 4
+
+    wait_for(applied, 90, message="new weights and batch size")
+    results = variants_for(traffic_url, [None] * 300)
+    share = Counter(variant for _, variant in results)["canary"] / len(results)
+    assert 0.38 < share < 0.62, share
+    assert {name: replica_actor_ids(name) for name in before} == before
+
+
+def test_failing_canary_is_rolled_back_while_stable_never_fails(
+    serve_apps, traffic_args, traffic_url
+):
+    ingress = {
+        "weights": {"fast": {"stable": 60, "canary": 40}},
+        "rollback": {"min_requests": 10, "window_s": 120},
+    }
+    deploy(serve_apps, traffic_args, ingress, canary_config={"fault_error_ratio": 1.0})
+    wait_for(
+        lambda: (
+            ingress_traffic(traffic_url)["canary"]["config"]["fault_error_ratio"] == 1.0
+            and ingress_traffic(traffic_url)["canary"]["traffic"]["configured_weight"] == 40
+        ),
+        90,
+        message="failing canary deployed",
+    )
+    results = variants_for(traffic_url, [None] * 120)
+    stable_statuses = {status for status, variant in results if variant == "stable"}
+    assert stable_statuses == {200}
+    canary_failures = [status for status, variant in results if variant == "canary"]
+    assert 10 <= len(canary_failures) <= 40 and set(canary_failures) == {500}
+    canary = ingress_traffic(traffic_url)["canary"]["traffic"]
+    assert canary["rolled_back"] and canary["weight"] == 0
+    assert "error ratio" in canary["rollback_reason"]
+    after = variants_for(traffic_url, [None] * 40)
+    assert after == [(200, "stable")] * 40

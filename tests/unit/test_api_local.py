@@ -3,20 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 
-from clipfleet.api.app import create_app
-from clipfleet.api.deps import set_service
 from tests.support.images import image_base64, image_bytes
-from tests.support.local_dag import build_local_service
-
-
-@pytest.fixture(scope="module")
-def client(tiny_args):
-    set_service(build_local_service(tiny_args))
-    with TestClient(create_app()) as test_client:
-        yield test_client
-    set_service(None)
 
 
 def test_embed_text_returns_normalised_vectors(client):

@@ -7,22 +7,11 @@ import os
 import sys
 
 import pytest
-from fastapi.testclient import TestClient
 
-from clipfleet.api.app import create_app
 from clipfleet.api.compat.common import LOCAL_IMAGE_DIR_ENV
-from clipfleet.api.deps import get_service, set_service
+from clipfleet.api.deps import get_service
 from tests.support.images import image_bytes
-from tests.support.local_dag import build_local_service
 from tests.support.servers import ThreadedImageServer
-
-
-@pytest.fixture(scope="module")
-def client(tiny_args):
-    set_service(build_local_service(tiny_args))
-    with TestClient(create_app()) as test_client:
-        yield test_client
-    set_service(None)
 
 
 @pytest.fixture(scope="module")

@@ -69,6 +69,9 @@ def test_real_architectures_in_random_weights_mode(served):
     assert profiles["accurate"]["clip"]["stable"]["embed_dim"] == 768
     assert profiles["fast"]["resnet"]["embed_dim"] == 2048
     assert all(v["weights"] == "random" for p in profiles.values() for v in p["clip"].values())
+    canary = profiles["fast"]["clip"]["canary"]
+    assert canary["pretrained"] == "datacomp_xl_s13b_b90k" and canary["embed_dim"] == 512
+    assert canary["traffic"]["configured_weight"] == 10
 
 
 @pytest.mark.parametrize("profile", ["fast", "accurate"])
@@ -89,3 +92,15 @@ def test_score_and_embeddings_per_profile(served, profile):
     assert resnet.status_code == 200 and resnet.json()["dim"] == 2048
     tags = requests.post(f"{served}/v1/tag", json={"image": image, "profile": profile}, timeout=120)
     assert tags.status_code == 200 and len(tags.json()["tags"]) == 5
+
+
+def test_canary_can_be_pinned(served):
+    response = requests.post(
+        f"{served}/v1/embed/text",
+        json={"texts": ["a cat"]},
+        headers={"X-Clipfleet-Variant": "canary"},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["variant"] == "canary"
+    assert response.json()["model"] == "ViT-B-32/datacomp_xl_s13b_b90k"

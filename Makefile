@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= serve_config.yaml
 
-.PHONY: install run test test-unit test-integration test-e2e lint format weights clean
+.PHONY: install run test test-unit test-integration test-e2e lint format weights clean \
+	loadtest loadtest-ui bench cluster-sync
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +41,33 @@ format: $(STAMP)
 
 weights: $(STAMP)
 	$(BIN)/python -m clipfleet.weights $(CONFIG)
+
+# Load tests against a running service (`make run` in another terminal).
+LOADTEST_URL ?= http://127.0.0.1:8000
+LOADTEST_USERS ?= 32
+LOADTEST_TIME ?= 60s
+IMAGE_PORT ?= 8091
+RESULTS ?= results
+LOCUST = CLIPFLEET_IMAGE_BASE=http://127.0.0.1:$(IMAGE_PORT) $(BIN)/locust -f loadtests/locustfile.py \
+	--host $(LOADTEST_URL)
+WITH_IMAGE_SERVER = $(BIN)/python -m loadtests.images --port $(IMAGE_PORT) & server=$$!; \
+	trap 'kill $$server' EXIT; sleep 3;
+
+loadtest: $(STAMP)
+	mkdir -p $(RESULTS)
+	$(WITH_IMAGE_SERVER) $(LOCUST) --headless -u $(LOADTEST_USERS) -r 8 -t $(LOADTEST_TIME) \
+		--csv $(RESULTS)/locust --html $(RESULTS)/locust.html --only-summary
+
+loadtest-ui: $(STAMP)
+	$(WITH_IMAGE_SERVER) $(LOCUST) --web-host 127.0.0.1
+
+bench: $(STAMP)
+	mkdir -p $(RESULTS)
+	$(BIN)/python -m loadtests.bench --out $(RESULTS)/bench.json
+
+# Copy serve_config.yaml / cluster/serve_config.gpu.yaml into the RayService manifests.
+cluster-sync: $(STAMP)
+	$(BIN)/python cluster/sync_manifests.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

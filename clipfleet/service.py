@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -57,15 +57,20 @@ class Profile:
         return self.clip_labels[STABLE_VARIANT]
 
 
+def raise_for(exc: BaseException, param: str) -> NoReturn:
+    """Re-raise `exc`, pointing a client-facing error at the request field that caused it."""
+    error = find_clipfleet_error(exc)
+    if error is not None:
+        raise error.at_param(param) from exc
+    raise exc
+
+
 async def gather_items(responses: Sequence[Awaitable], field: str) -> list:
     """Await per-item responses; the first failure is re-raised naming its item (`images[2]`)."""
     results = await asyncio.gather(*responses, return_exceptions=True)
     for index, result in enumerate(results):
         if isinstance(result, BaseException):
-            error = find_clipfleet_error(result)
-            if error is not None:
-                raise error.at_param(f"{field}[{index}]") from result
-            raise result
+            raise_for(result, f"{field}[{index}]")
     return results
 
 
@@ -258,18 +263,16 @@ class ClipfleetService:
         prompts = [render_prompt(template, label) for label in labels]
         async with self._observed(profile, variant):
             logit_scale = await self.logit_scale(profile, variant)
-            (tags,) = await gather_items(
-                [
-                    self.scorer.tag.remote(
-                        clip.embed_image.remote(self._fetch(source)),
-                        clip.embed_texts.remote(prompts),
-                        labels,
-                        logit_scale,
-                        min(top_k, self.args.limits.max_top_k, len(labels)),
-                    )
-                ],
-                "image",
-            )
+            try:
+                tags = await self.scorer.tag.remote(
+                    clip.embed_image.remote(self._fetch(source)),
+                    clip.embed_texts.remote(prompts),
+                    labels,
+                    logit_scale,
+                    min(top_k, self.args.limits.max_top_k, len(labels)),
+                )
+            except Exception as exc:
+                raise_for(exc, "image")
         return self._served(profile, variant, profile.clip_labels[variant], tags=tags)
 
     # -- introspection ----------------------------------------------------------------------

@@ -8,8 +8,8 @@ import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Single-node Ray in tests binds its node address to loopback (127.0.0.1), never to the host's
-# interface address: tests may only talk to loopback. (Multi-node tests pass their own
-# --node-ip-address=127.0.0.1 to `ray start`.)
+# interface address: tests may only talk to loopback. (The multi-node test sets this back to 1
+# for its own `ray start` processes and gives them loopback addresses 127.0.0.2 / 127.0.0.3.)
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 

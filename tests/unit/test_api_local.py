@@ -109,3 +109,9 @@ def test_models_health_and_ready(client):
     assert models["profiles"]["accurate"]["clip"]["stable"]["backend"] == "transformers"
     assert models["profiles"]["fast"]["clip"]["stable"]["weights"].startswith("dir:")
     assert client.get("/docs").status_code == 200
+
+
+def test_bad_tag_image_points_at_image(client):
+    response = client.post("/v1/tag", json={"image": {"base64": "aGVsbG8="}})
+    assert response.status_code == 415
+    assert response.json()["error"]["param"] == "image"

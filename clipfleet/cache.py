@@ -6,15 +6,10 @@ import hashlib
 from collections import OrderedDict
 
 import numpy as np
-from pydantic import Field
 
-from clipfleet.config import StrictModel
+from clipfleet.config import CacheConfig
 
-
-class CacheConfig(StrictModel):
-    enabled: bool = True
-    max_entries: int = Field(20_000, ge=0)
-    max_bytes: int = Field(128 * 1024 * 1024, ge=0)
+__all__ = ["CacheConfig", "EmbeddingCache", "image_key", "text_key"]
 
 
 def image_key(pixels: np.ndarray) -> bytes:

@@ -6,6 +6,7 @@ rejected, so a typo in serve_config.yaml fails `serve run` instead of being sile
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from typing import Literal
@@ -107,6 +108,14 @@ class BatchingConfig(StrictModel):
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0)
 
 
+class CacheConfig(StrictModel):
+    """The encoders' embedding LRU, keyed by content hash (decoded pixels, or the text)."""
+
+    enabled: bool = True
+    max_entries: int = Field(20_000, ge=0)
+    max_bytes: int = Field(128 * 1024 * 1024, ge=0)
+
+
 class EncoderConfig(BatchingConfig):
     """An encoder's `user_config`, applied live by `reconfigure()` (no replica restart).
 
@@ -114,6 +123,7 @@ class EncoderConfig(BatchingConfig):
     canary is rolled back); leave them at 0 in production.
     """
 
+    cache: CacheConfig = CacheConfig()
     fault_error_ratio: float = Field(0.0, ge=0.0, le=1.0)
     fault_latency_s: float = Field(0.0, ge=0.0, le=30.0)
 
@@ -137,6 +147,17 @@ class FetchLimits(StrictModel):
         "image/tiff",
         "application/octet-stream",
     )
+    # SSRF allow-list (see clipfleet.netguard): internal networks (CIDRs) and host names
+    # (exact, or `*.example.com`) that image URLs may reach. Empty: public addresses only.
+    allow_private_networks: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+
+    @field_validator("allow_private_networks")
+    @classmethod
+    def _valid_networks(cls, networks: tuple[str, ...]) -> tuple[str, ...]:
+        for network in networks:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad entry
+        return networks
 
 
 class ApiLimits(StrictModel):
@@ -145,6 +166,34 @@ class ApiLimits(StrictModel):
     max_labels: int = Field(256, ge=1, le=10_000)
     max_top_k: int = Field(50, ge=1)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # Whole-request deadline in the ingress (504 after it); keep it below the proxy's
+    # http_options.request_timeout_s so clients get the JSON envelope, not the proxy's 408.
+    request_timeout_s: float = Field(30.0, gt=0, le=600)
+
+
+class AuthConfig(StrictModel):
+    """API keys: comma-separated in the `api_keys_env` variable and/or one per line in
+    `api_keys_file` (a mounted secret, re-read when it changes). No keys configured: no auth."""
+
+    api_keys_env: str = "CLIPFLEET_API_KEYS"
+    api_keys_file: str | None = None
+
+
+class CorsConfig(StrictModel):
+    """Browser clients (seed 003). No origins: no CORS headers at all."""
+
+    allow_origins: tuple[str, ...] = ()
+    allow_methods: tuple[str, ...] = ("GET", "POST", "OPTIONS")
+    allow_headers: tuple[str, ...] = (
+        "Authorization",
+        "Content-Type",
+        "X-API-Key",
+        "X-Clipfleet-Route-Key",
+        "X-Clipfleet-Variant",
+        "X-Request-ID",
+    )
+    allow_credentials: bool = False
+    max_age_s: int = Field(600, ge=0)
 
 
 DEFAULT_LABELS: tuple[str, ...] = (
@@ -170,6 +219,8 @@ class AppArgs(StrictModel):
     batching: BatchingConfig = BatchingConfig()
     fetch: FetchLimits = FetchLimits()
     limits: ApiLimits = ApiLimits()
+    auth: AuthConfig = AuthConfig()
+    cors: CorsConfig = CorsConfig()
     default_labels: tuple[str, ...] = DEFAULT_LABELS
     prompt_template: str = "a photo of a {label}."
 

@@ -1,4 +1,9 @@
-"""Image references -> decoded arrays: downloads over one pooled aiohttp session."""
+"""Image references -> decoded arrays: downloads over one pooled aiohttp session.
+
+URLs go through the SSRF guard (clipfleet.netguard): every hop's host is checked, every
+resolved address is checked and connected to as checked, and redirects are followed here, one
+checked hop at a time. The whole download (all hops, body included) shares one deadline.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,11 @@ import asyncio
 import base64
 import binascii
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
+from aiohttp.abc import AbstractResolver
+from yarl import URL
 
 from clipfleet.config import FetchLimits
 from clipfleet.errors import (
@@ -20,9 +26,10 @@ from clipfleet.errors import (
     UpstreamTimeoutError,
 )
 from clipfleet.imaging import decode_image
+from clipfleet.netguard import AddressPolicy, GuardedResolver
 
 _CHUNK_BYTES = 64 * 1024
-_ALLOWED_SCHEMES = ("http", "https")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True)
@@ -53,17 +60,24 @@ def decode_base64(text: str, limits: FetchLimits) -> bytes:
 class ImageFetcher:
     """Resolve an ImageSource to pixels. One instance per process; call `close()` at the end."""
 
-    def __init__(self, limits: FetchLimits) -> None:
+    def __init__(self, limits: FetchLimits, resolver: AbstractResolver | None = None) -> None:
+        """`resolver`: the DNS to guard (default aiohttp's); tests pass a fake one."""
         self.limits = limits
+        self.policy = AddressPolicy.from_lists(limits.allow_private_networks, limits.allowed_hosts)
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         # Created lazily: a ClientSession must be made inside the running event loop.
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.limits.connection_limit),
+                connector=aiohttp.TCPConnector(
+                    limit=self.limits.connection_limit,
+                    resolver=GuardedResolver(self.policy, self._resolver),
+                ),
                 timeout=aiohttp.ClientTimeout(total=self.limits.timeout_s),
                 headers={"User-Agent": "clipfleet-image-fetcher/0.1"},
+                trust_env=False,  # no proxies from the environment: we connect where we checked
             )
         return self._session
 
@@ -87,28 +101,37 @@ class ImageFetcher:
         return await self.download(source.url or "")
 
     async def download(self, url: str) -> bytes:
-        parts = urlsplit(url)
-        if parts.scheme not in _ALLOWED_SCHEMES or not parts.hostname:
-            raise InvalidRequestError("the image url must be an absolute http:// or https:// url")
         try:
-            async with self._client().get(url, max_redirects=self.limits.max_redirects) as resp:
-                if resp.status >= 400:
-                    raise UpstreamError(f"the image url answered HTTP {resp.status}")
-                self._check_content_type(resp.headers.get("Content-Type", ""))
-                self._check_declared_length(resp.content_length)
-                return await self._read_capped(resp)
+            async with asyncio.timeout(self.limits.timeout_s):
+                return await self._follow(_parse_url(url))
         except TimeoutError as exc:
             raise UpstreamTimeoutError(
                 f"the image url did not answer within {self.limits.timeout_s} s"
             ) from exc
-        except aiohttp.TooManyRedirects as exc:
-            raise UpstreamError(
-                f"the image url redirected more than {self.limits.max_redirects} times"
-            ) from exc
+        except aiohttp.InvalidURL as exc:
+            raise InvalidRequestError("the image url is not a valid url") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(
                 f"the image url could not be fetched: {type(exc).__name__}"
             ) from exc
+
+    async def _follow(self, url: URL) -> bytes:
+        """GET, following up to max_redirects redirects; each hop is checked before it is sent."""
+        for _ in range(self.limits.max_redirects + 1):
+            self.policy.check_url(url)
+            async with self._client().get(url, allow_redirects=False) as resp:
+                location = resp.headers.get("Location")
+                if resp.status not in _REDIRECTS or not location:
+                    return await self._body(resp)
+            url = _next_hop(url, location)
+        raise UpstreamError(f"the image url redirected more than {self.limits.max_redirects} times")
+
+    async def _body(self, resp: aiohttp.ClientResponse) -> bytes:
+        if resp.status >= 300:
+            raise UpstreamError(f"the image url answered HTTP {resp.status}")
+        self._check_content_type(resp.headers.get("Content-Type", ""))
+        self._check_declared_length(resp.content_length)
+        return await self._read_capped(resp)
 
     def _check_content_type(self, content_type: str) -> None:
         media_type = content_type.split(";")[0].strip().lower()
@@ -135,3 +158,24 @@ class ImageFetcher:
                 )
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _parse_url(text: str) -> URL:
+    try:
+        url = URL(text)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError("the image url is not a valid url") from exc
+    if not url.absolute:
+        raise InvalidRequestError("the image url must be an absolute http:// or https:// url")
+    return url
+
+
+def _next_hop(url: URL, location: str) -> URL:
+    """The redirect target (relative Locations resolve against the current hop)."""
+    try:
+        target = url.join(URL(location))
+    except (TypeError, ValueError) as exc:
+        raise UpstreamError("the image url redirected to an invalid location") from exc
+    if target.scheme not in ("http", "https") or not target.host:
+        raise UpstreamError("the image url redirected to a non-http(s) location")
+    return target

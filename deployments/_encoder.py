@@ -13,9 +13,13 @@ import ray
 import torch
 from ray import serve
 
+from clipfleet.cache import EmbeddingCache, image_key
 from clipfleet.config import EncoderConfig
 from clipfleet.models.base import ImageEncoderModel
 from clipfleet.models.device import DevicePlan, choose_device, set_torch_threads, torch_threads_for
+from clipfleet.observability import metrics
+from clipfleet.observability.resources import process_resources
+from clipfleet.observability.tracing import traced
 
 logger = logging.getLogger("ray.serve")
 
@@ -35,8 +39,10 @@ class BatchedImageEncoder:
     model: ImageEncoderModel
 
     def _init_stats(self) -> None:
+        self.cache = EmbeddingCache(self.config.cache)
         self.batch_sizes: Counter[int] = Counter()
         self.warmup_seconds = self.model.warmup()
+        process_resources()  # starts this process's CPU % window
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """user_config: EncoderConfig (batching, fault injection); unknown keys are rejected."""
@@ -44,6 +50,8 @@ class BatchedImageEncoder:
         for batched in self._batched_methods():
             batched.set_max_batch_size(config.max_batch_size)
             batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        if config.cache != self.cache.config:
+            self.cache = EmbeddingCache(config.cache)
         self.config = config
         logger.info("encoder config set to %s", config.model_dump())
 
@@ -56,10 +64,23 @@ class BatchedImageEncoder:
     def _batched_methods(self) -> list:
         return [self._image_batch]
 
+    @traced("encoder.embed_image")
     async def embed_image(self, image: np.ndarray) -> np.ndarray:
         await self._inject_faults()
-        pixels = await asyncio.to_thread(self.model.preprocess_image, image)
-        return await self._image_batch(pixels)
+        key = image_key(image)
+        vector = self._cached(key, "image")
+        if vector is None:
+            with metrics.timed_stage("preprocess"):
+                pixels = await asyncio.to_thread(self.model.preprocess_image, image)
+            vector = await self._image_batch(pixels)
+            self.cache.put(key, vector)
+        return vector
+
+    def _cached(self, key: bytes, kind: str) -> np.ndarray | None:
+        vector = self.cache.get(key)
+        if self.cache.config.enabled:
+            metrics.record_cache(vector is not None, kind)
+        return vector
 
     @serve.batch(
         max_batch_size=DEFAULT_CONFIG.max_batch_size,
@@ -67,7 +88,9 @@ class BatchedImageEncoder:
     )
     async def _image_batch(self, pixel_batch: list[torch.Tensor]) -> list[np.ndarray]:
         self.batch_sizes[len(pixel_batch)] += 1
-        return list(await asyncio.to_thread(self.model.encode_images, pixel_batch))
+        metrics.record_batch("image", len(pixel_batch))
+        with metrics.timed_stage("encode"):
+            return list(await asyncio.to_thread(self.model.encode_images, pixel_batch))
 
     def describe(self) -> dict[str, Any]:
         context = serve.get_replica_context()
@@ -78,5 +101,7 @@ class BatchedImageEncoder:
             "warmup_seconds": round(self.warmup_seconds, 3),
             "config": self.config.model_dump(),
             "batch_sizes": dict(sorted(self.batch_sizes.items())),
+            "cache": self.cache.stats(),
             "torch_threads": torch.get_num_threads(),
+            "process": process_resources(self.model.info.device),
         }

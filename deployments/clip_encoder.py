@@ -7,8 +7,11 @@ import asyncio
 import numpy as np
 from ray import serve
 
+from clipfleet.cache import text_key
 from clipfleet.config import ClipModelSpec, random_weights_enabled
 from clipfleet.models.clip import load_clip_model
+from clipfleet.observability import metrics
+from clipfleet.observability.tracing import traced
 from deployments._encoder import DEFAULT_CONFIG, BatchedImageEncoder, prepare_replica
 
 
@@ -22,21 +25,33 @@ class ClipEncoder(BatchedImageEncoder):
     def _batched_methods(self) -> list:
         return [self._image_batch, self._text_batch]
 
+    @traced("encoder.embed_text")
     async def embed_text(self, text: str) -> np.ndarray:
         await self._inject_faults()
-        return await self._text_batch(text)
+        return await self._embed_one_text(text)
 
+    @traced("encoder.embed_texts")
     async def embed_texts(self, texts: list[str]) -> np.ndarray:
         """(N, D) for N texts; each text joins the shared batch queue with other requests'."""
         await self._inject_faults()
-        return np.stack(await asyncio.gather(*(self._text_batch(text) for text in texts)))
+        return np.stack(await asyncio.gather(*(self._embed_one_text(text) for text in texts)))
+
+    async def _embed_one_text(self, text: str) -> np.ndarray:
+        key = text_key(text)
+        vector = self._cached(key, "text")
+        if vector is None:
+            vector = await self._text_batch(text)
+            self.cache.put(key, vector)
+        return vector
 
     @serve.batch(
         max_batch_size=DEFAULT_CONFIG.max_batch_size,
         batch_wait_timeout_s=DEFAULT_CONFIG.batch_wait_timeout_s,
     )
     async def _text_batch(self, texts: list[str]) -> list[np.ndarray]:
-        return list(await asyncio.to_thread(self.model.encode_texts, texts))
+        metrics.record_batch("text", len(texts))
+        with metrics.timed_stage("encode"):
+            return list(await asyncio.to_thread(self.model.encode_texts, texts))
 
     def describe(self) -> dict:
         return {**super().describe(), "logit_scale": self.model.logit_scale}

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 from ray import serve
 
 from clipfleet.config import FetchLimits
 from clipfleet.fetch import ImageFetcher as PlainImageFetcher
 from clipfleet.fetch import ImageSource
+from clipfleet.imaging import decode_image
+from clipfleet.observability import metrics
+from clipfleet.observability.tracing import traced
+
+
+def source_kind(source: ImageSource) -> str:
+    return "url" if source.url is not None else "base64" if source.base64 is not None else "upload"
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
@@ -15,8 +24,15 @@ class ImageFetcher:
     def __init__(self, limits: FetchLimits) -> None:
         self._fetcher = PlainImageFetcher(limits)
 
+    @traced("ImageFetcher.fetch")
     async def fetch(self, source: ImageSource) -> np.ndarray:
-        return await self._fetcher.load(source)
+        """PlainImageFetcher.load, in its two stages, each timed and its failures counted."""
+        with metrics.counting_failures("fetch"), metrics.timed_stage("fetch"):
+            data = await self._fetcher.read_bytes(source)
+        with metrics.counting_failures("decode"), metrics.timed_stage("decode"):
+            image = await asyncio.to_thread(decode_image, data, self._fetcher.limits)
+        metrics.record_image(source_kind(source), len(data), image.shape[0] * image.shape[1])
+        return image
 
     def describe(self) -> dict:
         return {"ready": True, "replica_id": serve.get_replica_context().replica_id.unique_id}

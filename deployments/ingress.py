@@ -8,6 +8,8 @@ from ray.serve.handle import DeploymentHandle
 from clipfleet.api.app import create_app
 from clipfleet.api.deps import set_service
 from clipfleet.config import AppArgs
+from clipfleet.observability import metrics
+from clipfleet.observability.tracing import trace_handles
 from clipfleet.service import ClipfleetService
 from clipfleet.traffic import TrafficConfig
 
@@ -25,10 +27,21 @@ class Ingress:
         clip_encoders: dict[str, dict[str, DeploymentHandle]],
         resnet_encoders: dict[str, DeploymentHandle],
     ) -> None:
-        self.service = ClipfleetService(args, fetcher, scorer, clip_encoders, resnet_encoders)
+        self.service = ClipfleetService(
+            args, *trace_handles([fetcher, scorer, clip_encoders, resnet_encoders])
+        )
+        self.service.rollback_listeners.append(metrics.record_rollback)
         set_service(self.service)
+        metrics.keep_gauges_fresh(self._record_traffic)
 
     def reconfigure(self, user_config: dict) -> None:
         """user_config: TrafficConfig (variant weights, rollback policy); validated, unknown
         keys and unknown profiles/variants rejected; applied without a restart."""
         self.service.apply_traffic(TrafficConfig(**(user_config or {})))
+        self._record_traffic()
+
+    def _record_traffic(self) -> None:
+        """The clipfleet_traffic_weight gauge: effective weights per profile variant."""
+        metrics.record_traffic(
+            {name: self.service.traffic.status(name) for name in self.service.profiles}
+        )

@@ -5,14 +5,19 @@ from __future__ import annotations
 import numpy as np
 from ray import serve
 
+from clipfleet.observability import metrics
+from clipfleet.observability.tracing import traced
 from clipfleet.scoring import clip_scores, zero_shot
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 class Scorer:
+    @traced("Scorer.score_pair")
     def score_pair(self, image_embedding: np.ndarray, text_embedding: np.ndarray) -> dict:
-        return clip_scores(image_embedding, text_embedding)[0]
+        with metrics.timed_stage("score"):
+            return clip_scores(image_embedding, text_embedding)[0]
 
+    @traced("Scorer.tag")
     def tag(
         self,
         image_embedding: np.ndarray,
@@ -21,7 +26,8 @@ class Scorer:
         logit_scale: float,
         top_k: int,
     ) -> list[dict]:
-        return zero_shot(image_embedding, label_embeddings, labels, logit_scale, top_k)
+        with metrics.timed_stage("score"):
+            return zero_shot(image_embedding, label_embeddings, labels, logit_scale, top_k)
 
     def describe(self) -> dict:
         return {"ready": True, "replica_id": serve.get_replica_context().replica_id.unique_id}

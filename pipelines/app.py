@@ -29,11 +29,12 @@ logger = logging.getLogger("ray.serve")
 def build_app(args: AppArgs) -> Application:
     if random_weights_enabled():
         logger.warning("CLIPFLEET_RANDOM_WEIGHTS=1: every model gets RANDOM weights (tests only)")
-    batching = args.batching.model_dump()
+    # The encoders' default user_config; serve_config.yaml's per-deployment user_config wins.
+    encoder_config = args.batching.model_dump()
     clip_encoders = {
         name: {
             variant: ClipEncoder.options(
-                name=clip_deployment_name(name, variant), user_config=batching
+                name=clip_deployment_name(name, variant), user_config=encoder_config
             ).bind(clip_spec)
             for variant, clip_spec in spec.variants.items()
         }
@@ -45,7 +46,7 @@ def build_app(args: AppArgs) -> Application:
         deployment_name = resnet_deployment_name(spec.resnet)
         if deployment_name not in shared_resnets:
             shared_resnets[deployment_name] = ResNetEncoder.options(
-                name=deployment_name, user_config=batching
+                name=deployment_name, user_config=encoder_config
             ).bind(spec.resnet)
         resnet_encoders[name] = shared_resnets[deployment_name]
     return Ingress.bind(

@@ -9,17 +9,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clipfleet.api import compat, deps, routes_health, routes_v1
-from clipfleet.api.errors import envelope, error_response, handle_exception
-from clipfleet.config import ApiLimits
+from clipfleet.api import compat, routes_health, routes_status, routes_v1
+from clipfleet.api.auth import AuthMiddleware
+from clipfleet.api.errors import error_response, handle_exception
+from clipfleet.api.middleware import (
+    BodyLimitMiddleware,
+    ConfiguredCorsMiddleware,
+    DeadlineMiddleware,
+    ServeRejectionMiddleware,
+)
+from clipfleet.observability.http import ObservabilityMiddleware
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _MAX_REQUEST_ID = 128
-
-
-def body_limit() -> int:
-    service = deps.current_service()
-    return (service.args.limits if service else ApiLimits()).max_body_bytes
 
 
 def create_app() -> FastAPI:
@@ -30,10 +32,17 @@ def create_app() -> FastAPI:
     )
     app.include_router(routes_health.router)
     app.include_router(routes_v1.router)
+    app.include_router(routes_status.router)
     for compat_router in compat.routers:  # the five seeds' drop-in routes (issue 8)
         app.include_router(compat_router)
     app.add_exception_handler(RequestValidationError, handle_exception)
     app.add_exception_handler(StarletteHTTPException, handle_exception)
+    # Innermost first: Serve's plain 503s as envelopes, body limit, API keys, deadline, request
+    # context (ids, errors), and CORS outermost so preflights and errors carry its headers.
+    app.add_middleware(ServeRejectionMiddleware)
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(AuthMiddleware)
+    app.add_middleware(DeadlineMiddleware)
 
     @app.middleware("http")
     async def request_context(request: Request, call_next) -> JSONResponse:
@@ -41,20 +50,14 @@ def create_app() -> FastAPI:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
         request_id = incoming[:_MAX_REQUEST_ID] if incoming.isprintable() and incoming else ""
         request.state.request_id = request_id or uuid.uuid4().hex
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > body_limit():
-            response = envelope(
-                413,
-                "payload_too_large",
-                f"the request body is {declared} bytes; the limit is {body_limit()}",
-            )
-        else:
-            try:
-                response = await call_next(request)
-            except Exception as exc:  # every error leaves through the one envelope
-                response = error_response(request, exc)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # every error leaves through the one envelope
+            response = error_response(request, exc)
         if REQUEST_ID_HEADER not in response.headers and not incoming:
             response.headers[REQUEST_ID_HEADER] = request.state.request_id
         return response
 
+    app.add_middleware(ConfiguredCorsMiddleware)
+    app.add_middleware(ObservabilityMiddleware)  # outermost: metrics, request span, log line
     return app

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clipfleet.errors import ClipfleetError, find_clipfleet_error
+from clipfleet.errors import ClipfleetError, ServiceUnavailableError, find_clipfleet_error
 
 logger = logging.getLogger("ray.serve")
 
 RETRY_AFTER_S = 1
-_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+_HTTP_TYPES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class RequestTimeoutError(ClipfleetError):
+    status = 504
+    type = "request_timeout"
 
 
 def envelope(status: int, type_: str, message: str, param: str | None = None, headers=None):
@@ -29,15 +42,32 @@ def _validation_param(error: dict) -> str | None:
     return param.lstrip(".") or None
 
 
-def _overload_or_unavailable(exc: BaseException) -> ClipfleetError | None:
-    """Ray's own back-pressure and dead-replica errors: the client should retry shortly."""
-    from ray.exceptions import ActorUnavailableError, RayActorError
-    from ray.serve.exceptions import BackPressureError
+def _causes(exc: BaseException):
+    """`exc` and what it wraps: Ray's RayTaskError `cause`, `__cause__`, `__context__`."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        yield current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
 
-    if isinstance(exc, BackPressureError):
-        return ClipfleetError("the service is at capacity; retry shortly", status=503)
-    if isinstance(exc, RayActorError | ActorUnavailableError):
-        return ClipfleetError("a model replica is unavailable; retry shortly", status=503)
+
+def _infrastructure_error(exc: BaseException) -> ClipfleetError | None:
+    """Ray's back-pressure, dead-replica and timeout errors, wherever they sit in the chain:
+    503 + Retry-After (the client should retry shortly) or 504."""
+    from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    for cause in _causes(exc):
+        if isinstance(cause, BackPressureError):
+            retry = math.ceil(getattr(cause, "retry_after_s", None) or RETRY_AFTER_S)
+            return ServiceUnavailableError(
+                "the service is at capacity; retry shortly", retry_after_s=retry
+            )
+        if isinstance(cause, RayActorError | ActorUnavailableError | DeploymentUnavailableError):
+            return ServiceUnavailableError("a model replica is unavailable; retry shortly")
+        if isinstance(cause, TimeoutError | GetTimeoutError):
+            return RequestTimeoutError("the request did not complete in time")
     return None
 
 
@@ -60,7 +90,7 @@ def _error_response(request: Request, exc: BaseException) -> JSONResponse:
     if isinstance(exc, StarletteHTTPException):
         type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
         return envelope(exc.status_code, type_, str(exc.detail), None, exc.headers)
-    error = find_clipfleet_error(exc) or _overload_or_unavailable(exc)
+    error = find_clipfleet_error(exc) or _infrastructure_error(exc)
     if error is not None:
         headers = None
         if error.status == 503:
@@ -74,8 +104,6 @@ def _error_response(request: Request, exc: BaseException) -> JSONResponse:
 
 
 def _as_unavailable(error: ClipfleetError) -> ClipfleetError:
-    from clipfleet.errors import ServiceUnavailableError
-
     return ServiceUnavailableError(error.message, error.param, retry_after_s=error.retry_after_s)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Header, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Request, Response, UploadFile
 
 from clipfleet.api.schemas import (
     EmbeddingResponse,
@@ -30,6 +30,7 @@ VARIANT_HEADER = "X-Clipfleet-Variant"
 
 
 def routing_of(
+    request: Request,
     route_key: Annotated[
         str | None,
         Header(alias="X-Clipfleet-Route-Key", max_length=256, description="sticky canary key"),
@@ -39,7 +40,10 @@ def routing_of(
         Header(alias="X-Clipfleet-Variant", max_length=32, description="pin a variant"),
     ] = None,
 ) -> Routing:
-    return Routing(key=route_key, variant=variant)
+    # Without a route key, a client's API key (its fingerprint, set by the auth middleware)
+    # keeps it on one canary variant.
+    key = route_key or getattr(request.state, "api_key_id", None)
+    return Routing(key=key, variant=variant)
 
 
 Route = Annotated[Routing, Depends(routing_of)]

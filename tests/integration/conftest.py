@@ -43,9 +43,10 @@ def merge_deployments(base: list[dict], overrides: list[dict]) -> list[dict]:
 class ServeApps:
     """Declarative deploys: every apply() sends the whole config, like `serve deploy`."""
 
-    def __init__(self, base_url: str, port: int) -> None:
+    def __init__(self, base_url: str, port: int, metrics_port: int | None = None) -> None:
         self.base_url = base_url
         self.port = port
+        self.metrics_port = metrics_port  # Ray's Prometheus endpoint: 127.0.0.1:<it>/metrics
         self.apps: dict[str, dict[str, Any]] = {}
 
     def apply(
@@ -78,10 +79,14 @@ def serve_apps():
     import ray
     from ray import serve
 
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    # No dashboard: the per-node metrics agent still exports app and Serve metrics.
+    metrics_port = free_port()
+    ray.init(
+        num_cpus=8, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port
+    )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield ServeApps(f"http://127.0.0.1:{port}", port)
+    yield ServeApps(f"http://127.0.0.1:{port}", port, metrics_port)
     serve.shutdown()
     ray.shutdown()
 

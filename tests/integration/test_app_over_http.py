@@ -74,10 +74,13 @@ def test_downstream_errors_reach_the_client_with_their_status(
 def test_concurrent_requests_are_batched(app_url):
     handle = serve.get_deployment_handle(clip_deployment_name("fast"), app_name=APP_NAME)
     before = handle.describe.remote().result()["batch_sizes"]
-    body = {"images": [{"base64": image_base64(seed=i)} for i in range(4)]}
+    bodies = [  # distinct pictures, so the embedding cache can't answer for the encoder
+        {"images": [{"base64": image_base64(seed=1000 + 4 * n + i)} for i in range(4)]}
+        for n in range(16)
+    ]
     with ThreadPoolExecutor(16) as pool:
         statuses = list(
-            pool.map(lambda _: post(app_url, "/v1/embed/image", json=body).status_code, range(16))
+            pool.map(lambda body: post(app_url, "/v1/embed/image", json=body).status_code, bodies)
         )
     assert statuses == [200] * 16
     after = handle.describe.remote().result()["batch_sizes"]
@@ -88,3 +91,15 @@ def test_concurrent_requests_are_batched(app_url):
     }
     assert sum(size * count for size, count in new_batches.items()) == 64
     assert max(new_batches) > 1, new_batches
+
+
+def test_repeated_images_and_texts_hit_the_embedding_cache(app_url, image_server):
+    handle = serve.get_deployment_handle(clip_deployment_name("fast"), app_name=APP_NAME)
+    before = handle.describe.remote().result()["cache"]
+    pair = {"image": {"url": f"{image_server.base_url}/img.jpg"}, "text": "a cached caption"}
+    first = post(app_url, "/v1/score", json={"pairs": [pair]})
+    second = post(app_url, "/v1/score", json={"pairs": [pair, pair]})
+    assert first.status_code == second.status_code == 200
+    assert second.json()["results"][0] == first.json()["results"][0]
+    after = handle.describe.remote().result()["cache"]
+    assert after["hits"] - before["hits"] >= 4  # 2 images + 2 texts in the second request

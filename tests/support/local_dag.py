@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from clipfleet.config import AppArgs, ClipModelSpec, ProfileSpec, ResNetSpec
+from clipfleet.config import AppArgs, ClipModelSpec, FetchLimits, ProfileSpec, ResNetSpec
 from clipfleet.fetch import ImageFetcher, ImageSource
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
@@ -105,8 +105,15 @@ class LocalScorer:
         return {"ready": True}
 
 
+# Tests fetch images from their own 127.0.0.1 server: the SSRF guard refuses loopback unless
+# the operator allow-list names it (tests/unit/test_netguard.py proves the refusal without it).
+LOOPBACK_FETCH = FetchLimits(allow_private_networks=("127.0.0.1/32",))
+
+
 def tiny_app_args(model_dir: Path, **overrides) -> AppArgs:
-    """Two profiles over the tiny on-disk models from tests.support.tiny_models."""
+    """Two profiles over the tiny on-disk models from tests.support.tiny_models; image URLs
+    may point at 127.0.0.1 unless `fetch` is overridden."""
+    overrides.setdefault("fetch", LOOPBACK_FETCH)
     open_clip_spec = ClipModelSpec(model=f"local-dir:{model_dir / 'open_clip'}")
     hf_spec = ClipModelSpec(backend="transformers", model=str(model_dir / "hf_clip"))
     resnet = ResNetSpec(model="resnet18", weights=str(model_dir / "resnet18.pt"))

@@ -18,10 +18,11 @@ def free_port() -> int:
 class ThreadedImageServer:
     """ImageServer on its own event loop thread; `base_url` is set once `start()` returns."""
 
-    def __init__(self) -> None:
+    def __init__(self, server=None) -> None:
+        """`server`: anything with async start()/stop() and base_url (default ImageServer)."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server = ImageServer()
+        self._server = server if server is not None else ImageServer()
 
     @property
     def base_url(self) -> str:

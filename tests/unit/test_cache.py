@@ -41,3 +41,10 @@ def test_disabled_cache_stores_nothing():
     cache = EmbeddingCache(CacheConfig(enabled=False))
     cache.put(text_key("a"), np.zeros(2))
     assert cache.get(text_key("a")) is None and cache.stats()["entries"] == 0
+
+
+def test_encoder_config_carries_cache_settings():
+    from clipfleet.config import EncoderConfig
+
+    assert EncoderConfig().cache.enabled
+    assert not EncoderConfig(cache={"enabled": False}).cache.enabled

@@ -231,12 +231,12 @@ def test_gpu_config_serves_the_same_application_as_the_cpu_config():
     gpu = yaml.safe_load(EMBEDS["rayservice.gpu.yaml"].read_text())["applications"]
     assert [app["name"] for app in gpu] == [app["name"] for app in cpu]
     for cpu_app, gpu_app in zip(cpu, gpu, strict=True):
-        for key in ("route_prefix", "import_path"):
+        for key in ("route_prefix", "import_path", "logging_config"):
             assert gpu_app[key] == cpu_app[key], key
         cpu_args, gpu_args = AppArgs(**cpu_app["args"]), AppArgs(**gpu_app["args"])
-        # same models, API and fetch limits; only batching (and resources) are resized
-        for field in ("profiles", "default_profile", "fetch", "limits", "default_labels"):
-            assert getattr(gpu_args, field) == getattr(cpu_args, field), field
+        # same models, limits, auth and fetch policy; only batching (and resources) are resized
+        resized = {"batching"}
+        assert gpu_args.model_dump(exclude=resized) == cpu_args.model_dump(exclude=resized)
         cpu_traffic, gpu_traffic = (
             next((d.get("user_config") for d in app["deployments"] if d["name"] == "Ingress"), None)
             for app in (cpu_app, gpu_app)

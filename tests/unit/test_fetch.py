@@ -19,7 +19,13 @@ async def server():
 
 @pytest.fixture
 async def fetcher():
-    instance = ImageFetcher(FetchLimits(timeout_s=1.0, max_bytes=1024 * 1024, max_redirects=2))
+    limits = FetchLimits(
+        timeout_s=1.0,
+        max_bytes=1024 * 1024,
+        max_redirects=2,
+        allow_private_networks=("127.0.0.1/32",),  # the loopback test server
+    )
+    instance = ImageFetcher(limits)
     yield instance
     await instance.close()
 

@@ -73,3 +73,16 @@ def test_a_typo_in_args_is_rejected():
     args["batchng"] = {}
     with pytest.raises(ValueError, match="batchng"):
         AppArgs(**args)
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "cluster/serve_config.gpu.yaml"])
+def test_every_deployment_sheds_load(name):
+    for deployment in load(name)["applications"][0]["deployments"]:
+        assert deployment["max_queued_requests"] >= 1, deployment["name"]
+        assert deployment["backpressure_config"]["retry_after_s"] >= 1, deployment["name"]
+
+
+def test_benchmark_config_is_valid():
+    config = load("loadtests/bench_config.yaml")
+    ServeDeploySchema.model_validate(config)
+    AppArgs(**config["applications"][0]["args"])

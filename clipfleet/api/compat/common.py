@@ -7,26 +7,23 @@ seeds' request shapes into ImageSources and profile names, and builds their heal
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import psutil
 from fastapi import Depends, UploadFile
 
 from clipfleet.api.deps import get_service
 from clipfleet.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from clipfleet.fetch import ImageSource
+from clipfleet.observability.resources import system_resources  # noqa: F401 (re-exported)
 from clipfleet.service import ClipfleetService
 
 Service = Annotated[ClipfleetService, Depends(get_service)]
 
 LOCAL_IMAGE_DIR_ENV = "CLIPFLEET_LOCAL_IMAGE_DIR"
 HIGH_USAGE_PERCENT = 85.0
-_GB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -109,45 +106,8 @@ def first_vector(body: dict) -> list[float]:
 
 
 # -- health figures ---------------------------------------------------------------------------
-def system_resources() -> dict[str, Any]:
-    """CPU and RAM of this (ingress) process's machine; GPU figures when it sees a GPU.
-
-    Under Ray the ingress holds no GPU, so the gpu_* figures are null there: the encoders'
-    devices are reported by the health routes from `describe` instead.
-    """
-    memory = psutil.virtual_memory()
-    resources: dict[str, Any] = {
-        "cpu_percent": psutil.cpu_percent(interval=None),
-        "memory_percent": memory.percent,
-        "memory_available_gb": round(memory.available / _GB, 2),
-        "memory_used_gb": round(memory.used / _GB, 2),
-        "gpu_memory_used_gb": None,
-        "gpu_memory_total_gb": None,
-        "gpu_memory_percent": None,
-        "gpu_utilization_percent": None,
-    }
-    resources.update(_gpu_resources())
-    return resources
-
-
-def _gpu_resources() -> dict[str, Any]:
-    # Only where torch is already loaded: importing it just for /health would cost the
-    # (model-free, GPU-free under Ray) ingress replica hundreds of MB.
-    torch = sys.modules.get("torch")
-    try:
-        if torch is None or not torch.cuda.is_available():
-            return {}
-        free, total = torch.cuda.mem_get_info()
-    except Exception:  # no driver or a broken device: just no GPU figures
-        return {}
-    figures: dict[str, Any] = {
-        "gpu_memory_used_gb": round((total - free) / _GB, 2),
-        "gpu_memory_total_gb": round(total / _GB, 2),
-        "gpu_memory_percent": round(100.0 * (total - free) / total, 2),
-    }
-    with contextlib.suppress(Exception):  # needs pynvml / NVML
-        figures["gpu_utilization_percent"] = torch.cuda.utilization()
-    return figures
+# system_resources (machine CPU/RAM/GPU) lives in clipfleet.observability.resources, shared
+# with the encoders' describe() and /v1/status; re-exported here for the seeds' routes.
 
 
 @dataclass(frozen=True)

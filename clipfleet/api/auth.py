@@ -1,0 +1,144 @@
+"""Optional API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+
+Keys come from an environment variable (comma-separated) and/or a mounted secrets file (one per
+line, `#` comments; re-read when its mtime changes, so rotated secrets apply without a restart).
+With no key configured, auth is off. A configured file that cannot be read fails closed: every
+protected request is refused until it can be read.
+
+Keys are compared as SHA-256 digests with `hmac.compare_digest` against every configured key
+(no early exit). A valid key's fingerprint is left in `request.state.api_key_id`; the v1 routes
+use it as the sticky canary routing key when the client sends no X-Clipfleet-Route-Key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from clipfleet.api import deps
+from clipfleet.api.errors import envelope
+from clipfleet.config import AuthConfig
+
+logger = logging.getLogger("ray.serve")
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+STATE_KEY_ID = "api_key_id"
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def key_id(key: str) -> str:
+    """A stable, non-reversible name for a key (logs, canary stickiness)."""
+    return "key-" + hashlib.sha256(b"clipfleet-key-id:" + key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class KeyStore:
+    """The configured keys' digests; the file is re-read when it changes."""
+
+    config: AuthConfig
+    _file_digests: tuple[bytes, ...] = ()
+    _file_mtime: float | None = None
+    _file_error: bool = False
+
+    def _env_digests(self) -> tuple[bytes, ...]:
+        raw = os.environ.get(self.config.api_keys_env, "")
+        return tuple(_digest(key.strip()) for key in raw.split(",") if key.strip())
+
+    def _refresh_file(self) -> None:
+        path = self.config.api_keys_file
+        if not path:
+            return
+        try:
+            mtime = os.stat(path).st_mtime
+            if mtime != self._file_mtime:
+                with open(path, encoding="utf-8") as handle:
+                    lines = [line.strip() for line in handle]
+                keys = [line for line in lines if line and not line.startswith("#")]
+                self._file_digests = tuple(_digest(key) for key in keys)
+                self._file_mtime = mtime
+            self._file_error = False
+        except OSError as exc:
+            if not self._file_error:
+                logger.error("cannot read auth.api_keys_file %s: %s", path, exc)
+            self._file_error = True
+
+    def digests(self) -> tuple[bytes, ...] | None:
+        """None when auth is off; an empty tuple refuses every key (fail closed)."""
+        self._refresh_file()
+        if self._file_error:
+            return ()
+        digests = self._env_digests() + self._file_digests
+        return digests if digests or self.config.api_keys_file else None
+
+    def matches(self, key: str, digests: tuple[bytes, ...]) -> bool:
+        given = _digest(key)
+        matched = False
+        for digest in digests:  # every key is compared, in constant time each
+            matched |= hmac.compare_digest(given, digest)
+        return matched
+
+
+_stores: dict[AuthConfig, KeyStore] = {}
+
+
+def key_store() -> KeyStore:
+    service = deps.current_service()
+    config = service.args.auth if service is not None else AuthConfig()
+    return _stores.setdefault(config, KeyStore(config))
+
+
+def presented_key(headers: dict[bytes, bytes]) -> str | None:
+    authorization = headers.get(b"authorization", b"").decode("latin-1").strip()
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    api_key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+    return api_key or None
+
+
+def app_path(scope: Scope) -> str:
+    """The path inside the app (Serve mounts it under the route prefix, the `root_path`)."""
+    path, root = scope.get("path", "/"), scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path or "/"
+
+
+class AuthMiddleware:
+    """401 without a key, 403 with a wrong one, on every route but OPEN_PATHS."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or app_path(scope) in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        store = key_store()
+        digests = store.digests()
+        if digests is None:
+            await self.app(scope, receive, send)
+            return
+        key = presented_key(dict(scope.get("headers", ())))
+        if key is None:
+            response = envelope(
+                401,
+                "unauthorized",
+                "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key`",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        elif not store.matches(key, digests):
+            response = envelope(403, "forbidden", "the API key is not valid")
+        else:
+            scope.setdefault("state", {})[STATE_KEY_ID] = key_id(key)
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)

@@ -1,0 +1,145 @@
+"""`GET /v1/status`: replica counts per deployment and, per encoder replica, its device,
+process figures (CPU %, RSS, GPU memory and utilisation on CUDA), model load time and weights.
+
+Replica counts come from the Serve controller (`serve.status()`, asked from a worker thread so
+the ingress's event loop never blocks). Encoder figures come from each replica's `describe()`:
+a handle routes each call to one replica, so a few concurrent calls per deployment are sent
+and answers are grouped by replica id; `replicas_reporting` says how many were reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+
+from clipfleet.api.deps import get_service
+from clipfleet.config import STABLE_VARIANT, clip_deployment_name, resnet_deployment_name
+from clipfleet.observability.resources import process_resources, system_resources
+from clipfleet.service import ClipfleetService
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+DESCRIBE_TIMEOUT_S = 5.0
+MAX_PROBES = 16
+REPLICA_KEYS = (
+    "replica_id",
+    "device",
+    "model",
+    "weights",
+    "random_weights",
+    "load_seconds",
+    "warmup_seconds",
+    "torch_threads",
+    "process",
+)
+
+
+def _deployment_states() -> tuple[str | None, dict[str, dict] | None]:
+    """(application, {deployment: {status, replicas: {state: count}}}); (None, None) outside
+    a Serve replica (the Ray-free local graph)."""
+    from ray.serve.context import _get_internal_replica_context
+
+    replica = _get_internal_replica_context()
+    if replica is None:
+        return None, None
+    from ray import serve
+
+    application = serve.status().applications.get(replica.app_name)
+    deployments = application.deployments if application else {}
+    return replica.app_name, {
+        name: {
+            "status": _text(state.status),
+            "replicas": {_text(key): count for key, count in state.replica_states.items()},
+        }
+        for name, state in deployments.items()
+    }
+
+
+def _text(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def encoder_handles(service: ClipfleetService) -> dict[str, dict[str, Any]]:
+    """{deployment name: {handle, family, profiles, variant}} for every encoder deployment."""
+    encoders: dict[str, dict[str, Any]] = {}
+    for name, profile in service.profiles.items():
+        for variant, handle in profile.clip.items():
+            encoders[clip_deployment_name(name, variant)] = {
+                "handle": handle,
+                "family": "clip",
+                "profiles": [name],
+                "variant": variant,
+            }
+        resnet = resnet_deployment_name(service.args.profiles[name].resnet)
+        entry = encoders.setdefault(
+            resnet,
+            {
+                "handle": profile.resnet,
+                "family": "resnet",
+                "profiles": [],
+                "variant": STABLE_VARIANT,
+            },
+        )
+        entry["profiles"].append(name)
+    return encoders
+
+
+async def probe_replicas(handle: Any, expected: int) -> list[dict]:
+    """Describe as many distinct replicas as a few concurrent calls reach."""
+    calls = 1 if expected <= 1 else min(2 * expected + 1, MAX_PROBES)
+    answers = await asyncio.gather(
+        *(asyncio.wait_for(_describe(handle), DESCRIBE_TIMEOUT_S) for _ in range(calls)),
+        return_exceptions=True,
+    )
+    replicas: dict[str, dict] = {}
+    for answer in answers:
+        if isinstance(answer, dict):
+            summary = {key: answer[key] for key in REPLICA_KEYS if key in answer}
+            replicas.setdefault(str(answer.get("replica_id", "local")), summary)
+    return list(replicas.values())
+
+
+async def _describe(handle: Any) -> dict:
+    return await handle.describe.remote()
+
+
+def _running(deployments: dict[str, dict] | None, name: str) -> int | None:
+    if deployments is None or name not in deployments:
+        return None
+    return deployments[name]["replicas"].get("RUNNING", 0)
+
+
+async def encoder_status(
+    service: ClipfleetService, deployments: dict[str, dict] | None
+) -> dict[str, dict]:
+    encoders = encoder_handles(service)
+    probes = [
+        probe_replicas(entry["handle"], _running(deployments, name) or 1)
+        for name, entry in encoders.items()
+    ]
+    status = {}
+    for (name, entry), replicas in zip(
+        encoders.items(), await asyncio.gather(*probes), strict=True
+    ):
+        status[name] = {
+            "family": entry["family"],
+            "profiles": entry["profiles"],
+            "variant": entry["variant"],
+            "replicas_running": _running(deployments, name),
+            "replicas_reporting": len(replicas),
+            "replicas": replicas,
+        }
+    return status
+
+
+@router.get("/status")
+async def status(service: Annotated[ClipfleetService, Depends(get_service)]) -> dict:
+    application, deployments = await asyncio.to_thread(_deployment_states)
+    return {
+        "application": application,
+        "ingress": {"system": system_resources(), "process": process_resources()},
+        "deployments": deployments,
+        "encoders": await encoder_status(service, deployments),
+        "traffic": {name: service.traffic.status(name) for name in service.profiles},
+    }

@@ -1,0 +1,1 @@
+"""Observability: Ray metrics, OpenTelemetry tracing, request logs and process figures."""

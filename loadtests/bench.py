@@ -1,0 +1,206 @@
+"""clipfleet benchmark: in-process ceiling vs seed-style baseline vs clipfleet, on one machine.
+
+    python -m loadtests.bench [--seconds 30] [--out results/bench.json]      # or: make bench
+
+1. ceiling: decode + preprocess + batched forward (image and text) of the fast profile's CLIP
+   (random-init ViT-B-32) in this process, using every core: the physical limit here;
+2. baseline: loadtests/baseline_server.py (one process, one request at a time), 32 clients;
+3. clipfleet: `serve run loadtests/bench_config.yaml` over HTTP, POST /v1/score with one
+   image by URL (from a loopback image server) at 1, 8, 32 and 64 clients: throughput,
+   p50/p95/p99, mean encoder batch size, machine CPU use;
+4. the ratios clipfleet / ceiling and clipfleet / baseline.
+Everything runs on loopback, bounded in time; random weights (CLIPFLEET_RANDOM_WEIGHTS=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import requests
+import torch
+
+from clipfleet.config import ClipModelSpec, FetchLimits
+from clipfleet.imaging import decode_image
+from clipfleet.models.clip import load_clip_model
+from clipfleet.models.device import choose_device, set_torch_threads
+from loadtests.client import run_load
+from loadtests.images import make_library
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE_PORT, BASELINE_PORT, CLIPFLEET_URL = 8091, 8095, "http://127.0.0.1:8000"
+TEXTS = ["a photo of a cat", "a dog on a beach", "a red car", "a bowl of fruit"]
+FAST = ClipModelSpec(model="ViT-B-32", pretrained="laion2b_s34b_b79k")
+
+
+def measure_ceiling(seconds: float, batch_size: int) -> dict:
+    set_torch_threads(os.cpu_count() or 1)
+    model = load_clip_model(FAST, choose_device("cpu"), random_weights=True)
+    images = [data for data, _ in make_library().values()]
+    limits = FetchLimits()
+    model.embed_images([decode_image(images[0], limits)])  # warm-up
+    done, index, started = 0, 0, time.monotonic()
+    while time.monotonic() - started < seconds:
+        chunk = [images[(index + i) % len(images)] for i in range(batch_size)]
+        pixels = [model.preprocess_image(decode_image(data, limits)) for data in chunk]
+        model.encode_images(pixels)
+        model.encode_texts([TEXTS[(index + i) % len(TEXTS)] for i in range(batch_size)])
+        done += batch_size
+        index += batch_size
+    return {"pairs_per_s": done / (time.monotonic() - started), "batch_size": batch_size}
+
+
+def start(command: list[str], ready_url: str, timeout_s: float, env: dict | None = None):
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(ready_url, timeout=5).status_code < 500:
+                return process
+        except requests.RequestException:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(f"{command[0]} exited with {process.returncode}")
+        time.sleep(1)
+    stop(process)
+    raise RuntimeError(f"{' '.join(command)} not ready within {timeout_s} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def image_url(n: int) -> str:
+    return f"http://127.0.0.1:{IMAGE_PORT}/img/{n % 64}.{('jpg', 'png', 'webp')[n % 64 % 3]}"
+
+
+def clipfleet_body(n: int) -> dict:
+    return {"pairs": [{"image": {"url": image_url(n)}, "text": TEXTS[n % len(TEXTS)]}]}
+
+
+def baseline_body(n: int) -> dict:
+    return {"image_url": image_url(n), "text": TEXTS[n % len(TEXTS)]}
+
+
+def batch_counts() -> dict[str, int]:
+    models = requests.get(f"{CLIPFLEET_URL}/v1/models", timeout=30).json()
+    return models["profiles"]["fast"]["clip"]["stable"]["batch_sizes"]
+
+
+def mean_batch(before: dict[str, int], after: dict[str, int]) -> float:
+    new = {int(k): v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)}
+    batches = sum(new.values())
+    return sum(size * count for size, count in new.items()) / batches if batches else 0.0
+
+
+def measure(url: str, body, clients: int, seconds: float) -> dict:
+    psutil.cpu_percent()
+    result = asyncio.run(run_load(url, body, clients, seconds, warmup_s=min(5, seconds / 3)))
+    return {**result, "cpu_percent": psutil.cpu_percent()}
+
+
+def run(seconds: float, levels: list[int]) -> dict:
+    python = sys.executable
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        },
+        "ceiling": measure_ceiling(seconds, 16),
+    }
+    images = start([python, "-m", "loadtests.images", "--port", str(IMAGE_PORT)], image_url(0), 60)
+    try:
+        baseline = start(
+            [python, "-m", "loadtests.baseline_server", "--port", str(BASELINE_PORT)],
+            f"http://127.0.0.1:{BASELINE_PORT}/docs",
+            120,
+        )
+        try:
+            report["baseline"] = measure(
+                f"http://127.0.0.1:{BASELINE_PORT}/score", baseline_body, 32, seconds
+            )
+        finally:
+            stop(baseline)
+        serve = start(
+            [str(Path(python).parent / "serve"), "run", "loadtests/bench_config.yaml"],
+            f"{CLIPFLEET_URL}/readyz",
+            300,
+            {"CLIPFLEET_RANDOM_WEIGHTS": "1"},
+        )
+        try:
+            report["clipfleet"] = []
+            for clients in levels:
+                before = batch_counts()
+                result = measure(f"{CLIPFLEET_URL}/v1/score", clipfleet_body, clients, seconds)
+                result["mean_batch_size"] = mean_batch(before, batch_counts())
+                report["clipfleet"].append(result)
+        finally:
+            stop(serve)
+    finally:
+        stop(images)
+    best = max(report["clipfleet"], key=lambda r: r["throughput_rps"])
+    at32 = next((r for r in report["clipfleet"] if r["clients"] == 32), best)
+    report["ratios"] = {
+        "clipfleet_over_ceiling": best["throughput_rps"] / report["ceiling"]["pairs_per_s"],
+        "clipfleet_over_baseline_at_32": at32["throughput_rps"]
+        / report["baseline"]["throughput_rps"],
+        "p95_clipfleet_vs_baseline_at_32": at32["p95_ms"] / report["baseline"]["p95_ms"],
+    }
+    return report
+
+
+def print_table(report: dict) -> None:
+    print(f"ceiling (in-process, batch 16): {report['ceiling']['pairs_per_s']:.1f} pairs/s")
+    header = f"{'system':<22}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+    print(header + f"{'batch':>7}{'cpu %':>7}{'errors':>8}")
+    rows = [("baseline (seed-style)", report["baseline"])] + [
+        ("clipfleet", r) for r in report["clipfleet"]
+    ]
+    for name, r in rows:
+        print(
+            f"{name:<22}{r['clients']:>8}{r['throughput_rps']:>9.1f}{r['p50_ms']:>9.0f}"
+            f"{r['p95_ms']:>9.0f}{r['p99_ms']:>9.0f}{r.get('mean_batch_size', 1):>7.1f}"
+            f"{r['cpu_percent']:>7.0f}{r['errors']:>8}"
+        )
+    for key, value in report["ratios"].items():
+        print(f"{key}: {value:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--levels", default="1,8,32,64")
+    parser.add_argument("--out", type=Path, default=Path("results/bench.json"))
+    args = parser.parse_args()
+    report = run(args.seconds, [int(level) for level in args.levels.split(",")])
+    print_table(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Hardening under a real Serve: a hostile corpus, SSRF refusals, overload, a killed replica.
+
+One app ("faults", at /faults): one profile whose CLIP encoder runs two small replicas with a
+short, bounded queue, so that overload and replica loss are cheap to provoke on 2 cores.
+Every load run is bounded in requests and time, and every request has a client timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+import ray
+import requests
+from ray import serve
+
+from clipfleet.config import ApiLimits, AppArgs, ClipModelSpec, FetchLimits, ProfileSpec, ResNetSpec
+from tests.integration.conftest import merge_deployments, small_deployments, wait_for, wait_ready
+from tests.support.hostile import HostileServer, all_cases
+from tests.support.images import image_base64
+from tests.support.servers import ThreadedImageServer
+
+APP = "faults"
+PREFIX = "/faults"
+ENCODER = "clip_fast"
+REPLICAS, MAX_ONGOING, MAX_QUEUED = 2, 4, 8
+CLIENT_TIMEOUT_S = 30
+TEXT = {"texts": ["a cat"]}
+
+
+@pytest.fixture(scope="module")
+def fault_args(model_dir) -> AppArgs:
+    spec = ProfileSpec(
+        clip=ClipModelSpec(model=f"local-dir:{model_dir / 'open_clip'}"),
+        resnet=ResNetSpec(model="resnet18", weights=str(model_dir / "resnet18.pt")),
+    )
+    return AppArgs(
+        profiles={"fast": spec},
+        fetch=FetchLimits(
+            timeout_s=2, max_bytes=4 * 1024 * 1024, allow_private_networks=("127.0.0.1/32",)
+        ),
+        limits=ApiLimits(max_body_bytes=8 * 1024 * 1024, request_timeout_s=20),
+    )
+
+
+def deploy(serve_apps, args: AppArgs, latency_s: float = 0.0) -> None:
+    encoder = {
+        "name": ENCODER,
+        "num_replicas": REPLICAS,
+        "max_ongoing_requests": MAX_ONGOING,
+        "max_queued_requests": MAX_QUEUED,
+        "backpressure_config": {"retry_after_s": 1},
+        "user_config": {"max_batch_size": 4, "fault_latency_s": latency_s},
+    }
+    serve_apps.apply(APP, PREFIX, args, merge_deployments(small_deployments(args), [encoder]))
+
+
+@pytest.fixture(scope="module")
+def faults_url(serve_apps, fault_args):
+    deploy(serve_apps, fault_args)
+    url = serve_apps.url(PREFIX)
+    wait_ready(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    server = HostileServer()
+    thread = ThreadedImageServer(server).start()
+    yield server
+    thread.stop()
+
+
+def post(url: str, path: str, **kwargs) -> requests.Response:
+    return requests.post(url + path, timeout=CLIENT_TIMEOUT_S, **kwargs)
+
+
+def timed_text_request(url: str) -> tuple[int, float, requests.Response]:
+    started = time.monotonic()
+    response = post(url, "/v1/embed/text", json=TEXT)
+    return response.status_code, time.monotonic() - started, response
+
+
+def assert_clean_503(response: requests.Response) -> None:
+    assert response.headers.get("Retry-After") == "1", response.headers
+    assert response.json()["error"]["type"] == "service_unavailable", response.text
+
+
+def assert_healthy(url: str) -> None:
+    assert requests.get(f"{url}/readyz", timeout=CLIENT_TIMEOUT_S).status_code == 200
+    normal = post(url, "/v1/embed/image", json={"images": [{"base64": image_base64()}]})
+    assert normal.status_code == 200, normal.text
+
+
+def encoder_replicas() -> list[str]:
+    prefix = f"SERVE_REPLICA::{APP}#{ENCODER}#"
+    actors = ray.util.list_named_actors(all_namespaces=True)
+    return [actor["name"] for actor in actors if actor["name"].startswith(prefix)]
+
+
+def running_encoders() -> int:
+    deployment = serve.status().applications[APP].deployments[ENCODER]
+    return deployment.replica_states.get("RUNNING", 0)
+
+
+def ingress_rss_bytes() -> int:
+    """RSS of this app's ingress replica process (Ray titles it ServeReplica:<app>:<name>)."""
+    title = f"ServeReplica:{APP}:Ingress"
+    for process in psutil.process_iter(["cmdline"]):
+        if title in " ".join(process.info["cmdline"] or ()):
+            return process.memory_info().rss
+    raise AssertionError(f"no process titled {title}")
+
+
+def test_hostile_corpus_gets_envelopes_and_leaves_the_service_healthy(faults_url, hostile):
+    for name, case in all_cases(hostile).items():
+        images = [{"base64": image_base64()}, {"url": hostile.url(name)}]
+        response = post(faults_url, "/v1/embed/image", json={"images": images})
+        assert response.status_code == case.status, (name, response.text)
+        if case.status != 200:
+            assert response.json()["error"]["type"] == case.error_type, name
+            assert response.json()["error"]["param"] == "images[1]", name
+    assert_healthy(faults_url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://[::1]:9/a.jpg", "http://10.0.0.1/a.jpg", "http://169.254.169.254/latest/meta-data/"],
+)
+def test_internal_urls_are_refused_across_deployments(faults_url, url):
+    response = post(faults_url, "/v1/embed/image", json={"images": [{"url": url}]})
+    assert response.status_code == 403 and response.json()["error"]["type"] == "forbidden_url"
+
+
+def test_oversized_bodies_and_base64(faults_url):
+    body = b'{"texts": ["' + b"x" * (20 * 1000 * 1000) + b'"]}'
+    headers = {"content-type": "application/json"}
+    declared = post(faults_url, "/v1/embed/text", data=body, headers=headers)
+    assert declared.status_code == 413, declared.text[:300]
+    chunked = post(faults_url, "/v1/embed/text", data=iter([body[: 1 << 20], body[1 << 20 :]]))
+    assert chunked.status_code == 413 and chunked.json()["error"]["type"] == "payload_too_large"
+    big_b64 = {"images": [{"base64": "A" * (6 * 1024 * 1024)}]}  # 4.5 MiB > fetch.max_bytes
+    assert post(faults_url, "/v1/embed/image", json=big_b64).status_code == 413
+    assert_healthy(faults_url)
+
+
+def test_overload_sheds_fast_and_memory_stays_bounded(serve_apps, fault_args, faults_url):
+    deploy(serve_apps, fault_args, latency_s=1.0)
+    wait_for(lambda: timed_text_request(faults_url)[1] >= 1.0, 60, message="latency injected")
+    rss_before = ingress_rss_bytes()
+    for _ in range(2):  # twice: a leak would show as growth between rounds
+        with ThreadPoolExecutor(60) as pool:
+            results = list(pool.map(lambda _: timed_text_request(faults_url), range(60)))
+        statuses = [status for status, _, _ in results]
+        assert set(statuses) <= {200, 503}, statuses
+        capacity = REPLICAS * MAX_ONGOING + MAX_QUEUED
+        assert statuses.count(200) >= REPLICAS * MAX_ONGOING, statuses
+        assert statuses.count(503) >= 60 - capacity - 12, statuses
+        for status, seconds, response in results:
+            if status == 503:
+                assert_clean_503(response)
+                assert seconds < 10, seconds  # shed at once, not after waiting in a queue
+    growth = ingress_rss_bytes() - rss_before
+    assert growth < 150 * 1024 * 1024, f"ingress RSS grew {growth / 2**20:.0f} MiB"
+    deploy(serve_apps, fault_args)
+    wait_for(lambda: timed_text_request(faults_url)[1] < 1.0, 60, message="latency removed")
+
+
+def test_killed_replica_gives_few_clean_503s_and_is_replaced(faults_url):
+    wait_for(lambda: running_encoders() == REPLICAS, 120, message="full capacity")
+    victim = encoder_replicas()[0]
+    results: list[tuple[int, float, requests.Response]] = []
+
+    def load(worker: int) -> None:
+        deadline = time.monotonic() + 12
+        for _ in range(60):
+            if time.monotonic() > deadline:
+                return
+            results.append(timed_text_request(faults_url))
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(load, worker) for worker in range(6)]
+        time.sleep(3)
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        for future in futures:
+            future.result()  # a hung request would raise requests.Timeout here
+    statuses = [status for status, _, _ in results]
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(503) <= max(3, len(statuses) // 10), statuses
+    for status, seconds, response in results:
+        assert seconds < CLIENT_TIMEOUT_S
+        if status == 503:
+            assert_clean_503(response)
+    wait_for(lambda: running_encoders() == REPLICAS, 120, message="replica replaced")
+    assert victim not in encoder_replicas()
+    assert_healthy(faults_url)
+
+
+def test_readiness_fails_without_an_encoder_and_recovers(faults_url):
+    wait_for(lambda: running_encoders() == REPLICAS, 120, message="full capacity")
+    for name in encoder_replicas():
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    not_ready = wait_for(
+        lambda: requests.get(f"{faults_url}/readyz", timeout=CLIENT_TIMEOUT_S).status_code == 503,
+        60,
+        interval_s=0.2,
+        message="/readyz 503 with no encoder",
+    )
+    assert not_ready
+    failing = post(faults_url, "/v1/embed/text", json=TEXT)
+    assert failing.status_code in (200, 503, 504), failing.text  # never a hang or a 500
+    wait_ready(faults_url, timeout_s=120)
+    wait_for(lambda: running_encoders() == REPLICAS, 120, message="replicas replaced")
+    assert_healthy(faults_url)

@@ -1,0 +1,100 @@
+"""The hostile corpus against the decoder, the fetcher and the Ray-free app: every input gets
+its own 4xx/5xx envelope (or 200 for odd-but-valid images), and the service stays healthy."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from clipfleet.api.app import create_app
+from clipfleet.api.deps import set_service
+from clipfleet.config import FetchLimits
+from clipfleet.errors import ClipfleetError
+from clipfleet.fetch import ImageFetcher, ImageSource
+from clipfleet.imaging import decode_image
+from tests.support.hostile import HostileServer, all_cases, declared_png, gray16_png
+from tests.support.images import image_base64
+from tests.support.local_dag import build_local_service, tiny_app_args
+from tests.support.servers import ThreadedImageServer
+
+LIMITS = FetchLimits(timeout_s=1.5, allow_private_networks=("127.0.0.1/32",))
+CASE_NAMES = sorted(all_cases(HostileServer()))
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    server = HostileServer()
+    thread = ThreadedImageServer(server).start()
+    yield server
+    thread.stop()
+
+
+@pytest.fixture(scope="module")
+def client(model_dir):
+    set_service(build_local_service(tiny_app_args(model_dir, fetch=LIMITS)))
+    with TestClient(create_app()) as test_client:
+        yield test_client
+    set_service(None)
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+async def test_fetcher_answers_each_case(hostile, name):
+    case = all_cases(hostile)[name]
+    fetcher = ImageFetcher(LIMITS)
+    try:
+        started = asyncio.get_running_loop().time()
+        if case.status == 200:
+            pixels = await fetcher.load(ImageSource(url=hostile.url(name)))
+            assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
+        else:
+            with pytest.raises(ClipfleetError) as caught:
+                await fetcher.load(ImageSource(url=hostile.url(name)))
+            assert (caught.value.status, caught.value.type) == (case.status, case.error_type)
+        assert asyncio.get_running_loop().time() - started < LIMITS.timeout_s + 1.0
+    finally:
+        await fetcher.close()
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_api_answers_each_case_with_the_envelope(client, hostile, name):
+    case = all_cases(hostile)[name]
+    images = [{"base64": image_base64()}, {"url": hostile.url(name)}]
+    response = client.post("/v1/embed/image", json={"images": images})
+    assert response.status_code == case.status, response.text
+    if case.status != 200:
+        error = response.json()["error"]
+        assert error["type"] == case.error_type and error["param"] == "images[1]"
+        assert "Traceback" not in response.text
+
+
+def test_huge_and_broken_base64(client):
+    huge = base64.b64encode(b"\0" * (LIMITS.max_bytes + 1024)).decode()
+    response = client.post("/v1/embed/image", json={"images": [{"base64": huge}]})
+    assert response.status_code == 413 and response.json()["error"]["param"] == "images[0]"
+    broken = client.post("/v1/embed/image", json={"images": [{"base64": "@@not base64@@"}]})
+    assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request"
+
+
+def test_still_healthy_after_the_corpus(client, hostile):
+    for name in CASE_NAMES:  # once more, all at once, through the upload route too
+        if name not in ("big", "drip"):
+            body = all_cases(hostile)[name].body
+            client.post("/v1/embed/image/upload", files={"image": ("x", body, "image/png")})
+    assert client.get("/readyz").status_code == 200
+    normal = client.post("/v1/embed/image", json={"images": [{"base64": image_base64()}]})
+    assert normal.status_code == 200 and len(normal.json()["embeddings"]) == 1
+
+
+def test_sixteen_bit_gray_is_scaled_not_clipped():
+    pixels = decode_image(gray16_png(), FetchLimits())
+    assert pixels.shape == (64, 64, 3) and 0 < pixels.mean() < 200 and pixels.max() > 200
+
+
+def test_pixel_limit_is_ours_not_pillows():
+    with pytest.raises(ClipfleetError) as caught:
+        decode_image(declared_png(300, 300), FetchLimits(max_pixels=10_000))
+    assert caught.value.status == 413

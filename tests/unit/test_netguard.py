@@ -1,0 +1,180 @@
+"""SSRF guard: the address checker on literal IPs, the resolver on a fake DNS, and the fetcher
+refusing loopback without the allow-list. No traffic goes to any non-loopback address: those are
+refused before a connection is opened, and fake resolvers stand in for DNS."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlencode
+
+import pytest
+from aiohttp.abc import AbstractResolver
+
+from clipfleet.config import FetchLimits
+from clipfleet.errors import ClipfleetError
+from clipfleet.fetch import ImageFetcher, ImageSource
+from clipfleet.netguard import AddressPolicy, ForbiddenUrlError, GuardedResolver, refusal_reason
+from tests.support.hostile import HostileServer
+from tests.support.images import ImageServer
+
+REFUSED = [
+    "127.0.0.1",
+    "127.255.0.9",
+    "10.1.2.3",
+    "172.16.0.1",
+    "192.168.1.1",
+    "100.64.0.1",  # carrier-grade NAT
+    "169.254.169.254",  # cloud metadata
+    "169.254.1.1",
+    "100.100.100.200",  # Alibaba metadata
+    "0.0.0.0",
+    "224.0.0.1",
+    "240.0.0.1",
+    "255.255.255.255",
+    "192.0.2.1",  # documentation
+    "::1",
+    "::",
+    "fe80::1",
+    "fc00::1",
+    "fd00:ec2::254",  # AWS IMDSv6
+    "ff02::1",
+    "::ffff:127.0.0.1",  # IPv4-mapped
+    "::ffff:10.0.0.1",
+    "::ffff:169.254.169.254",
+    "2002:7f00:1::1",  # 6to4 wrapping 127.0.0.1
+    "64:ff9b::a00:1",  # NAT64 wrapping 10.0.0.1
+    "::127.0.0.1",  # IPv4-compatible (deprecated)
+]
+PUBLIC = ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8"]
+
+
+@pytest.mark.parametrize("address", REFUSED)
+def test_internal_addresses_are_refused(address):
+    assert refusal_reason(ipaddress.ip_address(address)) is not None
+    with pytest.raises(ForbiddenUrlError) as caught:
+        AddressPolicy().check_address(ipaddress.ip_address(address), "h")
+    assert caught.value.status == 403 and caught.value.type == "forbidden_url"
+
+
+@pytest.mark.parametrize("address", PUBLIC)
+def test_public_addresses_pass(address):
+    assert refusal_reason(ipaddress.ip_address(address)) is None
+
+
+def test_allow_list_networks_and_hosts():
+    policy = AddressPolicy.from_lists(["10.0.0.0/8", "169.254.0.0/16"], ["imgs.internal", "*.corp"])
+    policy.check_address(ipaddress.ip_address("10.9.8.7"), "h")
+    with pytest.raises(ForbiddenUrlError):  # metadata needs an exact entry, not a wide range
+        policy.check_address(ipaddress.ip_address("169.254.169.254"), "h")
+    AddressPolicy.from_lists(["169.254.169.254/32"], []).check_address(
+        ipaddress.ip_address("169.254.169.254"), "h"
+    )
+    assert policy.host_allowed("IMGS.internal.") and policy.host_allowed("a.b.corp")
+    assert not policy.host_allowed("corp") and not policy.host_allowed("imgs.internal.evil")
+
+
+class FakeResolver(AbstractResolver):
+    """DNS without the network; counts lookups (a rebinding attacker answers differently on
+    the second one, so there must not be one)."""
+
+    def __init__(self, answers: dict[str, list[list[str]]]) -> None:
+        self.answers = answers
+        self.calls: list[str] = []
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        self.calls.append(host)
+        addresses = self.answers[host][min(len(self.calls), len(self.answers[host])) - 1]
+        return [
+            {"hostname": host, "host": a, "port": port, "family": family, "proto": 0, "flags": 0}
+            for a in addresses
+        ]
+
+    async def close(self):
+        pass
+
+
+async def test_resolver_checks_every_address_and_returns_only_checked_ones():
+    fake = FakeResolver(
+        {"mixed.test": [["93.184.216.34", "10.0.0.5"]], "public.test": [["93.184.216.34"]]}
+    )
+    guarded = GuardedResolver(AddressPolicy(), fake)
+    with pytest.raises(ForbiddenUrlError):
+        await guarded.resolve("mixed.test", 443)
+    results = await guarded.resolve("public.test", 443)
+    # unchanged: aiohttp connects to this address and keeps the name for SNI and Host
+    assert [(r["host"], r["hostname"]) for r in results] == [("93.184.216.34", "public.test")]
+
+
+@pytest.fixture
+async def server():
+    started = await ImageServer().start()
+    yield started
+    await started.stop()
+
+
+async def _fetch_error(limits: FetchLimits, url: str, resolver=None) -> ClipfleetError:
+    fetcher = ImageFetcher(limits, resolver=resolver)
+    try:
+        with pytest.raises(ClipfleetError) as caught:
+            await fetcher.load(ImageSource(url=url))
+        return caught.value
+    finally:
+        await fetcher.close()
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "localhost", "[::1]", "[::ffff:127.0.0.1]", "10.0.0.1", "169.254.169.254"],
+)
+async def test_fetcher_refuses_internal_hosts_without_the_allow_list(server, host):
+    port = server.base_url.rsplit(":", 1)[1]
+    error = await _fetch_error(FetchLimits(timeout_s=2), f"http://{host}:{port}/img.jpg")
+    assert (error.status, error.type) == (403, "forbidden_url"), error.message
+
+
+async def test_rebinding_gets_no_second_lookup(server):
+    """The checked answer is the one connected to: a later, internal answer is never asked."""
+    port = int(server.base_url.rsplit(":", 1)[1])
+    fake = FakeResolver({"rebind.test": [["127.0.0.1"], ["10.0.0.1"]]})
+    limits = FetchLimits(allow_private_networks=("127.0.0.1/32",))
+    fetcher = ImageFetcher(limits, resolver=fake)
+    try:
+        pixels = await fetcher.load(ImageSource(url=f"http://rebind.test:{port}/img.jpg"))
+        assert pixels.shape == (72, 96, 3) and fake.calls == ["rebind.test"]
+    finally:
+        await fetcher.close()
+
+
+@pytest.fixture
+async def hostile():
+    started = await HostileServer().start()
+    yield started
+    await started.stop()
+
+
+@pytest.mark.parametrize(
+    ("location", "status"),
+    [
+        ("case/rgba_png", 200),  # relative Location, followed
+        ("/redirect?to=/case/cmyk_jpeg", 200),  # two hops
+        ("http://10.0.0.1/x.jpg", 403),  # each hop is checked before it is sent
+        ("http://[::1]:9/x.jpg", 403),
+        ("http://169.254.169.254/latest/meta-data/", 403),
+        ("file:///etc/passwd", 502),
+        ("/redirect?to=/redirect?to=/redirect?to=/case/rgba_png", 502),  # past max_redirects
+    ],
+)
+async def test_redirects_are_followed_hop_by_hop(hostile, location, status):
+    limits = FetchLimits(allow_private_networks=("127.0.0.1/32",), max_redirects=3)
+    url = f"{hostile.base_url}/redirect?{urlencode({'to': location})}"
+    fetcher = ImageFetcher(limits)
+    try:
+        if status == 200:
+            assert (await fetcher.load(ImageSource(url=url))).shape[2] == 3
+        else:
+            with pytest.raises(ClipfleetError) as caught:
+                await fetcher.load(ImageSource(url=url))
+            assert caught.value.status == status, caught.value.message
+    finally:
+        await fetcher.close()

@@ -1,0 +1,255 @@
+"""The error contract, limits, API keys and CORS on the Ray-free app.
+
+Errors are injected as a downstream deployment would raise them (wrapped in Ray's RayTaskError)
+or as Ray itself does (back-pressure, dead replicas, timeouts)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+
+import pytest
+from fastapi.testclient import TestClient
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
+from ray.serve._private.common import DeploymentID
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+from clipfleet import errors
+from clipfleet.api.app import create_app
+from clipfleet.api.deps import set_service
+from clipfleet.config import ApiLimits, AuthConfig, CorsConfig
+from clipfleet.netguard import ForbiddenUrlError
+from tests.support.local_dag import build_local_service
+
+KEYS_ENV = "CLIPFLEET_TEST_API_KEYS"
+TEXT = {"texts": ["a cat"]}
+
+
+@pytest.fixture(scope="module")
+def base_service(tiny_args):
+    return build_local_service(tiny_args)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(create_app()) as test_client:
+        yield test_client
+    set_service(None)
+
+
+@pytest.fixture
+def serve(base_service):
+    """Install the local service with some AppArgs fields replaced; returns it."""
+
+    def install(**fields):
+        service = copy.copy(base_service)
+        service.args = base_service.args.model_copy(update=fields)
+        set_service(service)
+        return service
+
+    yield install
+    set_service(base_service)
+
+
+def failing(service, exc: BaseException, delay_s: float = 0.0):
+    async def embed_texts(*args, **kwargs):
+        await asyncio.sleep(delay_s)
+        raise exc
+
+    service.embed_texts = embed_texts
+
+
+def downstream(error: BaseException) -> BaseException:
+    """What a deployment's exception looks like when it reaches the ingress."""
+    return RayTaskError(
+        "fetch", "Traceback (most recent call last): ...", error
+    ).as_instanceof_cause()
+
+
+CLIPFLEET_ERRORS = [
+    (errors.InvalidRequestError, 400),
+    (errors.InvalidImageError, 400),
+    (ForbiddenUrlError, 403),
+    (errors.NotFoundError, 404),
+    (errors.PayloadTooLargeError, 413),
+    (errors.UnsupportedMediaTypeError, 415),
+    (errors.UpstreamError, 502),
+    (errors.ServiceUnavailableError, 503),
+    (errors.UpstreamTimeoutError, 504),
+]
+
+
+@pytest.mark.parametrize(("cls", "status"), CLIPFLEET_ERRORS)
+def test_downstream_errors_keep_their_status(client, serve, cls, status):
+    failing(serve(), downstream(cls("what went wrong", "images[2]")))
+    response = client.post("/v1/embed/text", json=TEXT)
+    assert response.status_code == status
+    assert response.json() == {
+        "error": {"type": cls.type, "message": "what went wrong", "param": "images[2]"}
+    }
+    assert (response.headers.get("Retry-After") is not None) == (status == 503)
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "retry_after"),
+    [
+        (BackPressureError(8, 8, retry_after_s=2.0), 503, "2"),
+        (downstream(BackPressureError(8, 8)), 503, "1"),
+        (ActorDiedError(), 503, "1"),
+        (ActorUnavailableError("restarting", b"a" * 16), 503, "1"),
+        (DeploymentUnavailableError(DeploymentID("clip_fast", "app")), 503, "1"),
+        (TimeoutError(), 504, None),
+    ],
+)
+def test_ray_failures_are_503_or_504(client, serve, exc, status, retry_after):
+    failing(serve(), exc)
+    response = client.post("/v1/embed/text", json=TEXT)
+    assert response.status_code == status, response.text
+    assert response.headers.get("Retry-After") == retry_after
+    assert response.json()["error"]["type"] in {"service_unavailable", "request_timeout"}
+
+
+def test_bugs_are_a_generic_500_with_the_request_id(client, serve):
+    failing(serve(), downstream(KeyError("/secret/path")))
+    response = client.post("/v1/embed/text", json=TEXT, headers={"X-Request-ID": "req-42"})
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "internal_error"
+    assert "req-42" in response.json()["error"]["message"]
+    assert "secret" not in response.text and "Traceback" not in response.text
+
+
+def test_request_deadline_gives_504(client, serve):
+    failing(serve(limits=ApiLimits(request_timeout_s=0.3)), RuntimeError("late"), delay_s=5)
+    response = client.post("/v1/embed/text", json=TEXT)
+    assert response.status_code == 504 and response.json()["error"]["type"] == "request_timeout"
+
+
+def test_body_limit_declared_and_chunked(client, serve):
+    serve(limits=ApiLimits(max_body_bytes=2048))
+    body = b'{"texts": ["' + b"x" * 4096 + b'"]}'
+    declared = client.post(
+        "/v1/embed/text", content=body, headers={"content-type": "application/json"}
+    )
+    assert declared.status_code == 413 and declared.json()["error"]["type"] == "payload_too_large"
+
+    def chunks():  # no Content-Length: Transfer-Encoding chunked
+        yield body[:1000]
+        yield body[1000:]
+
+    chunked = client.post(
+        "/v1/embed/text", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert chunked.status_code == 413 and chunked.json()["error"]["type"] == "payload_too_large"
+    files = {"image": ("a.jpg", b"\xff" * 4096, "image/jpeg")}
+    assert client.post("/v1/embed/image/upload", files=files).status_code == 413
+    assert client.post("/v1/embed/text", json=TEXT).status_code == 200
+
+
+@pytest.fixture
+def keys(monkeypatch, serve):
+    monkeypatch.setenv(KEYS_ENV, " key-one , key-two ")
+    return serve(auth=AuthConfig(api_keys_env=KEYS_ENV))
+
+
+def test_api_keys_from_the_environment(client, keys):
+    missing = client.post("/v1/embed/text", json=TEXT)
+    assert missing.status_code == 401 and missing.json()["error"]["type"] == "unauthorized"
+    assert missing.headers["WWW-Authenticate"] == "Bearer"
+    wrong = client.post("/v1/embed/text", json=TEXT, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403 and wrong.json()["error"]["type"] == "forbidden"
+    bearer = client.post("/v1/embed/text", json=TEXT, headers={"Authorization": "Bearer key-two"})
+    assert bearer.status_code == 200
+    assert client.get("/v1/models", headers={"X-API-Key": "key-one"}).status_code == 200
+    assert client.get("/v1/nothing").status_code == 401  # unknown routes are not probe-able
+    for path in ("/healthz", "/readyz", "/docs", "/openapi.json"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_api_key_is_the_sticky_routing_key(client, keys):
+    seen = []
+
+    async def embed_texts(texts, profile, routing):
+        seen.append(routing)
+        raise errors.InvalidRequestError("stop here")
+
+    keys.embed_texts = embed_texts
+    for key in ("key-one", "key-one", "key-two"):
+        client.post("/v1/embed/text", json=TEXT, headers={"X-API-Key": key})
+    client.post(
+        "/v1/embed/text",
+        json=TEXT,
+        headers={"X-API-Key": "key-one", "X-Clipfleet-Route-Key": "mine"},
+    )
+    assert seen[0].key == seen[1].key != seen[2].key and seen[0].key.startswith("key-")
+    assert "key-one" not in seen[0].key and seen[3].key == "mine"
+
+
+def test_api_keys_from_a_rotated_file(client, serve, tmp_path):
+    secret = tmp_path / "api-keys"
+    secret.write_text("# rotated monthly\nfile-key-1\n")
+    serve(auth=AuthConfig(api_keys_env=KEYS_ENV, api_keys_file=str(secret)))
+    assert client.get("/v1/models", headers={"X-API-Key": "file-key-1"}).status_code == 200
+    secret.write_text("file-key-2\n")
+    os.utime(secret, (1, 1))  # a new mtime even within the filesystem's time resolution
+    assert client.get("/v1/models", headers={"X-API-Key": "file-key-1"}).status_code == 403
+    assert client.get("/v1/models", headers={"X-API-Key": "file-key-2"}).status_code == 200
+    secret.unlink()  # unreadable secret: fail closed
+    assert client.get("/v1/models", headers={"X-API-Key": "file-key-2"}).status_code == 403
+
+
+def test_cors_off_by_default_and_configurable(client, serve, monkeypatch):
+    origin = {"Origin": "https://app.example"}
+    preflight = {**origin, "Access-Control-Request-Method": "POST"}
+    serve()
+    assert "access-control-allow-origin" not in client.get("/healthz", headers=origin).headers
+    monkeypatch.setenv(KEYS_ENV, "k")
+    serve(
+        cors=CorsConfig(allow_origins=("https://app.example",)),
+        auth=AuthConfig(api_keys_env=KEYS_ENV),
+    )
+    answer = client.options("/v1/embed/text", headers=preflight)
+    assert answer.status_code == 200  # preflights carry no key and must not need one
+    assert answer.headers["access-control-allow-origin"] == "https://app.example"
+    denied = client.post("/v1/embed/text", json=TEXT, headers=origin)
+    assert denied.status_code == 401
+    assert denied.headers["access-control-allow-origin"] == "https://app.example"
+    other = client.options(
+        "/v1/embed/text", headers={**preflight, "Origin": "https://evil.example"}
+    )
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_serves_own_plain_503_handlers_become_the_envelope(base_service, serve):
+    """Ray Serve adds FastAPI handlers for its back-pressure errors that answer plain text."""
+    from starlette.responses import Response
+
+    app = create_app()
+    app.add_exception_handler(  # what Ray's replica does to an ingress app
+        BackPressureError,
+        lambda request, exc: Response(exc.message, 503, headers={"Retry-After": "3"}),
+    )
+    failing(serve(), BackPressureError(8, 8))
+    with TestClient(app) as ray_like:
+        response = ray_like.post("/v1/embed/text", json=TEXT)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "3"
+    assert response.json()["error"]["type"] == "service_unavailable"
+
+
+def test_readiness_fails_while_a_deployment_hangs_and_recovers(client, serve, monkeypatch):
+    import clipfleet.service
+
+    class Hanging:
+        class describe:  # mimics handle.describe.remote()
+            @staticmethod
+            def remote():
+                return asyncio.sleep(60)
+
+    monkeypatch.setattr(clipfleet.service, "READINESS_TIMEOUT_S", 0.2)
+    service = serve()
+    healthy_scorer, service.scorer = service.scorer, Hanging()
+    not_ready = client.get("/readyz")
+    assert not_ready.status_code == 503 and not_ready.headers["Retry-After"]
+    assert not_ready.json()["deployments"]["scorer"]["ready"] is False
+    service.scorer = healthy_scorer
+    assert client.get("/readyz").status_code == 200

@@ -29,3 +29,15 @@ def tiny_args(model_dir):
     from tests.support.local_dag import tiny_app_args
 
     return tiny_app_args(model_dir)
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    """The generated hostile-image corpus, served on 127.0.0.1."""
+    from tests.support.hostile import HostileServer
+    from tests.support.servers import ThreadedImageServer
+
+    server = HostileServer()
+    thread = ThreadedImageServer(server).start()
+    yield server
+    thread.stop()

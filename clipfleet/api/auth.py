@@ -18,10 +18,11 @@ import logging
 import os
 from dataclasses import dataclass
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from clipfleet.api import deps
 from clipfleet.api.errors import envelope
+from clipfleet.asgi import HttpMiddleware
 from clipfleet.config import AuthConfig
 
 logger = logging.getLogger("ray.serve")
@@ -112,16 +113,13 @@ def app_path(scope: Scope) -> str:
     return path or "/"
 
 
-class AuthMiddleware:
+class AuthMiddleware(HttpMiddleware):
     """401 without a key, 403 with a wrong one, on every route but OPEN_PATHS."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def passes_through(self, scope: Scope) -> bool:
+        return app_path(scope) in OPEN_PATHS
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or app_path(scope) in OPEN_PATHS:
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         store = key_store()
         digests = store.digests()
         if digests is None:

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clipfleet.api import deps
 from clipfleet.api.errors import RETRY_AFTER_S, envelope
+from clipfleet.asgi import HttpMiddleware
 from clipfleet.config import ApiLimits, CorsConfig
 
 
@@ -26,17 +27,11 @@ def _too_large(size: str, limit: int) -> str:
     return f"the request body is {size} bytes; the limit is {limit}"
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HttpMiddleware):
     """413 for a body over `limits.max_body_bytes`: up front from Content-Length, and while
     streaming for chunked bodies (or lying Content-Lengths) by counting what `receive` yields."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = api_limits().max_body_bytes
         declared = dict(scope.get("headers", ())).get(b"content-length", b"").decode("latin-1")
         if declared.isdigit() and int(declared) > limit:
@@ -62,18 +57,12 @@ def _counting(receive: Receive, limit: int) -> Receive:
     return counted
 
 
-class ServeRejectionMiddleware:
+class ServeRejectionMiddleware(HttpMiddleware):
     """Ray Serve registers its own FastAPI handlers for BackPressureError and
     DeploymentUnavailableError (a plain-text 503); this turns those into the envelope,
     keeping their Retry-After (always sending one)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         replaced = False
 
         async def guarded_send(message: Message) -> None:
@@ -98,18 +87,12 @@ def _plain_503(message: Message) -> bool:
     return message["status"] == 503 and not content_type.startswith(b"application/json")
 
 
-class DeadlineMiddleware:
+class DeadlineMiddleware(HttpMiddleware):
     """504 once a request has run for `limits.request_timeout_s`; the work is cancelled (and
     with it the downstream deployment calls). Runs the app itself, with no task in between,
     so the cancellation reaches it."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         timeout_s = api_limits().request_timeout_s
         started = False
 
@@ -129,11 +112,11 @@ class DeadlineMiddleware:
             await envelope(504, "request_timeout", message)(scope, receive, send)
 
 
-class ConfiguredCorsMiddleware:
+class ConfiguredCorsMiddleware(HttpMiddleware):
     """Starlette's CORSMiddleware with the service's `cors` settings; off without origins."""
 
     def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+        super().__init__(app)
         self._built: dict[CorsConfig, ASGIApp] = {}
 
     def _for(self, config: CorsConfig) -> ASGIApp:
@@ -149,10 +132,13 @@ class ConfiguredCorsMiddleware:
             )
         return self._built[config]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    @staticmethod
+    def _config() -> CorsConfig:
         service = deps.current_service()
-        config = service.args.cors if service is not None else CorsConfig()
-        if scope["type"] != "http" or not config.allow_origins:
-            await self.app(scope, receive, send)
-            return
-        await self._for(config)(scope, receive, send)
+        return service.args.cors if service is not None else CorsConfig()
+
+    def passes_through(self, scope: Scope) -> bool:
+        return not self._config().allow_origins
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._for(self._config())(scope, receive, send)

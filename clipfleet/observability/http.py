@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from clipfleet.asgi import HttpMiddleware
 from clipfleet.observability import metrics, tracing
 
 logger = logging.getLogger("ray.serve")
@@ -63,14 +64,8 @@ def traceparent_of(scope: dict) -> str | None:
     return value.decode("latin-1") if value else None
 
 
-class ObservabilityMiddleware:
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class ObservabilityMiddleware(HttpMiddleware):
+    async def handle(self, scope, receive, send) -> None:
         outcome = Outcome()
 
         async def send_observed(message: dict) -> None:

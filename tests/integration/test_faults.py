@@ -18,9 +18,8 @@ from ray import serve
 
 from clipfleet.config import ApiLimits, AppArgs, ClipModelSpec, FetchLimits, ProfileSpec, ResNetSpec
 from tests.integration.conftest import merge_deployments, small_deployments, wait_for, wait_ready
-from tests.support.hostile import HostileServer, all_cases
+from tests.support.hostile import all_cases
 from tests.support.images import image_base64
-from tests.support.servers import ThreadedImageServer
 
 APP = "faults"
 PREFIX = "/faults"
@@ -63,14 +62,6 @@ def faults_url(serve_apps, fault_args):
     url = serve_apps.url(PREFIX)
     wait_ready(url)
     return url
-
-
-@pytest.fixture(scope="module")
-def hostile():
-    server = HostileServer()
-    thread = ThreadedImageServer(server).start()
-    yield server
-    thread.stop()
 
 
 def post(url: str, path: str, **kwargs) -> requests.Response:

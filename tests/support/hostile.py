@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from tests.support.images import image_bytes
+from tests.support.images import image_bytes, start_loopback_site
 
 BIG_BODY_BYTES = 21 * 1024 * 1024  # over the default fetch.max_bytes (20 MiB)
 DRIP_INTERVAL_S = 0.2
@@ -143,11 +143,7 @@ class HostileServer:
         app.router.add_get("/big", big)
         app.router.add_get("/drip", drip)
         app.router.add_get("/redirect", redirect)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        self._runner, self.base_url = await start_loopback_site(app)
         return self
 
     async def stop(self) -> None:

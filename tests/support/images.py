@@ -21,6 +21,17 @@ def image_base64(**kwargs) -> str:
     return base64.b64encode(image_bytes(**kwargs)).decode()
 
 
+async def start_loopback_site(app):
+    """Serve an aiohttp app on 127.0.0.1 (a free port): returns (runner, base_url)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+
 class ImageServer:
     """A loopback aiohttp server for fetch tests: /img.jpg, /big, /slow, /html, /missing, /loop."""
 
@@ -59,12 +70,7 @@ class ImageServer:
         app.router.add_get("/slow", slow)
         app.router.add_get("/html", html)
         app.router.add_get("/loop", loop)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{port}"
+        self._runner, self.base_url = await start_loopback_site(app)
         return self
 
     async def stop(self) -> None:

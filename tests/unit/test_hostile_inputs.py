@@ -19,18 +19,9 @@ from clipfleet.imaging import decode_image
 from tests.support.hostile import HostileServer, all_cases, declared_png, gray16_png
 from tests.support.images import image_base64
 from tests.support.local_dag import build_local_service, tiny_app_args
-from tests.support.servers import ThreadedImageServer
 
 LIMITS = FetchLimits(timeout_s=1.5, allow_private_networks=("127.0.0.1/32",))
 CASE_NAMES = sorted(all_cases(HostileServer()))
-
-
-@pytest.fixture(scope="module")
-def hostile():
-    server = HostileServer()
-    thread = ThreadedImageServer(server).start()
-    yield server
-    thread.stop()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@
 2. baseline: loadtests/baseline_server.py (one process, one request at a time), 32 clients;
 3. clipfleet: `serve run loadtests/bench_config.yaml` over HTTP, POST /v1/score with one
    image by URL (from a loopback image server) at 1, 8, 32 and 64 clients: throughput,
-   p50/p95/p99, mean encoder batch size, machine CPU use;
+   p50/p95/p99, mean encoder batch size, machine CPU use; then 32 clients over only 8
+   distinct images (a workload with repeats, served by the embedding cache);
 4. the ratios clipfleet / ceiling and clipfleet / baseline.
 Everything runs on loopback, bounded in time; random weights (CLIPFLEET_RANDOM_WEIGHTS=1).
 """
@@ -22,12 +23,14 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import requests
 import torch
+import yaml
 
 from clipfleet.config import ClipModelSpec, FetchLimits
 from clipfleet.imaging import decode_image
@@ -38,6 +41,7 @@ from loadtests.images import make_library
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_PORT, BASELINE_PORT, CLIPFLEET_URL = 8091, 8095, "http://127.0.0.1:8000"
+BENCH_CONFIG = ROOT / "loadtests" / "bench_config.yaml"
 TEXTS = ["a photo of a cat", "a dog on a beach", "a red car", "a bowl of fruit"]
 FAST = ClipModelSpec(model="ViT-B-32", pretrained="laion2b_s34b_b79k")
 
@@ -82,6 +86,23 @@ def start(command: list[str], ready_url: str, timeout_s: float, env: dict | None
     raise RuntimeError(f"{' '.join(command)} not ready within {timeout_s} s")
 
 
+def start_clipfleet(config: Path) -> subprocess.Popen:
+    serve = Path(sys.executable).parent / "serve"
+    env = {"CLIPFLEET_RANDOM_WEIGHTS": "1"}
+    return start([str(serve), "run", str(config)], f"{CLIPFLEET_URL}/readyz", 300, env)
+
+
+def with_cache(config: Path) -> Path:
+    """The same config with the encoders' embedding cache on."""
+    document = yaml.safe_load(config.read_text())
+    for deployment in document["applications"][0]["deployments"]:
+        if "cache" in deployment.get("user_config", {}):
+            deployment["user_config"]["cache"] = {"enabled": True}
+    cached = Path(tempfile.mkdtemp(prefix="clipfleet-bench-")) / "bench_config_cache.yaml"
+    cached.write_text(yaml.safe_dump(document))
+    return cached
+
+
 def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGINT)
@@ -97,6 +118,11 @@ def image_url(n: int) -> str:
 
 def clipfleet_body(n: int) -> dict:
     return {"pairs": [{"image": {"url": image_url(n)}, "text": TEXTS[n % len(TEXTS)]}]}
+
+
+def repeated_body(n: int) -> dict:
+    """A scoring workload with repeats: 8 distinct images, so the embedding cache answers."""
+    return clipfleet_body(n % 8)
 
 
 def baseline_body(n: int) -> dict:
@@ -144,12 +170,7 @@ def run(seconds: float, levels: list[int]) -> dict:
             )
         finally:
             stop(baseline)
-        serve = start(
-            [str(Path(python).parent / "serve"), "run", "loadtests/bench_config.yaml"],
-            f"{CLIPFLEET_URL}/readyz",
-            300,
-            {"CLIPFLEET_RANDOM_WEIGHTS": "1"},
-        )
+        serve = start_clipfleet(BENCH_CONFIG)
         try:
             report["clipfleet"] = []
             for clients in levels:
@@ -157,6 +178,13 @@ def run(seconds: float, levels: list[int]) -> dict:
                 result = measure(f"{CLIPFLEET_URL}/v1/score", clipfleet_body, clients, seconds)
                 result["mean_batch_size"] = mean_batch(before, batch_counts())
                 report["clipfleet"].append(result)
+        finally:
+            stop(serve)
+        serve = start_clipfleet(with_cache(BENCH_CONFIG))
+        try:
+            report["clipfleet_repeats_32"] = measure(
+                f"{CLIPFLEET_URL}/v1/score", repeated_body, 32, seconds
+            )
         finally:
             stop(serve)
     finally:
@@ -185,6 +213,11 @@ def print_table(report: dict) -> None:
             f"{r['p95_ms']:>9.0f}{r['p99_ms']:>9.0f}{r.get('mean_batch_size', 1):>7.1f}"
             f"{r['cpu_percent']:>7.0f}{r['errors']:>8}"
         )
+    repeats = report["clipfleet_repeats_32"]
+    print(
+        f"clipfleet, 8 repeated images (embedding cache), 32 clients: "
+        f"{repeats['throughput_rps']:.1f} req/s, p95 {repeats['p95_ms']:.0f} ms"
+    )
     for key, value in report["ratios"].items():
         print(f"{key}: {value:.2f}")
 

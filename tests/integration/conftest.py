@@ -55,6 +55,9 @@ class ServeApps:
         from ray.serve.context import _get_global_client
         from ray.serve.schema import ServeDeploySchema
 
+        # One test module's app at a time beside the main one: earlier modules' apps are
+        # removed by this declarative deploy, so their idle replicas stop taking CPU and memory.
+        self.apps = {key: app for key, app in self.apps.items() if key in (APP_NAME, name)}
         self.apps[name] = {
             "name": name,
             "route_prefix": route_prefix,

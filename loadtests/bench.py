@@ -75,7 +75,7 @@ def start(command: list[str], ready_url: str, timeout_s: float, env: dict | None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if requests.get(ready_url, timeout=5).status_code < 500:
+            if requests.get(ready_url, timeout=5).status_code == 200:
                 return process
         except requests.RequestException:
             pass
@@ -88,7 +88,9 @@ def start(command: list[str], ready_url: str, timeout_s: float, env: dict | None
 
 def start_clipfleet(config: Path) -> subprocess.Popen:
     serve = Path(sys.executable).parent / "serve"
-    env = {"CLIPFLEET_RANDOM_WEIGHTS": "1"}
+    # Ray runs its workers at nice 15 (RAY_worker_niceness) so the raylet stays responsive; the
+    # ceiling, the baseline and the load generator run at nice 0, so give clipfleet the same.
+    env = {"CLIPFLEET_RANDOM_WEIGHTS": "1", "RAY_worker_niceness": "0"}
     return start([str(serve), "run", str(config)], f"{CLIPFLEET_URL}/readyz", 300, env)
 
 

@@ -47,8 +47,10 @@ LOADTEST_URL ?= http://127.0.0.1:8000
 LOADTEST_USERS ?= 32
 LOADTEST_TIME ?= 60s
 IMAGE_PORT ?= 8091
+LOADTEST_PROFILES ?= fast,accurate
 RESULTS ?= results
-LOCUST = CLIPFLEET_IMAGE_BASE=http://127.0.0.1:$(IMAGE_PORT) $(BIN)/locust -f loadtests/locustfile.py \
+LOCUST = CLIPFLEET_IMAGE_BASE=http://127.0.0.1:$(IMAGE_PORT) CLIPFLEET_PROFILES=$(LOADTEST_PROFILES) \
+	$(BIN)/locust -f loadtests/locustfile.py \
 	--host $(LOADTEST_URL)
 WITH_IMAGE_SERVER = $(BIN)/python -m loadtests.images --port $(IMAGE_PORT) & server=$$!; \
 	trap 'kill $$server' EXIT; sleep 3;

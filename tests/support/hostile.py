@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from tests.support.images import image_bytes, start_loopback_site
+from tests.support.images import LoopbackServer, image_bytes
 
 BIG_BODY_BYTES = 21 * 1024 * 1024  # over the default fetch.max_bytes (20 MiB)
 DRIP_INTERVAL_S = 0.2
@@ -99,20 +99,19 @@ STREAMED_CASES = {
 }
 
 
-class HostileServer:
+class HostileServer(LoopbackServer):
     """Loopback aiohttp server: /case/<name>, /big (21 MiB, chunked), /drip (a byte at a time),
     /redirect?to=<location> (302)."""
 
     def __init__(self) -> None:
-        self.base_url = ""
+        super().__init__()
         self.corpus = hostile_corpus()
-        self._runner = None
 
     def url(self, name: str) -> str:
         path = name if name in STREAMED_CASES else f"case/{name}"
         return f"{self.base_url}/{path}"
 
-    async def start(self) -> HostileServer:
+    def build_app(self):
         from aiohttp import web
 
         async def case(request):
@@ -143,12 +142,7 @@ class HostileServer:
         app.router.add_get("/big", big)
         app.router.add_get("/drip", drip)
         app.router.add_get("/redirect", redirect)
-        self._runner, self.base_url = await start_loopback_site(app)
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        return app
 
 
 def all_cases(server: HostileServer) -> dict[str, Case]:

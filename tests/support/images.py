@@ -32,14 +32,29 @@ async def start_loopback_site(app):
     return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
 
 
-class ImageServer:
-    """A loopback aiohttp server for fetch tests: /img.jpg, /big, /slow, /html, /missing, /loop."""
+class LoopbackServer:
+    """An aiohttp app of `build_app()` served on 127.0.0.1; `base_url` is set by `start()`."""
 
     def __init__(self) -> None:
         self.base_url = ""
         self._runner = None
 
-    async def start(self) -> ImageServer:
+    def build_app(self):
+        raise NotImplementedError
+
+    async def start(self) -> LoopbackServer:
+        self._runner, self.base_url = await start_loopback_site(self.build_app())
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class ImageServer(LoopbackServer):
+    """A loopback aiohttp server for fetch tests: /img.jpg, /big, /slow, /html, /missing, /loop."""
+
+    def build_app(self):
         from aiohttp import web
 
         async def image(request):
@@ -70,9 +85,4 @@ class ImageServer:
         app.router.add_get("/slow", slow)
         app.router.add_get("/html", html)
         app.router.add_get("/loop", loop)
-        self._runner, self.base_url = await start_loopback_site(app)
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        return app

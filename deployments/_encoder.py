@@ -13,6 +13,7 @@ import ray
 import torch
 from ray import serve
 
+from clipfleet.batching import ForwardScheduler
 from clipfleet.cache import EmbeddingCache, image_key
 from clipfleet.config import EncoderConfig
 from clipfleet.models.base import ImageEncoderModel
@@ -24,6 +25,9 @@ from clipfleet.observability.tracing import traced
 logger = logging.getLogger("ray.serve")
 
 DEFAULT_CONFIG = EncoderConfig()
+# @serve.batch hands batches to the ForwardScheduler, which merges those that queue behind a
+# running forward; up to this many may be waiting there (each holds at least one item).
+MERGEABLE_BATCHES = 64
 
 
 def prepare_replica() -> DevicePlan:
@@ -38,9 +42,15 @@ class BatchedImageEncoder:
 
     model: ImageEncoderModel
 
+    def _forwards(self) -> dict:
+        return {"image": self.model.encode_images}
+
     def _init_stats(self) -> None:
         self.cache = EmbeddingCache(self.config.cache)
-        self.batch_sizes: Counter[int] = Counter()
+        self.batch_sizes: dict[str, Counter[int]] = {kind: Counter() for kind in self._forwards()}
+        self.scheduler = ForwardScheduler(
+            self._forwards(), self.config.max_batch_size, on_batch=self._count_batch
+        )
         self.warmup_seconds = self.model.warmup()
         process_resources()  # starts this process's CPU % window
 
@@ -50,6 +60,7 @@ class BatchedImageEncoder:
         for batched in self._batched_methods():
             batched.set_max_batch_size(config.max_batch_size)
             batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self.scheduler.max_batch_size = config.max_batch_size
         if config.cache != self.cache.config:
             self.cache = EmbeddingCache(config.cache)
         self.config = config
@@ -85,12 +96,16 @@ class BatchedImageEncoder:
     @serve.batch(
         max_batch_size=DEFAULT_CONFIG.max_batch_size,
         batch_wait_timeout_s=DEFAULT_CONFIG.batch_wait_timeout_s,
+        max_concurrent_batches=MERGEABLE_BATCHES,
     )
     async def _image_batch(self, pixel_batch: list[torch.Tensor]) -> list[np.ndarray]:
-        self.batch_sizes[len(pixel_batch)] += 1
-        metrics.record_batch("image", len(pixel_batch))
-        with metrics.timed_stage("encode"):
-            return list(await asyncio.to_thread(self.model.encode_images, pixel_batch))
+        return await self.scheduler.run("image", pixel_batch)
+
+    def _count_batch(self, kind: str, size: int, seconds: float) -> None:
+        """Sizes of the forwards that actually ran (after the scheduler's merging)."""
+        self.batch_sizes[kind][size] += 1
+        metrics.record_batch(kind, size)
+        metrics.record_stage("encode", seconds)
 
     def describe(self) -> dict[str, Any]:
         context = serve.get_replica_context()
@@ -100,7 +115,13 @@ class BatchedImageEncoder:
             "ready": True,
             "warmup_seconds": round(self.warmup_seconds, 3),
             "config": self.config.model_dump(),
-            "batch_sizes": dict(sorted(self.batch_sizes.items())),
+            "batch_sizes": dict(sorted(self.batch_sizes["image"].items())),
+            **{
+                f"{kind}_batch_sizes": dict(sorted(sizes.items()))
+                for kind, sizes in self.batch_sizes.items()
+                if kind != "image"
+            },
+            "pending": self.scheduler.pending(),
             "cache": self.cache.stats(),
             "torch_threads": torch.get_num_threads(),
             "process": process_resources(self.model.info.device),

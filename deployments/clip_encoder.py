@@ -10,9 +10,13 @@ from ray import serve
 from clipfleet.cache import text_key
 from clipfleet.config import ClipModelSpec, random_weights_enabled
 from clipfleet.models.clip import load_clip_model
-from clipfleet.observability import metrics
 from clipfleet.observability.tracing import traced
-from deployments._encoder import DEFAULT_CONFIG, BatchedImageEncoder, prepare_replica
+from deployments._encoder import (
+    DEFAULT_CONFIG,
+    MERGEABLE_BATCHES,
+    BatchedImageEncoder,
+    prepare_replica,
+)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
@@ -21,6 +25,9 @@ class ClipEncoder(BatchedImageEncoder):
         self.model = load_clip_model(spec, prepare_replica(), random_weights_enabled())
         self.config = DEFAULT_CONFIG
         self._init_stats()
+
+    def _forwards(self) -> dict:
+        return {**super()._forwards(), "text": self.model.encode_texts}
 
     def _batched_methods(self) -> list:
         return [self._image_batch, self._text_batch]
@@ -47,11 +54,10 @@ class ClipEncoder(BatchedImageEncoder):
     @serve.batch(
         max_batch_size=DEFAULT_CONFIG.max_batch_size,
         batch_wait_timeout_s=DEFAULT_CONFIG.batch_wait_timeout_s,
+        max_concurrent_batches=MERGEABLE_BATCHES,
     )
     async def _text_batch(self, texts: list[str]) -> list[np.ndarray]:
-        metrics.record_batch("text", len(texts))
-        with metrics.timed_stage("encode"):
-            return list(await asyncio.to_thread(self.model.encode_texts, texts))
+        return await self.scheduler.run("text", texts)
 
     def describe(self) -> dict:
         return {**super().describe(), "logit_scale": self.model.logit_scale}

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import torch
+from open_clip.model import CLIP
 from PIL import Image
 
 from clipfleet.config import ClipModelSpec
@@ -100,4 +101,42 @@ class OpenClipModel(ClipModel):
 
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         tokens = self._tokenizer(texts).to(self.plan.device)
+        if can_trim_padding(self._model):
+            return encode_text_trimmed(self._model, tokens)
         return self._model.encode_text(tokens)
+
+
+def can_trim_padding(model: torch.nn.Module) -> bool:
+    """True for open_clip's CLIP text towers whose padding can't change the pooled feature: a
+    causal attention mask (no token sees the ones after it) and pooling at the end-of-text token."""
+    return (
+        isinstance(model, CLIP)
+        and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", None) in ("argmax", "eos")
+    )
+
+
+def encode_text_trimmed(model: CLIP, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's CLIP.encode_text on the tokens up to the batch's last end-of-text token.
+
+    The tokenizer pads every text to the full context (77 for CLIP), and the text tower runs on
+    all of it; with a causal mask the padding after the end-of-text token can't reach the pooled
+    feature, so cutting it gives the same features (to float rounding) at a fraction of the cost:
+    a 5-word prompt is ~10 tokens, ~8x cheaper on CPU. Tested against encode_text.
+    """
+    eos_id = getattr(model, "text_eos_id", None)
+    if model.text_pool_type == "eos":
+        pool_at = (tokens == eos_id).int().argmax(dim=-1)
+    else:  # argmax: the end-of-text token has the highest id
+        pool_at = tokens.argmax(dim=-1)
+    length = int(pool_at.max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), pool_at]
+    if isinstance(model.text_projection, torch.nn.Linear):
+        return model.text_projection(x)
+    return x if model.text_projection is None else x @ model.text_projection

@@ -21,6 +21,7 @@ from clipfleet.config import ClipModelSpec, ResNetSpec
 from clipfleet.models.base import ModelLoadError
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
+from clipfleet.models.open_clip_backend import can_trim_padding, encode_text_trimmed
 from clipfleet.models.resnet import ResNetModel
 from tests.support.tiny_models import TINY_OPEN_CLIP_CFG
 
@@ -67,6 +68,29 @@ def test_open_clip_texts_match(open_clip_pair):
         expected = reference.encode_text(tokenizer(TEXTS))
     assert_rows_match(ours.encode_texts(TEXTS), expected)
     assert_rows_match(ours.encode_texts(TEXTS[:1]), expected[:1])
+
+
+def tiny_open_clip(**text_cfg) -> open_clip.model.CLIP:
+    torch.manual_seed(3)
+    cfg = {**TINY_OPEN_CLIP_CFG, "text_cfg": {**TINY_OPEN_CLIP_CFG["text_cfg"], **text_cfg}}
+    return open_clip.model.CLIP(**cfg).eval()
+
+
+@pytest.mark.parametrize("pool", [{}, {"pool_type": "eos", "eos_id": 49407}])
+def test_trimmed_text_tower_matches_the_full_context(pool):
+    model = tiny_open_clip(**pool)
+    tokens = open_clip.get_tokenizer("ViT-B-32")([*TEXTS, "word " * 100])  # one fills all 77
+    assert can_trim_padding(model)
+    with torch.inference_mode():
+        expected = model.encode_text(tokens)
+        for rows in (slice(0, 3), slice(2, 3), slice(0, 4)):  # short batches are cut shorter
+            trimmed = encode_text_trimmed(model, tokens[rows])
+            torch.testing.assert_close(trimmed, expected[rows], atol=2e-5, rtol=1e-4)
+
+
+def test_text_towers_that_padding_can_reach_keep_the_full_context():
+    assert not can_trim_padding(tiny_open_clip(no_causal_mask=True))
+    assert not can_trim_padding(tiny_open_clip(pool_type="last"))
 
 
 def test_open_clip_weights_file_matches(model_dir, tmp_path):

@@ -1,0 +1,108 @@
+"""One forward at a time per model, merging the work that queued behind it.
+
+Ray Serve's `@serve.batch` (2.60) forms the next batch as soon as its wait times out, even while
+the previous batch is still running: `max_concurrent_batches` gates when a batch *runs*, not when
+it is *formed*. Under load it therefore cuts the queue into many batches of one or two items that
+then wait their turn, and a CPU forward of one image costs ~1.7x a batched one (measured in
+loadtests/RESULTS.md). The scheduler sits under `@serve.batch`: batches handed to it while a
+forward runs are merged, and when the model frees up the oldest kind of work (image or text) runs
+next, up to `max_batch_size` items in one forward.
+
+Plain asyncio, no Ray: the encoder deployments own one per model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Forward = Callable[[list[Any]], Sequence[Any]]
+
+
+@dataclass
+class _Pending:
+    item: Any
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class ForwardScheduler:
+    def __init__(
+        self,
+        forwards: dict[str, Forward],
+        max_batch_size: int,
+        on_batch: Callable[[str, int, float], None] | None = None,
+    ) -> None:
+        """forwards: kind -> blocking batched forward (list of items -> one result per item),
+        run in a worker thread so the event loop keeps accepting requests. on_batch(kind, size,
+        seconds) is called on the event loop after each forward."""
+        self._forwards = dict(forwards)
+        self._queues: dict[str, deque[_Pending]] = {kind: deque() for kind in forwards}
+        self._on_batch = on_batch
+        self._worker: asyncio.Task | None = None
+        self.max_batch_size = max_batch_size
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._max_batch_size
+
+    @max_batch_size.setter
+    def max_batch_size(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {size}")
+        self._max_batch_size = size
+
+    def pending(self) -> dict[str, int]:
+        return {kind: len(queue) for kind, queue in self._queues.items()}
+
+    async def run(self, kind: str, items: Sequence[Any]) -> list[Any]:
+        """The forward's results for `items`, in order, once they have run in some batch."""
+        loop = asyncio.get_running_loop()
+        entries = [_Pending(item, loop.create_future()) for item in items]
+        self._queues[kind].extend(entries)
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+        return list(await asyncio.gather(*(entry.future for entry in entries)))
+
+    def _next_kind(self) -> str | None:
+        """The kind whose oldest waiting item has waited longest (first come, first served)."""
+        heads = {kind: queue[0].queued_at for kind, queue in self._queues.items() if queue}
+        return min(heads, key=heads.__getitem__) if heads else None
+
+    def _take(self, kind: str) -> list[_Pending]:
+        queue, batch = self._queues[kind], []
+        while queue and len(batch) < self._max_batch_size:
+            entry = queue.popleft()
+            if not entry.future.done():  # a caller that went away needs no forward
+                batch.append(entry)
+        return batch
+
+    async def _drain(self) -> None:
+        while (kind := self._next_kind()) is not None:
+            batch = self._take(kind)
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                results = await asyncio.to_thread(
+                    self._forwards[kind], [entry.item for entry in batch]
+                )
+                if len(results) != len(batch):
+                    raise RuntimeError(
+                        f"{kind} forward returned {len(results)} results for {len(batch)} items"
+                    )
+            except Exception as exc:
+                for entry in batch:
+                    if not entry.future.done():
+                        entry.future.set_exception(exc)
+                continue
+            finally:
+                if self._on_batch is not None:
+                    self._on_batch(kind, len(batch), time.perf_counter() - started)
+            for entry, result in zip(batch, results, strict=True):
+                if not entry.future.done():
+                    entry.future.set_result(result)

@@ -1,0 +1,134 @@
+"""ForwardScheduler: one forward at a time, merging what queued behind it (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from clipfleet.batching import ForwardScheduler
+
+
+class GatedForward:
+    """A forward that records its batches and, while `gate` is clear, blocks like a slow model."""
+
+    def __init__(self, kind: str, calls: list) -> None:
+        self.kind, self.calls = kind, calls
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail_next = False
+
+    def __call__(self, items: list) -> list:
+        self.entered.set()
+        self.gate.wait(5)
+        self.calls.append((self.kind, list(items)))
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("model exploded")
+        return [f"{self.kind}:{item}" for item in items]
+
+
+def make(max_batch_size: int = 16):
+    calls: list = []
+    image, text = GatedForward("image", calls), GatedForward("text", calls)
+    sizes: list = []
+    scheduler = ForwardScheduler(
+        {"image": image, "text": text},
+        max_batch_size,
+        on_batch=lambda kind, size, seconds: sizes.append((kind, size)),
+    )
+    return scheduler, image, text, calls, sizes
+
+
+async def until_busy(forward: GatedForward) -> None:
+    """Wait until the scheduler's worker thread is inside the (gated) forward."""
+    assert await asyncio.to_thread(forward.entered.wait, 5), "the forward never started"
+
+
+async def test_work_that_queues_behind_a_forward_runs_as_one_batch():
+    scheduler, image, _, _calls, sizes = make()
+    image.gate.clear()
+    first = asyncio.create_task(scheduler.run("image", [0]))
+    await until_busy(image)
+    rest = [asyncio.create_task(scheduler.run("image", [n, n + 100])) for n in range(1, 6)]
+    await asyncio.sleep(0.01)
+    assert scheduler.pending() == {"image": 10, "text": 0}
+    image.gate.set()
+    assert await first == ["image:0"]
+    assert [await task for task in rest] == [
+        [f"image:{n}", f"image:{n + 100}"] for n in range(1, 6)
+    ]
+    assert sizes == [("image", 1), ("image", 10)]
+
+
+async def test_batches_never_exceed_max_batch_size():
+    scheduler, image, _, _calls, sizes = make(max_batch_size=4)
+    image.gate.clear()
+    blocker = asyncio.create_task(scheduler.run("image", ["b"]))
+    await until_busy(image)
+    waiting = asyncio.create_task(scheduler.run("image", list(range(10))))
+    await asyncio.sleep(0.01)
+    image.gate.set()
+    await blocker
+    assert await waiting == [f"image:{n}" for n in range(10)]
+    assert [size for _, size in sizes] == [1, 4, 4, 2]
+
+
+async def test_the_kind_that_waited_longest_runs_next():
+    scheduler, image, _text, calls, _ = make()
+    image.gate.clear()
+    blocker = asyncio.create_task(scheduler.run("image", ["b"]))
+    await until_busy(image)
+    queued_text = asyncio.create_task(scheduler.run("text", ["t"]))
+    await asyncio.sleep(0.01)
+    queued_image = asyncio.create_task(scheduler.run("image", ["i"]))
+    await asyncio.sleep(0.01)
+    image.gate.set()
+    await asyncio.gather(blocker, queued_text, queued_image)
+    assert [kind for kind, _ in calls] == ["image", "text", "image"]
+
+
+async def test_a_failed_forward_fails_only_its_own_batch():
+    scheduler, image, _, _calls, _ = make(max_batch_size=2)
+    image.fail_next = True
+    image.gate.clear()
+    failing = asyncio.create_task(scheduler.run("image", [1, 2]))
+    await until_busy(image)
+    later = asyncio.create_task(scheduler.run("image", [3]))
+    await asyncio.sleep(0.01)
+    image.gate.set()
+    with pytest.raises(RuntimeError, match="model exploded"):
+        await failing
+    assert await later == ["image:3"]
+
+
+async def test_callers_that_went_away_are_not_run():
+    scheduler, image, _, calls, _ = make()
+    image.gate.clear()
+    blocker = asyncio.create_task(scheduler.run("image", ["b"]))
+    await until_busy(image)
+    abandoned = asyncio.create_task(scheduler.run("image", ["gone"]))
+    kept = asyncio.create_task(scheduler.run("image", ["kept"]))
+    await asyncio.sleep(0.01)
+    abandoned.cancel()
+    await asyncio.sleep(0)
+    image.gate.set()
+    await blocker
+    assert await kept == ["image:kept"]
+    assert calls[-1] == ("image", ["kept"])
+
+
+async def test_a_forward_with_the_wrong_number_of_results_is_an_error():
+    scheduler = ForwardScheduler({"image": lambda items: items[:-1]}, 8)
+    with pytest.raises(RuntimeError, match="1 results for 2 items"):
+        await scheduler.run("image", ["a", "b"])
+
+
+def test_max_batch_size_must_be_positive():
+    scheduler, *_ = make()
+    scheduler.max_batch_size = 3
+    assert scheduler.max_batch_size == 3
+    with pytest.raises(ValueError):
+        scheduler.max_batch_size = 0

@@ -4,7 +4,8 @@
 
 1. ceiling: decode + preprocess + batched forward (image and text) of the fast profile's CLIP
    (random-init ViT-B-32) in this process, using every core: the physical limit here;
-2. baseline: loadtests/baseline_server.py (one process, one request at a time), 32 clients;
+2. baseline: loadtests/baseline_server.py (seed 004's code path: one process, one request at a
+   time, stock open_clip calls), 32 clients;
 3. clipfleet: `serve run loadtests/bench_config.yaml` over HTTP, POST /v1/score with one
    image by URL (from a loopback image server) at 1, 8, 32 and 64 clients: throughput,
    p50/p95/p99, mean encoder batch size, machine CPU use; then 32 clients over only 8
@@ -106,12 +107,23 @@ def with_cache(config: Path) -> Path:
 
 
 def stop(process: subprocess.Popen) -> None:
+    """Stop a server and everything it started: the next `serve run` must not find the last
+    run's Ray processes still shutting down (it could attach to the dying cluster)."""
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGINT)
         try:
-            process.wait(60)
+            process.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+    _, alive = psutil.wait_procs(children, timeout=30)
+    for leftover in alive:
+        leftover.kill()
+    psutil.wait_procs(alive, timeout=10)
 
 
 def image_url(n: int) -> str:
@@ -131,9 +143,18 @@ def baseline_body(n: int) -> dict:
     return {"image_url": image_url(n), "text": TEXTS[n % len(TEXTS)]}
 
 
-def batch_counts() -> dict[str, int]:
+def batch_counts() -> dict[str, dict[str, int]]:
+    """Forward batch sizes so far, per kind (image, text), of the fast profile's CLIP."""
     models = requests.get(f"{CLIPFLEET_URL}/v1/models", timeout=30).json()
-    return models["profiles"]["fast"]["clip"]["stable"]["batch_sizes"]
+    encoder = models["profiles"]["fast"]["clip"]["stable"]
+    return {"image": encoder["batch_sizes"], "text": encoder.get("text_batch_sizes", {})}
+
+
+def configured_max_batch() -> int:
+    document = yaml.safe_load(BENCH_CONFIG.read_text())
+    deployments = document["applications"][0]["deployments"]
+    clip = next(d for d in deployments if d["name"] == "clip_fast")
+    return clip["user_config"]["max_batch_size"]
 
 
 def mean_batch(before: dict[str, int], after: dict[str, int]) -> float:
@@ -178,7 +199,9 @@ def run(seconds: float, levels: list[int]) -> dict:
             for clients in levels:
                 before = batch_counts()
                 result = measure(f"{CLIPFLEET_URL}/v1/score", clipfleet_body, clients, seconds)
-                result["mean_batch_size"] = mean_batch(before, batch_counts())
+                after = batch_counts()
+                result["mean_batch_size"] = mean_batch(before["image"], after["image"])
+                result["mean_text_batch_size"] = mean_batch(before["text"], after["text"])
                 report["clipfleet"].append(result)
         finally:
             stop(serve)
@@ -193,7 +216,9 @@ def run(seconds: float, levels: list[int]) -> dict:
         stop(images)
     best = max(report["clipfleet"], key=lambda r: r["throughput_rps"])
     at32 = next((r for r in report["clipfleet"] if r["clients"] == 32), best)
+    report["max_batch_size"] = configured_max_batch()
     report["ratios"] = {
+        "mean_batch_over_max_at_32": at32["mean_batch_size"] / report["max_batch_size"],
         "clipfleet_over_ceiling": best["throughput_rps"] / report["ceiling"]["pairs_per_s"],
         "clipfleet_over_baseline_at_32": at32["throughput_rps"]
         / report["baseline"]["throughput_rps"],
@@ -204,6 +229,7 @@ def run(seconds: float, levels: list[int]) -> dict:
 
 def print_table(report: dict) -> None:
     print(f"ceiling (in-process, batch 16): {report['ceiling']['pairs_per_s']:.1f} pairs/s")
+    print(f"encoder max_batch_size: {report['max_batch_size']}")
     header = f"{'system':<22}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
     print(header + f"{'batch':>7}{'cpu %':>7}{'errors':>8}")
     rows = [("baseline (seed-style)", report["baseline"])] + [
@@ -218,7 +244,8 @@ def print_table(report: dict) -> None:
     repeats = report["clipfleet_repeats_32"]
     print(
         f"clipfleet, 8 repeated images (embedding cache), 32 clients: "
-        f"{repeats['throughput_rps']:.1f} req/s, p95 {repeats['p95_ms']:.0f} ms"
+        f"{repeats['throughput_rps']:.1f} req/s, p95 {repeats['p95_ms']:.0f} ms, "
+        f"{repeats['errors']} errors"
     )
     for key, value in report["ratios"].items():
         print(f"{key}: {value:.2f}")

@@ -14,11 +14,14 @@ Plain asyncio, no Ray: the encoder deployments own one per model.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 Forward = Callable[[list[Any]], Sequence[Any]]
 
@@ -84,25 +87,27 @@ class ForwardScheduler:
     async def _drain(self) -> None:
         while (kind := self._next_kind()) is not None:
             batch = self._take(kind)
-            if not batch:
-                continue
-            started = time.perf_counter()
-            try:
-                results = await asyncio.to_thread(
-                    self._forwards[kind], [entry.item for entry in batch]
+            if batch:
+                await self._run_batch(kind, batch)
+
+    async def _run_batch(self, kind: str, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await asyncio.to_thread(self._forwards[kind], [entry.item for entry in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(
+                    f"{kind} forward returned {len(results)} results for {len(batch)} items"
                 )
-                if len(results) != len(batch):
-                    raise RuntimeError(
-                        f"{kind} forward returned {len(results)} results for {len(batch)} items"
-                    )
-            except Exception as exc:
-                for entry in batch:
-                    if not entry.future.done():
-                        entry.future.set_exception(exc)
-                continue
-            finally:
-                if self._on_batch is not None:
-                    self._on_batch(kind, len(batch), time.perf_counter() - started)
+        except Exception as exc:
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(exc)
+        else:
             for entry, result in zip(batch, results, strict=True):
                 if not entry.future.done():
                     entry.future.set_result(result)
+        if self._on_batch is not None:
+            try:
+                self._on_batch(kind, len(batch), time.perf_counter() - started)
+            except Exception:  # bookkeeping must never stall the queue
+                logger.exception("on_batch callback failed")

@@ -47,9 +47,9 @@ TEXTS = ["a photo of a cat", "a dog on a beach", "a red car", "a bowl of fruit"]
 FAST = ClipModelSpec(model="ViT-B-32", pretrained="laion2b_s34b_b79k")
 
 
-def measure_ceiling(seconds: float, batch_size: int) -> dict:
+def measure_ceiling(seconds: float, batch_size: int, device: str | None) -> dict:
     set_torch_threads(os.cpu_count() or 1)
-    model = load_clip_model(FAST, choose_device("cpu"), random_weights=True)
+    model = load_clip_model(FAST, choose_device(device), random_weights=True)
     images = [data for data, _ in make_library().values()]
     limits = FetchLimits()
     model.embed_images([decode_image(images[0], limits)])  # warm-up
@@ -61,7 +61,11 @@ def measure_ceiling(seconds: float, batch_size: int) -> dict:
         model.encode_texts([TEXTS[(index + i) % len(TEXTS)] for i in range(batch_size)])
         done += batch_size
         index += batch_size
-    return {"pairs_per_s": done / (time.monotonic() - started), "batch_size": batch_size}
+    return {
+        "pairs_per_s": done / (time.monotonic() - started),
+        "batch_size": batch_size,
+        "device": model.info.device,
+    }
 
 
 def start(command: list[str], ready_url: str, timeout_s: float, env: dict | None = None):
@@ -150,8 +154,8 @@ def batch_counts() -> dict[str, dict[str, int]]:
     return {"image": encoder["batch_sizes"], "text": encoder.get("text_batch_sizes", {})}
 
 
-def configured_max_batch() -> int:
-    document = yaml.safe_load(BENCH_CONFIG.read_text())
+def configured_max_batch(config: Path) -> int:
+    document = yaml.safe_load(config.read_text())
     deployments = document["applications"][0]["deployments"]
     clip = next(d for d in deployments if d["name"] == "clip_fast")
     return clip["user_config"]["max_batch_size"]
@@ -169,7 +173,7 @@ def measure(url: str, body, clients: int, seconds: float) -> dict:
     return {**result, "cpu_percent": psutil.cpu_percent()}
 
 
-def run(seconds: float, levels: list[int]) -> dict:
+def run(seconds: float, levels: list[int], config: Path, device: str | None) -> dict:
     python = sys.executable
     report = {
         "machine": {
@@ -178,7 +182,8 @@ def run(seconds: float, levels: list[int]) -> dict:
             "torch": torch.__version__,
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         },
-        "ceiling": measure_ceiling(seconds, 16),
+        "config": str(config),
+        "ceiling": measure_ceiling(seconds, 16, device),
     }
     images = start([python, "-m", "loadtests.images", "--port", str(IMAGE_PORT)], image_url(0), 60)
     try:
@@ -193,7 +198,7 @@ def run(seconds: float, levels: list[int]) -> dict:
             )
         finally:
             stop(baseline)
-        serve = start_clipfleet(BENCH_CONFIG)
+        serve = start_clipfleet(config)
         try:
             report["clipfleet"] = []
             for clients in levels:
@@ -205,7 +210,7 @@ def run(seconds: float, levels: list[int]) -> dict:
                 report["clipfleet"].append(result)
         finally:
             stop(serve)
-        serve = start_clipfleet(with_cache(BENCH_CONFIG))
+        serve = start_clipfleet(with_cache(config))
         try:
             report["clipfleet_repeats_32"] = measure(
                 f"{CLIPFLEET_URL}/v1/score", repeated_body, 32, seconds
@@ -216,7 +221,7 @@ def run(seconds: float, levels: list[int]) -> dict:
         stop(images)
     best = max(report["clipfleet"], key=lambda r: r["throughput_rps"])
     at32 = next((r for r in report["clipfleet"] if r["clients"] == 32), best)
-    report["max_batch_size"] = configured_max_batch()
+    report["max_batch_size"] = configured_max_batch(config)
     report["ratios"] = {
         "mean_batch_over_max_at_32": at32["mean_batch_size"] / report["max_batch_size"],
         "clipfleet_over_ceiling": best["throughput_rps"] / report["ceiling"]["pairs_per_s"],
@@ -228,7 +233,10 @@ def run(seconds: float, levels: list[int]) -> dict:
 
 
 def print_table(report: dict) -> None:
-    print(f"ceiling (in-process, batch 16): {report['ceiling']['pairs_per_s']:.1f} pairs/s")
+    ceiling = report["ceiling"]
+    print(
+        f"ceiling (in-process, batch 16, {ceiling['device']}): {ceiling['pairs_per_s']:.1f} pairs/s"
+    )
     print(f"encoder max_batch_size: {report['max_batch_size']}")
     header = f"{'system':<22}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
     print(header + f"{'batch':>7}{'cpu %':>7}{'errors':>8}")
@@ -256,8 +264,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--levels", default="1,8,32,64")
     parser.add_argument("--out", type=Path, default=Path("results/bench.json"))
+    parser.add_argument(
+        "--config", type=Path, default=BENCH_CONFIG, help="the clipfleet Serve config to run"
+    )
+    parser.add_argument(
+        "--device", default=None, help="the ceiling's device: cpu, cuda (default: CUDA if any)"
+    )
     args = parser.parse_args()
-    report = run(args.seconds, [int(level) for level in args.levels.split(",")])
+    levels = [int(level) for level in args.levels.split(",")]
+    report = run(args.seconds, levels, args.config, args.device)
     print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -132,3 +132,12 @@ def test_max_batch_size_must_be_positive():
     assert scheduler.max_batch_size == 3
     with pytest.raises(ValueError):
         scheduler.max_batch_size = 0
+
+
+async def test_a_failing_on_batch_callback_does_not_stall_the_queue():
+    def broken(kind, size, seconds):
+        raise ValueError("metrics backend down")
+
+    scheduler = ForwardScheduler({"image": lambda items: items}, 8, on_batch=broken)
+    assert await scheduler.run("image", ["a"]) == ["a"]
+    assert await scheduler.run("image", ["b", "c"]) == ["b", "c"]

@@ -82,7 +82,11 @@ def test_every_deployment_sheds_load(name):
         assert deployment["backpressure_config"]["retry_after_s"] >= 1, deployment["name"]
 
 
-def test_benchmark_config_is_valid():
-    config = load("loadtests/bench_config.yaml")
+@pytest.mark.parametrize("name", ["loadtests/bench_config.yaml", "loadtests/bench_config.gpu.yaml"])
+def test_benchmark_configs_are_valid(name):
+    config = load(name)
     ServeDeploySchema.model_validate(config)
     AppArgs(**config["applications"][0]["args"])
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"].startswith(("clip_", "resnet_")) and "user_config" in deployment:
+            EncoderConfig(**deployment["user_config"])

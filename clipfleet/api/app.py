@@ -6,8 +6,9 @@ import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Receive, Scope, Send
 
 from clipfleet.api import compat, routes_health, routes_status, routes_v1
 from clipfleet.api.auth import AuthMiddleware
@@ -18,10 +19,41 @@ from clipfleet.api.middleware import (
     DeadlineMiddleware,
     ServeRejectionMiddleware,
 )
+from clipfleet.asgi import HttpMiddleware
 from clipfleet.observability.http import ObservabilityMiddleware
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _MAX_REQUEST_ID = 128
+
+
+class RequestContextMiddleware(HttpMiddleware):
+    """Gives each request an id (`request.state.request_id`, echoed as X-Request-ID when the
+    client sent none) and turns any exception that escapes the app into the one error envelope.
+    Pure ASGI: Starlette's `@app.middleware("http")` would run the app in a separate task and
+    stream the response through a queue, on every request."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Ray Serve's proxy assigns X-Request-ID (honouring the client's) and returns it.
+        incoming = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
+        request_id = incoming[:_MAX_REQUEST_ID] if incoming.isprintable() and incoming else ""
+        scope.setdefault("state", {})["request_id"] = request_id or uuid.uuid4().hex
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                if not incoming and REQUEST_ID_HEADER not in headers:
+                    headers[REQUEST_ID_HEADER] = scope["state"]["request_id"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:  # every error leaves through the one envelope
+            if started:
+                raise
+            await error_response(Request(scope, receive), exc)(scope, receive, send_with_id)
 
 
 def create_app() -> FastAPI:
@@ -44,20 +76,7 @@ def create_app() -> FastAPI:
     app.add_middleware(AuthMiddleware)
     app.add_middleware(DeadlineMiddleware)
 
-    @app.middleware("http")
-    async def request_context(request: Request, call_next) -> JSONResponse:
-        # Ray Serve's proxy assigns X-Request-ID (honouring the client's) and returns it.
-        incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = incoming[:_MAX_REQUEST_ID] if incoming.isprintable() and incoming else ""
-        request.state.request_id = request_id or uuid.uuid4().hex
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # every error leaves through the one envelope
-            response = error_response(request, exc)
-        if REQUEST_ID_HEADER not in response.headers and not incoming:
-            response.headers[REQUEST_ID_HEADER] = request.state.request_id
-        return response
-
+    app.add_middleware(RequestContextMiddleware)
     app.add_middleware(ConfiguredCorsMiddleware)
     app.add_middleware(ObservabilityMiddleware)  # outermost: metrics, request span, log line
     return app

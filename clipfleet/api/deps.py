@@ -17,7 +17,13 @@ def set_service(service: ClipfleetService | None) -> None:
     _service = service
 
 
-def get_service() -> ClipfleetService:
+async def get_service() -> ClipfleetService:
+    """A coroutine, so FastAPI resolves it on the event loop (a plain function would be run in
+    its thread pool on every request)."""
+    return service_or_unavailable()
+
+
+def service_or_unavailable() -> ClipfleetService:
     if _service is None:
         raise ServiceUnavailableError("the service is starting; retry shortly")
     return _service

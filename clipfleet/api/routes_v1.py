@@ -29,7 +29,7 @@ PROFILE_HEADER = "X-Clipfleet-Profile"
 VARIANT_HEADER = "X-Clipfleet-Variant"
 
 
-def routing_of(
+async def routing_of(
     request: Request,
     route_key: Annotated[
         str | None,

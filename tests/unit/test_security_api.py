@@ -119,6 +119,25 @@ def test_bugs_are_a_generic_500_with_the_request_id(client, serve):
     assert "secret" not in response.text and "Traceback" not in response.text
 
 
+def test_requests_without_an_id_get_one_on_success_and_on_errors(client, serve):
+    serve()
+    ok = client.post("/v1/embed/text", json=TEXT)
+    failing(serve(), downstream(KeyError("boom")))
+    failed = client.post("/v1/embed/text", json=TEXT)
+    assert ok.status_code == 200 and failed.status_code == 500
+    for response in (ok, failed):
+        request_id = response.headers["X-Request-ID"]
+        assert len(request_id) == 32 and int(request_id, 16) >= 0
+    assert ok.headers["X-Request-ID"] != failed.headers["X-Request-ID"]
+    assert failed.headers["X-Request-ID"] in failed.json()["error"]["message"]
+
+
+def test_a_client_request_id_is_not_echoed_twice(client, serve):
+    serve()
+    response = client.post("/v1/embed/text", json=TEXT, headers={"X-Request-ID": "req-7"})
+    assert response.headers.get_list("X-Request-ID") == []  # Ray's proxy echoes it, not the app
+
+
 def test_request_deadline_gives_504(client, serve):
     failing(serve(limits=ApiLimits(request_timeout_s=0.3)), RuntimeError("late"), delay_s=5)
     response = client.post("/v1/embed/text", json=TEXT)

@@ -42,6 +42,14 @@ def make(max_batch_size: int = 16):
     return scheduler, image, text, calls, sizes
 
 
+async def occupy(scheduler: ForwardScheduler, image: GatedForward) -> asyncio.Task:
+    """Start a one-item image forward that holds the model until `image.gate` is set."""
+    image.gate.clear()
+    blocker = asyncio.create_task(scheduler.run("image", ["b"]))
+    await until_busy(image)
+    return blocker
+
+
 async def until_busy(forward: GatedForward) -> None:
     """Wait until the scheduler's worker thread is inside the (gated) forward."""
     assert await asyncio.to_thread(forward.entered.wait, 5), "the forward never started"
@@ -65,9 +73,7 @@ async def test_work_that_queues_behind_a_forward_runs_as_one_batch():
 
 async def test_batches_never_exceed_max_batch_size():
     scheduler, image, _, _calls, sizes = make(max_batch_size=4)
-    image.gate.clear()
-    blocker = asyncio.create_task(scheduler.run("image", ["b"]))
-    await until_busy(image)
+    blocker = await occupy(scheduler, image)
     waiting = asyncio.create_task(scheduler.run("image", list(range(10))))
     await asyncio.sleep(0.01)
     image.gate.set()
@@ -78,9 +84,7 @@ async def test_batches_never_exceed_max_batch_size():
 
 async def test_the_kind_that_waited_longest_runs_next():
     scheduler, image, _text, calls, _ = make()
-    image.gate.clear()
-    blocker = asyncio.create_task(scheduler.run("image", ["b"]))
-    await until_busy(image)
+    blocker = await occupy(scheduler, image)
     queued_text = asyncio.create_task(scheduler.run("text", ["t"]))
     await asyncio.sleep(0.01)
     queued_image = asyncio.create_task(scheduler.run("image", ["i"]))
@@ -106,9 +110,7 @@ async def test_a_failed_forward_fails_only_its_own_batch():
 
 async def test_callers_that_went_away_are_not_run():
     scheduler, image, _, calls, _ = make()
-    image.gate.clear()
-    blocker = asyncio.create_task(scheduler.run("image", ["b"]))
-    await until_busy(image)
+    blocker = await occupy(scheduler, image)
     abandoned = asyncio.create_task(scheduler.run("image", ["gone"]))
     kept = asyncio.create_task(scheduler.run("image", ["kept"]))
     await asyncio.sleep(0.01)

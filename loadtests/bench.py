@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device, set_torch_threads
 from loadtests.client import run_load
 from loadtests.images import make_library
+from loadtests.processes import stop
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_PORT, BASELINE_PORT, CLIPFLEET_URL = 8091, 8095, "http://127.0.0.1:8000"
@@ -108,26 +108,6 @@ def with_cache(config: Path) -> Path:
     cached = Path(tempfile.mkdtemp(prefix="clipfleet-bench-")) / "bench_config_cache.yaml"
     cached.write_text(yaml.safe_dump(document))
     return cached
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a server and everything it started: the next `serve run` must not find the last
-    run's Ray processes still shutting down (it could attach to the dying cluster)."""
-    try:
-        children = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-    _, alive = psutil.wait_procs(children, timeout=30)
-    for leftover in alive:
-        leftover.kill()
-    psutil.wait_procs(alive, timeout=10)
 
 
 def image_url(n: int) -> str:

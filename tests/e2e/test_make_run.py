@@ -4,7 +4,6 @@ every route on 127.0.0.1:8000 with the real ViT-B-32, ViT-L-14 and ResNet-50 arc
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from loadtests.processes import stop
 from tests.support.images import image_base64
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,12 +50,7 @@ def served():
         print(f"\nserve run ready after {time.monotonic() - started:.1f} s")
         yield BASE_URL
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop(process)
         log.close()
 
 

@@ -47,9 +47,10 @@ class BatchedImageEncoder:
 
     def _init_stats(self) -> None:
         self.cache = EmbeddingCache(self.config.cache)
-        self.batch_sizes: dict[str, Counter[int]] = {kind: Counter() for kind in self._forwards()}
+        forwards = self._forwards()
+        self.batch_sizes: dict[str, Counter[int]] = {kind: Counter() for kind in forwards}
         self.scheduler = ForwardScheduler(
-            self._forwards(), self.config.max_batch_size, on_batch=self._count_batch
+            forwards, self.config.max_batch_size, on_batch=self._count_batch
         )
         self.warmup_seconds = self.model.warmup()
         process_resources()  # starts this process's CPU % window

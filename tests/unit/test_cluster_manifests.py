@@ -24,8 +24,12 @@ from tests.unit.test_serve_config import FIXED_DEPLOYMENTS, deployment_names
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
-CRD_DIR = ROOT.parent / "shared" / "kuberay-crds"
-CRD_FILES = {"RayService": "ray.io_rayservices.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
+CRD_DIR = CLUSTER / "crds"  # vendored from KubeRay; see crds/SOURCE.md
+CRD_FILES = {
+    "RayService": "ray.io_rayservices.yaml",
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+}
 CLUSTER_HOST = "0.0.0.0"
 LOCAL_HOST = "127.0.0.1"
 # The one difference allowed between a RayService's serveConfigV2 and the Serve config it embeds:
@@ -111,8 +115,6 @@ _SCHEMAS: dict[tuple[str, str], dict] = {}
 
 
 def crd_schema(kind: str, api_version: str) -> dict:
-    if not CRD_DIR.is_dir():
-        pytest.skip(f"KubeRay CRDs not found at {CRD_DIR} (shared reference data is absent)")
     group, _, version = api_version.partition("/")
     key = (kind, version)
     if key not in _SCHEMAS:

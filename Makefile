@@ -19,8 +19,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/serve run $(CONFIG)
 
+# The unit tier runs first as a fast gate; the Ray tiers only run when it passes.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/integration tests/e2e
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -50,6 +50,7 @@ _request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
 )
 _tracer: Any = None
 _configured = False
+_provider: Any = None
 
 
 # -- request id ----------------------------------------------------------------------------
@@ -80,12 +81,15 @@ def configure(mode: str | None = None, exporter: Any = None) -> bool:
     `mode` defaults to $CLIPFLEET_TRACING; `exporter` (e.g. an InMemorySpanExporter) overrides
     the mode's exporter and turns tracing on.
     """
-    global _tracer, _configured
+    global _tracer, _configured, _provider
     _configured = True
+    if _provider is not None:
+        _provider.shutdown()  # flushes what the previous set-up still holds
+        _provider = None
     mode = (mode or os.environ.get(TRACING_ENV, "off")).strip().lower()
     if exporter is None and mode not in MODES:
         logger.warning("%s=%s is not one of %s; tracing is off", TRACING_ENV, mode, MODES)
-    processor = _processor(exporter) if exporter is not None else _mode_processor(mode)
+    processor = _processor(exporter, batch=False) if exporter is not None else _mode_processor(mode)
     if processor is None:
         _tracer = None
         return False
@@ -99,11 +103,13 @@ def configure(mode: str | None = None, exporter: Any = None) -> bool:
         sampler=ParentBased(TraceIdRatioBased(ratio)),
     )
     provider.add_span_processor(processor)
-    _tracer = provider.get_tracer("clipfleet")
+    _provider, _tracer = provider, provider.get_tracer("clipfleet")
     return True
 
 
-def _processor(exporter: Any, batch: bool = False) -> Any:
+def _processor(exporter: Any, batch: bool = True) -> Any:
+    # Batched: spans are written by the processor's own thread, never on the event loop. An
+    # exporter handed in (tests' in-memory one) gets each span at once instead.
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
     return BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
@@ -122,7 +128,7 @@ def _mode_processor(mode: str) -> Any:
         except ImportError:
             logger.warning("%s=otlp needs opentelemetry-exporter-otlp; tracing is off", TRACING_ENV)
             return None
-        return _processor(OTLPSpanExporter(), batch=True)
+        return _processor(OTLPSpanExporter())
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -202,7 +203,9 @@ def test_tracing_off_costs_nothing():
 
 def test_unknown_mode_or_missing_otlp_exporter_leaves_tracing_off(monkeypatch):
     assert tracing.configure("bogus") is False
-    assert tracing.configure("otlp") is False  # opentelemetry-exporter-otlp is not installed
+    # As if opentelemetry-exporter-otlp were not installed (a user may well have it).
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", None)
+    assert tracing.configure("otlp") is False
 
 
 def test_file_exporter_writes_json_lines(tmp_path, monkeypatch):

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -15,6 +18,36 @@ import psutil
 _GB = 1024**3
 _MB = 1024**2
 _PROCESS: psutil.Process | None = None
+SAMPLE_WINDOW_S = 1.0
+
+
+class WindowedPercent:
+    """CPU % over windows of at least SAMPLE_WINDOW_S, shared by every caller.
+
+    psutil's `cpu_percent(interval=None)` measures since *its* previous call, so two probes
+    arriving together would see a window of a few microseconds (0 % or 100 %). Here a new
+    reading is taken only once the window has passed; callers in between get the last one.
+    """
+
+    def __init__(self, read: Callable[[], float], window_s: float = SAMPLE_WINDOW_S) -> None:
+        self._read = read
+        self._window_s = window_s
+        self._lock = threading.Lock()
+        self._read()  # starts psutil's first window
+        self._sampled_at = time.monotonic()
+        self._value = 0.0
+
+    def __call__(self) -> float:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._sampled_at >= self._window_s:
+                self._value = self._read()
+                self._sampled_at = now
+            return self._value
+
+
+_SYSTEM_CPU = WindowedPercent(lambda: psutil.cpu_percent(interval=None))
+_PROCESS_CPU: WindowedPercent | None = None
 
 
 def system_resources() -> dict[str, Any]:
@@ -25,7 +58,7 @@ def system_resources() -> dict[str, Any]:
     """
     memory = psutil.virtual_memory()
     resources: dict[str, Any] = {
-        "cpu_percent": psutil.cpu_percent(interval=None),
+        "cpu_percent": _SYSTEM_CPU(),
         "memory_percent": memory.percent,
         "memory_available_gb": round(memory.available / _GB, 2),
         "memory_used_gb": round(memory.used / _GB, 2),
@@ -63,14 +96,15 @@ def gpu_resources(device: str | None = None) -> dict[str, Any]:
 
 
 def process_resources(device: str | None = None) -> dict[str, Any]:
-    """This process: CPU % since the previous call (0.0 on the first), RSS, and its GPU."""
-    global _PROCESS
+    """This process: CPU % over the last window (0.0 at first), RSS, and its GPU."""
+    global _PROCESS, _PROCESS_CPU
     if _PROCESS is None:
         _PROCESS = psutil.Process()
+        _PROCESS_CPU = WindowedPercent(_PROCESS.cpu_percent)
     with _PROCESS.oneshot():
         figures: dict[str, Any] = {
             "pid": _PROCESS.pid,
-            "cpu_percent": _PROCESS.cpu_percent(interval=None),
+            "cpu_percent": _PROCESS_CPU(),
             "rss_mb": round(_PROCESS.memory_info().rss / _MB, 1),
             "num_threads": _PROCESS.num_threads(),
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -290,3 +291,14 @@ def test_dashboard_covers_the_operators_questions():
 def test_promql_metric_name_extraction():
     expr = 'histogram_quantile(0.95, sum by (le, route) (rate(x_bucket{a="b"}[5m]))) / y_total'
     assert promql_metric_names(expr) == {"x_bucket", "y_total"}
+
+
+def test_concurrent_cpu_probes_share_one_sampling_window():
+    from clipfleet.observability.resources import WindowedPercent
+
+    readings = iter([0.0, 40.0, 99.0])
+    sampler = WindowedPercent(lambda: next(readings), window_s=0.2)
+    assert sampler() == sampler() == 0.0  # inside the first window: no new reading
+    time.sleep(0.25)
+    assert sampler() == 40.0
+    assert sampler() == 40.0  # a second probe right after gets the same window's figure

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import pyarrow as pa
 
@@ -126,6 +127,10 @@ def run_job(
     )
 
 
+def decode_resources(num_cpus: float) -> dict:
+    return {"num_cpus": num_cpus}
+
+
 def build_dataset(settings, source, todo, shard_rows, address, decode_cpus):
     import ray
     import ray.data
@@ -146,7 +151,9 @@ def build_dataset(settings, source, todo, shard_rows, address, decode_cpus):
         fn_kwargs={"plan": plan},
         batch_format="pyarrow",
         batch_size=None,
-        num_cpus=decode_cpus,
+        # A remote-args function keeps Ray Data from fusing this task into the model actors
+        # (it fuses operators whose resources match): decoding must not occupy a GPU actor.
+        ray_remote_args_fn=partial(decode_resources, decode_cpus),
     )
     return dataset.map_batches(
         ModelActor,

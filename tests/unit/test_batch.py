@@ -78,10 +78,8 @@ def test_unusable_inputs_say_what_to_fix(tmp_path):
         load_input(str(tmp_path / "x.csv"), image_column="picture")
 
 
-def decoded(folder, table, limits=None):
-    plan = DecodePlan(
-        Location.parse(str(folder)), "image", "caption", limits or FetchLimits(), 1000
-    )
+def decoded(folder, table, limits=None, image="image", text="caption"):
+    plan = DecodePlan(Location.parse(str(folder)), image, text, limits or FetchLimits(), 1000)
     return decode_batch(table, plan)
 
 
@@ -122,8 +120,9 @@ def actor_output(data, mode, *extra):
     settings = settings_from(args, gpus=0, cpus=2)
     table = table.append_column(ROW_ID, pa.array(range(ROWS), pa.int64()))
     table = table.append_column(SHARD, pa.array([0] * ROWS, pa.int64()))
-    source = decoded(folder, table)
     text_column = "caption" if settings.needs_text else None
+    image_column = "image" if settings.needs_image else None
+    source = decoded(folder, table, image=image_column, text=text_column)
     return ModelActor(settings, text_column)(source), folder, table
 
 
@@ -260,3 +259,12 @@ def test_cli_registers_the_batch_subcommands(data):
     )
     args = parse(data[2], "embed", "--target", "text")
     assert args.target == "text"
+
+
+def test_embed_target_text_embeds_the_captions(data, plain):
+    result, _, table = actor_output(data, "embed", "--target", "text")
+    vectors = result["embedding"].to_pylist()
+    expected = plain.encode_texts(table["caption"].to_pylist())
+    for index in (0, 2, 5):  # row 2's image is broken, but only its caption is embedded
+        assert float(np.dot(vectors[index], expected[index])) >= 0.9999
+    assert result["error"].null_count == ROWS

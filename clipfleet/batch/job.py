@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import pyarrow as pa
 
 from clipfleet.batch.inputs import InputTable, Location
@@ -76,9 +77,9 @@ def connect(address: str | None) -> None:
 
 def blocks(table: pa.Table, todo: list[int], shard_rows: int, block_rows: int) -> list[pa.Table]:
     """The unfinished shards' rows, with row id and shard, in blocks of block_rows."""
-    row_ids = pa.array(range(table.num_rows), pa.int64())
-    table = table.append_column(ROW_ID, row_ids)
-    table = table.append_column(SHARD, pa.array([i // shard_rows for i in range(len(table))]))
+    row_ids = np.arange(table.num_rows, dtype=np.int64)
+    table = table.append_column(ROW_ID, pa.array(row_ids))
+    table = table.append_column(SHARD, pa.array(row_ids // shard_rows))
     found = []
     for shard in todo:
         start = shard * shard_rows

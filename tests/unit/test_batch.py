@@ -268,3 +268,12 @@ def test_embed_target_text_embeds_the_captions(data, plain):
     for index in (0, 2, 5):  # row 2's image is broken, but only its caption is embedded
         assert float(np.dot(vectors[index], expected[index])) >= 0.9999
     assert result["error"].null_count == ROWS
+
+
+def test_blocks_cover_only_the_unfinished_shards_in_order():
+    from clipfleet.batch.job import blocks
+
+    parts = blocks(pa.table({"a": list(range(10))}), todo=[0, 2], shard_rows=4, block_rows=3)
+    assert [part["a"].to_pylist() for part in parts] == [[0, 1, 2], [3], [8, 9]]
+    assert [part[SHARD].to_pylist() for part in parts] == [[0, 0, 0], [0], [2, 2]]
+    assert pa.concat_tables(parts)[ROW_ID].to_pylist() == [0, 1, 2, 3, 8, 9]

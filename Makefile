@@ -75,3 +75,11 @@ cluster-sync: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# Batch scoring, one run: naive open_clip vs `clipfleet batch score` vs score-csv over the
+# service (loadtests/bench_batch.py; PAIRS=600 unique JPEG + caption pairs).
+.PHONY: bench-batch
+PAIRS ?= 600
+bench-batch: $(STAMP)
+	mkdir -p $(RESULTS)
+	$(BIN)/python -m loadtests.bench_batch --pairs $(PAIRS) --out $(RESULTS)/bench_batch.json

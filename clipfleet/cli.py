@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--compare", action="store_true", help="time single vs batch requests")
     score.add_argument("--output", type=Path, default=None, help="default INPUT_with_scores.csv")
     score.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    from clipfleet.batch.command import add_batch_parser
+
+    add_batch_parser(commands)  # `clipfleet batch {embed,score,tag}`: docs/batch.md
     return parser
 
 
@@ -229,6 +232,10 @@ def score_csv(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "batch":
+        from clipfleet.batch.command import run_batch
+
+        return run_batch(args)
     try:
         return score_csv(args)
     except InputError as exc:

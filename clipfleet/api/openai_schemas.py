@@ -37,12 +37,18 @@ class EmbeddingsRequest(BaseModel):
 
     @field_validator("input", mode="before")
     @classmethod
-    def _no_token_arrays(cls, value: Any) -> Any:
-        if isinstance(value, list) and any(isinstance(item, int | list) for item in value):
+    def _strings_only(cls, value: Any) -> Any:
+        """One clear message per mistake (the union's own errors name its members)."""
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(item, int | list) for item in items):
             raise PydanticCustomError(
                 "token_arrays",
                 "token arrays aren't supported: send `input` as a string or a list of strings "
                 "(LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))",
+            )
+        if not items or not all(isinstance(item, str) and item for item in items):
+            raise PydanticCustomError(
+                "input_strings", "`input` must be a non-empty string or list of non-empty strings"
             )
         return value
 

@@ -36,6 +36,7 @@ class FakeScorer:
         self.release = threading.Event()
         self.requests: list[tuple[float, int]] = []  # (time, status)
         self.rows_seen: list[int] = []
+        self.batches: list[list[int]] = []  # the rows of each answered request
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -72,6 +73,7 @@ class FakeScorer:
                 await asyncio.sleep(0.05)
         rows = [int(row) for row in ROW_TEXT.findall(body)]  # no need to parse the base64
         self.rows_seen += rows
+        self.batches.append(rows)
         results = [{"clip_score": float(row), "cosine": 0.0} for row in rows]
         return 200, [], {"results": results, "profile": "fast", "variant": "stable", "model": "x"}
 
@@ -136,6 +138,22 @@ def test_retry_budget_is_bounded(fake, tmp_path):
     assert main(args) == 1
     assert len(fake.requests) == 3  # one try and two retries, no per-row fan-out of a 503
     assert all("HTTP 503" in row["error"] for row in output_rows(path))
+
+
+def test_compare_modes_never_share_an_image(fake, tmp_path):
+    """Each image is scored by one mode only, so neither mode reads the other's cache."""
+    path = tmp_path / "in.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_url", "caption"])
+        writer.writerows([f"http://x.invalid/{row % 20}.jpg", f"row {row}"] for row in range(200))
+    args = ["score-csv", str(path), "--url", fake.url, "--compare", "--batch-size", "8"]
+    assert main(args) == 0
+    single = {row % 20 for rows in fake.batches if len(rows) == 1 for row in rows}
+    batch = {row % 20 for rows in fake.batches if len(rows) > 1 for row in rows}
+    assert single and batch and not single & batch
+    assert sorted(fake.rows_seen) == list(range(200))  # every row scored once
+    assert [float(row["clip_score"]) for row in output_rows(path)] == list(range(200))
 
 
 def run_cli(*args: str) -> subprocess.Popen:

@@ -69,6 +69,7 @@ def test_downstream_errors_reach_the_client_with_their_status(
         "type": type_,
         "message": response.json()["error"]["message"],
         "param": "images[1]",
+        "code": None,
     }
     assert "Traceback" not in response.text
 

@@ -209,3 +209,28 @@ def test_sdk_sends_its_api_key(base_url, tiny_args, monkeypatch):
             wrong.models.list()
     finally:
         set_service(previous)
+
+
+def test_model_variant_pins_like_the_header(base_url, tiny_args, http):
+    fast = tiny_args.profiles["fast"]
+    canary = tiny_args.profiles["accurate"].clip  # a different model as the canary
+    variants = {"stable": fast.clip, "canary": canary}
+    profiles = {**tiny_args.profiles, "fast": fast.model_copy(update={"variants": variants})}
+    previous = current_service()
+    set_service(build_local_service(tiny_args.model_copy(update={"profiles": profiles})))
+    try:
+        sdk = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+        raw = sdk.embeddings.with_raw_response.create(model="fast/canary", input=TEXTS)
+        assert raw.headers["X-Clipfleet-Variant"] == "canary"
+        assert raw.parse().model == "fast/canary"
+        pinned = http.post(
+            "/v1/embed/text", json={"texts": TEXTS}, headers={"X-Clipfleet-Variant": "canary"}
+        )
+        expected = np.asarray(pinned.json()["embeddings"], dtype=np.float32)
+        np.testing.assert_allclose(vectors(raw.parse()), expected, atol=1e-6)
+        stable = native(http, "/v1/embed/text", {"texts": TEXTS})
+        assert not np.allclose(expected, stable, atol=1e-3)  # the pin made a difference
+        ids = [model.id for model in sdk.models.list()]
+        assert ids[:3] == ["fast", "fast/stable", "fast/canary"]
+    finally:
+        set_service(previous)

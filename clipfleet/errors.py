@@ -10,6 +10,7 @@ from __future__ import annotations
 class ClipfleetError(Exception):
     status: int = 500
     type: str = "internal_error"
+    code: str | None = None  # OpenAI's `code` (e.g. model_not_found); null for most errors
 
     def __init__(
         self,
@@ -34,7 +35,8 @@ class ClipfleetError(Exception):
         return _rebuild(type(self), self.message, param, self.status, self.retry_after_s)
 
     def envelope(self) -> dict:
-        return {"error": {"type": self.type, "message": self.message, "param": self.param}}
+        error = {"type": self.type, "message": self.message, "param": self.param}
+        return {"error": {**error, "code": self.code}}
 
 
 def _rebuild(cls, message, param, status, retry_after_s):
@@ -54,6 +56,12 @@ class InvalidImageError(ClipfleetError):
 class NotFoundError(ClipfleetError):
     status = 404
     type = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    """An unknown `model` (profile, variant or model id): OpenAI's 404 `model_not_found`."""
+
+    code = "model_not_found"
 
 
 class PayloadTooLargeError(ClipfleetError):

@@ -207,14 +207,25 @@ class ClipfleetService:
         return self._served(profile, variant, profile.clip_labels[variant], **body)
 
     async def embed_texts(
-        self, texts: Sequence[str], profile_name: str | None, routing: Routing | None = None
+        self,
+        texts: Sequence[str],
+        profile_name: str | None,
+        routing: Routing | None = None,
+        count_tokens: bool = False,
     ) -> dict:
+        """`count_tokens`: also `token_counts`, per text, from the encoder's tokenizer."""
         self.check_count(len(texts), "texts")
         self.check_texts(texts, "texts")
         profile, variant = self.route(profile_name, routing)
+        clip = profile.clip[variant]
         async with self._observed(profile, variant):
-            matrix = await profile.clip[variant].embed_texts.remote(list(texts))
+            calls = [clip.embed_texts.remote(list(texts))]
+            if count_tokens:
+                calls.append(clip.count_tokens.remote(list(texts)))
+            matrix, *token_counts = await asyncio.gather(*calls)
         body = _embedding_body(list(matrix), "clip")
+        if count_tokens:
+            body["token_counts"] = list(token_counts[0])
         return self._served(profile, variant, profile.clip_labels[variant], **body)
 
     async def score(

@@ -43,6 +43,10 @@ class ClipEncoder(BatchedImageEncoder):
         await self._inject_faults()
         return np.stack(await asyncio.gather(*(self._embed_one_text(text) for text in texts)))
 
+    async def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens per text (start/end included, truncated to the context): usage figures."""
+        return await asyncio.to_thread(self.model.count_tokens, texts)
+
     async def _embed_one_text(self, text: str) -> np.ndarray:
         key = text_key(text)
         vector = self._cached(key, "text")

@@ -129,8 +129,8 @@ def baseline_body(n: int) -> dict:
 
 def batch_counts() -> dict[str, dict[str, int]]:
     """Forward batch sizes so far, per kind (image, text), of the fast profile's CLIP."""
-    models = requests.get(f"{CLIPFLEET_URL}/v1/models", timeout=30).json()
-    encoder = models["profiles"]["fast"]["clip"]["stable"]
+    model = requests.get(f"{CLIPFLEET_URL}/v1/models/fast/stable", timeout=30).json()
+    encoder = model["clip"]["stable"]
     return {"image": encoder["batch_sizes"], "text": encoder.get("text_batch_sizes", {})}
 
 

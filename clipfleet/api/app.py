@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
-from clipfleet.api import compat, routes_health, routes_status, routes_v1
-from clipfleet.api.auth import AuthMiddleware
+from clipfleet.api import compat, routes_health, routes_openai, routes_status, routes_v1
+from clipfleet.api.auth import AuthMiddleware, declared_api_key
 from clipfleet.api.errors import error_response, handle_exception
 from clipfleet.api.middleware import (
     BodyLimitMiddleware,
@@ -62,11 +62,13 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="CLIP and ResNet embeddings, CLIP scores and zero-shot tags on Ray Serve.",
     )
+    keyed = [Depends(declared_api_key)]  # declares the API key schemes in the OpenAPI schema
     app.include_router(routes_health.router)
-    app.include_router(routes_v1.router)
-    app.include_router(routes_status.router)
+    app.include_router(routes_v1.router, dependencies=keyed)
+    app.include_router(routes_openai.router, dependencies=keyed)
+    app.include_router(routes_status.router, dependencies=keyed)
     for compat_router in compat.routers:  # the five seeds' drop-in routes (issue 8)
-        app.include_router(compat_router)
+        app.include_router(compat_router, dependencies=keyed)
     app.add_exception_handler(RequestValidationError, handle_exception)
     app.add_exception_handler(StarletteHTTPException, handle_exception)
     # Innermost first: Serve's plain 503s as envelopes, body limit, API keys, deadline, request

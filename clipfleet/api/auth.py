@@ -18,6 +18,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+from fastapi import Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Receive, Scope, Send
 
 from clipfleet.api import deps
@@ -140,3 +142,16 @@ class AuthMiddleware(HttpMiddleware):
             await self.app(scope, receive, send)
             return
         await response(scope, receive, send)
+
+
+# The schemes as the OpenAPI schema declares them, so /docs has an Authorize button and
+# generated clients send the key. They check nothing (auto_error=False): AuthMiddleware does.
+BEARER = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>`")
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="or `X-API-Key`")
+
+
+async def declared_api_key(
+    bearer: HTTPAuthorizationCredentials | None = Security(BEARER),
+    api_key: str | None = Security(API_KEY_HEADER),
+) -> None:
+    """A route dependency that only declares the schemes (either one) in the schema."""

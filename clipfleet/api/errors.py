@@ -30,8 +30,17 @@ class RequestTimeoutError(ClipfleetError):
     type = "request_timeout"
 
 
-def envelope(status: int, type_: str, message: str, param: str | None = None, headers=None):
-    body = {"error": {"type": type_, "message": message, "param": param}}
+def envelope(
+    status: int,
+    type_: str,
+    message: str,
+    param: str | None = None,
+    headers=None,
+    code: str | None = None,
+):
+    """`{"error": {"type", "message", "param", "code"}}`: clipfleet's `type` values, and
+    OpenAI's `code` field (null unless a client can act on it, e.g. `model_not_found`)."""
+    body = {"error": {"type": type_, "message": message, "param": param, "code": code}}
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
@@ -96,7 +105,7 @@ def _error_response(request: Request, exc: BaseException) -> JSONResponse:
         if error.status == 503:
             headers = {"Retry-After": str(error.retry_after_s or RETRY_AFTER_S)}
             error = error if error.type == "service_unavailable" else _as_unavailable(error)
-        return envelope(error.status, error.type, error.message, error.param, headers)
+        return envelope(error.status, error.type, error.message, error.param, headers, error.code)
     logger.exception("unhandled error in request %s", request_id, exc_info=exc)
     return envelope(
         500, "internal_error", f"internal error; quote request id {request_id} to the operator"

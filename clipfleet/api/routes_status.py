@@ -1,5 +1,7 @@
-"""`GET /v1/status`: replica counts per deployment and, per encoder replica, its device,
-process figures (CPU %, RSS, GPU memory and utilisation on CUDA), model load time and weights.
+"""`GET /v1/status`: the models document (profiles, variants, weights, traffic; what GET
+/v1/models returned before it took OpenAI's shape), replica counts per deployment and, per
+encoder replica, its device, process figures (CPU %, RSS, GPU memory and utilisation on CUDA),
+model load time and weights.
 
 Replica counts come from the Serve controller (`serve.status()`, asked from a worker thread so
 the ingress's event loop never blocks). Encoder figures come from each replica's `describe()`:
@@ -137,6 +139,7 @@ async def encoder_status(
 async def status(service: Annotated[ClipfleetService, Depends(get_service)]) -> dict:
     application, deployments = await asyncio.to_thread(_deployment_states)
     return {
+        **await service.models(),  # default_profile, random_weights, rollback_policy, profiles
         "application": application,
         "ingress": {"system": system_resources(), "process": process_resources()},
         "deployments": deployments,

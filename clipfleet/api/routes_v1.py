@@ -19,6 +19,7 @@ from clipfleet.api.schemas import (
 )
 from clipfleet.fetch import ImageSource
 from clipfleet.service import ClipfleetService, Routing
+from clipfleet.vectors import shape_embeddings
 
 from .deps import get_service
 
@@ -63,18 +64,27 @@ def _served(response: Response, body: dict) -> dict:
     return body
 
 
+def _shaped(body: dict, request: EmbedImageRequest | EmbedTextRequest) -> dict:
+    """The request's `dimensions` and `encoding_format` applied to the service's vectors."""
+    if request.dimensions is None and request.encoding_format == "float":
+        return body
+    rows, dim = shape_embeddings(body["embeddings"], request.dimensions, request.encoding_format)
+    return {**body, "embeddings": rows, "dim": dim}
+
+
 @router.post("/embed/image", response_model=EmbeddingResponse)
 async def embed_image(
     body: EmbedImageRequest, service: Service, response: Response, routing: Route
 ):
     sources = [source_of(ref) for ref in body.images]
     result = await service.embed_images(sources, body.encoder, body.profile, routing)
-    return _served(response, result)
+    return _served(response, _shaped(result, body))
 
 
 @router.post("/embed/text", response_model=EmbeddingResponse)
 async def embed_text(body: EmbedTextRequest, service: Service, response: Response, routing: Route):
-    return _served(response, await service.embed_texts(body.texts, body.profile, routing))
+    result = await service.embed_texts(body.texts, body.profile, routing)
+    return _served(response, _shaped(result, body))
 
 
 @router.post("/score", response_model=ScoreResponse)
@@ -132,8 +142,3 @@ async def tag_upload(
         await source_of_upload(image), labels, top_k, prompt_template, profile, routing
     )
     return _served(response, result)
-
-
-@router.get("/models")
-async def models(service: Service):
-    return await service.models()

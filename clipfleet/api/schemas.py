@@ -13,9 +13,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 HARD_MAX_ITEMS = 4096
 HARD_MAX_TEXT = 100_000
 HARD_MAX_BASE64 = 64 * 1024 * 1024
+HARD_MAX_DIMENSIONS = 65536
 
 Text = Annotated[str, Field(min_length=1, max_length=HARD_MAX_TEXT)]
 ProfileName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")]
+EncodingFormat = Annotated[
+    Literal["float", "base64"],
+    Field(description="`base64`: each vector's little-endian float32 bytes, base64-encoded"),
+]
+Dimensions = Annotated[
+    int | None,
+    Field(ge=1, le=HARD_MAX_DIMENSIONS, description="keep the first N dimensions, re-normalised"),
+]
 
 
 class Strict(BaseModel):
@@ -39,11 +48,15 @@ class EmbedImageRequest(Strict):
     images: list[ImageRef] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
     encoder: Literal["clip", "resnet"] = "clip"
     profile: ProfileName | None = None
+    encoding_format: EncodingFormat = "float"
+    dimensions: Dimensions = None
 
 
 class EmbedTextRequest(Strict):
     texts: list[Text] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
     profile: ProfileName | None = None
+    encoding_format: EncodingFormat = "float"
+    dimensions: Dimensions = None
 
 
 class ScorePair(Strict):
@@ -73,7 +86,7 @@ class Served(BaseModel):
 
 
 class EmbeddingResponse(Served):
-    embeddings: list[list[float]]
+    embeddings: list[list[float]] | list[str]  # str: encoding_format=base64
     dim: int
     encoder: Literal["clip", "resnet"]
 
@@ -100,6 +113,7 @@ class ErrorBody(BaseModel):
     type: str
     message: str
     param: str | None = None
+    code: str | None = None
 
 
 class ErrorResponse(BaseModel):

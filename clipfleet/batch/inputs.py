@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 from pyarrow import fs as pafs
 
-from clipfleet.cli import IMAGE_COLUMNS, TEXT_COLUMNS, InputError, pick_column
+from clipfleet.scorecsv.rows import IMAGE_COLUMNS, TEXT_COLUMNS, InputError, pick_column
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 TABLE_FORMATS = {

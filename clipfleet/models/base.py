@@ -116,6 +116,11 @@ class ClipModel(ImageEncoderModel):
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         """Texts -> (N, D) unnormalised features (tokenisation included)."""
 
+    @abstractmethod
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens per text as the text tower sees them: start and end tokens included, after
+        truncation to the context (the same tokenisation as `_text_features`)."""
+
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         return self._run(self._text_features, texts)
 

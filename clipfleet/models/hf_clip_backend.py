@@ -144,14 +144,22 @@ class TransformersClipModel(ClipModel):
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return _projected(self._model.get_image_features(pixel_values=pixels))
 
-    def _text_features(self, texts: list[str]) -> torch.Tensor:
-        tokens = self._tokenizer(
+    def _tokenize(self, texts: list[str]):
+        # Always the same padding/truncation arguments: a fast tokenizer whose settings change
+        # while another thread uses it fails ("Already borrowed").
+        return self._tokenizer(
             texts,
             padding=True,
             truncation=True,
             max_length=self._context_length,
             return_tensors="pt",
-        ).to(self.plan.device)
+        )
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return self._tokenize(texts)["attention_mask"].sum(dim=1).tolist()
+
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        tokens = self._tokenize(texts).to(self.plan.device)
         return _projected(self._model.get_text_features(**tokens))
 
 

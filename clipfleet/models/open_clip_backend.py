@@ -99,6 +99,11 @@ class OpenClipModel(ClipModel):
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._model.encode_image(pixels)
 
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        # The tokenizer pads to the context; HF tokenizers inside open_clip name their pad id.
+        pad_id = getattr(getattr(self._tokenizer, "tokenizer", None), "pad_token_id", None)
+        return (self._tokenizer(texts) != (pad_id or 0)).sum(dim=1).tolist()
+
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         tokens = self._tokenizer(texts).to(self.plan.device)
         if can_trim_padding(self._model):

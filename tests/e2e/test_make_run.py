@@ -57,7 +57,7 @@ def served():
 def test_real_architectures_in_random_weights_mode(served):
     ready = requests.get(f"{served}/readyz", timeout=10).json()
     assert ready["random_weights"] is True
-    profiles = requests.get(f"{served}/v1/models", timeout=10).json()["profiles"]
+    profiles = requests.get(f"{served}/v1/status", timeout=30).json()["profiles"]
     assert profiles["fast"]["clip"]["stable"]["model"] == "ViT-B-32"
     assert profiles["fast"]["clip"]["stable"]["embed_dim"] == 512
     assert profiles["accurate"]["clip"]["stable"]["model"] == "ViT-L-14"

@@ -23,8 +23,10 @@ def test_ready_and_models_report_every_deployment(app_url):
     assert {"image_fetcher", "scorer", "fast.clip", "fast.resnet", "accurate.clip"} <= set(
         ready["deployments"]
     )
-    models = requests.get(f"{app_url}/v1/models", timeout=10).json()
-    assert models["profiles"]["fast"]["clip"]["stable"]["embed_dim"] == 32
+    status = requests.get(f"{app_url}/v1/status", timeout=30).json()
+    assert status["profiles"]["fast"]["clip"]["stable"]["embed_dim"] == 32
+    model = requests.get(f"{app_url}/v1/models/fast/stable", timeout=10).json()
+    assert model["id"] == "fast/stable" and model["clip"]["stable"]["embed_dim"] == 32
     assert requests.get(f"{app_url}/healthz", timeout=10).json() == {"status": "ok"}
     assert requests.get(f"{app_url}/docs", timeout=10).status_code == 200
 
@@ -67,6 +69,7 @@ def test_downstream_errors_reach_the_client_with_their_status(
         "type": type_,
         "message": response.json()["error"]["message"],
         "param": "images[1]",
+        "code": None,
     }
     assert "Traceback" not in response.text
 

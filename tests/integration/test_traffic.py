@@ -75,7 +75,7 @@ def replica_actor_ids(deployment: str) -> set[str]:
 
 
 def ingress_traffic(url: str) -> dict:
-    return requests.get(f"{url}/v1/models", timeout=30).json()["profiles"]["fast"]["clip"]
+    return requests.get(f"{url}/v1/models/fast", timeout=30).json()["clip"]
 
 
 def test_split_matches_weights_and_keys_are_sticky(traffic_url):

@@ -68,6 +68,9 @@ class LocalClipEncoder:
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         return self.model.encode_texts(texts)
 
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return self.model.count_tokens(texts)
+
     def describe(self) -> dict:
         return {**self.model.info.as_dict(), "logit_scale": self.model.logit_scale, "ready": True}
 

@@ -104,7 +104,7 @@ def test_models_health_and_ready(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
-    models = client.get("/v1/models").json()
+    models = client.get("/v1/status").json()
     assert models["default_profile"] == "fast" and models["random_weights"] is False
     assert models["profiles"]["accurate"]["clip"]["stable"]["backend"] == "transformers"
     assert models["profiles"]["fast"]["clip"]["stable"]["weights"].startswith("dir:")

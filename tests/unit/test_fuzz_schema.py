@@ -64,4 +64,4 @@ def no_internal_error(ctx, response, case) -> None:
     assert response.status_code != 500, f"{case.method} {case.path}: {text[:500]}"
     assert "Traceback" not in text and 'File "/' not in text, text[:500]
     if response.status_code >= 400 and not case.path.startswith(COMPAT_PREFIXES):
-        assert set(response.json()["error"]) == {"type", "message", "param"}, text[:500]
+        assert set(response.json()["error"]) == {"type", "message", "param", "code"}, text[:500]

@@ -86,7 +86,12 @@ def test_downstream_errors_keep_their_status(client, serve, cls, status):
     response = client.post("/v1/embed/text", json=TEXT)
     assert response.status_code == status
     assert response.json() == {
-        "error": {"type": cls.type, "message": "what went wrong", "param": "images[2]"}
+        "error": {
+            "type": cls.type,
+            "message": "what went wrong",
+            "param": "images[2]",
+            "code": cls.code,
+        }
     }
     assert (response.headers.get("Retry-After") is not None) == (status == 503)
 

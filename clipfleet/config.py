@@ -151,6 +151,16 @@ class FetchLimits(StrictModel):
     # (exact, or `*.example.com`) that image URLs may reach. Empty: public addresses only.
     allow_private_networks: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
+    # Ports image URLs may name (every redirect hop too). Add a port only for a source you run.
+    allowed_ports: tuple[int, ...] = Field((80, 443), min_length=1)
+
+    @field_validator("allowed_ports")
+    @classmethod
+    def _valid_ports(cls, ports: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [port for port in ports if not 1 <= port <= 65535]
+        if bad:
+            raise ValueError(f"ports must be 1-65535, got {bad}")
+        return ports
 
     @field_validator("allow_private_networks")
     @classmethod

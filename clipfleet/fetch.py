@@ -63,7 +63,9 @@ class ImageFetcher:
     def __init__(self, limits: FetchLimits, resolver: AbstractResolver | None = None) -> None:
         """`resolver`: the DNS to guard (default aiohttp's); tests pass a fake one."""
         self.limits = limits
-        self.policy = AddressPolicy.from_lists(limits.allow_private_networks, limits.allowed_hosts)
+        self.policy = AddressPolicy.from_lists(
+            limits.allow_private_networks, limits.allowed_hosts, limits.allowed_ports
+        )
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
 

@@ -18,9 +18,9 @@ from clipfleet.fetch import ImageFetcher, ImageSource
 from clipfleet.imaging import decode_image
 from tests.support.hostile import HostileServer, all_cases, declared_png, gray16_png
 from tests.support.images import image_base64
-from tests.support.local_dag import build_local_service, tiny_app_args
+from tests.support.local_dag import build_local_service, loopback_fetch, tiny_app_args
 
-LIMITS = FetchLimits(timeout_s=1.5, allow_private_networks=("127.0.0.1/32",))
+LIMITS = loopback_fetch(timeout_s=1.5)
 CASE_NAMES = sorted(all_cases(HostileServer()))
 
 

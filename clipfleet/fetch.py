@@ -3,6 +3,8 @@
 URLs go through the SSRF guard (clipfleet.netguard): every hop's host is checked, every
 resolved address is checked and connected to as checked, and redirects are followed here, one
 checked hop at a time. The whole download (all hops, body included) shares one deadline.
+Decodes run on a small thread pool of their own, at most `fetch.decode_budget_bytes` of
+estimated decode memory at a time (clipfleet.imaging.DecodePlan.cost_bytes).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import aiohttp
@@ -17,6 +20,7 @@ import numpy as np
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from clipfleet.budget import ByteBudget
 from clipfleet.config import FetchLimits
 from clipfleet.errors import (
     InvalidRequestError,
@@ -25,7 +29,7 @@ from clipfleet.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from clipfleet.imaging import decode_image
+from clipfleet.imaging import DecodePlan, open_image
 from clipfleet.netguard import AddressPolicy, GuardedResolver
 
 _CHUNK_BYTES = 64 * 1024
@@ -68,6 +72,8 @@ class ImageFetcher:
         )
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
+        self.decode_budget = ByteBudget(limits.decode_budget_bytes)
+        self._decoders = ThreadPoolExecutor(limits.decode_threads, "clipfleet-decode")
 
     def _client(self) -> aiohttp.ClientSession:
         # Created lazily: a ClientSession must be made inside the running event loop.
@@ -86,10 +92,20 @@ class ImageFetcher:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        self._decoders.shutdown(wait=False, cancel_futures=True)
 
     async def load(self, source: ImageSource) -> np.ndarray:
-        data = await self.read_bytes(source)
-        return await asyncio.to_thread(decode_image, data, self.limits)
+        return await self.decode(await self.read_bytes(source))
+
+    async def decode(self, data: bytes) -> np.ndarray:
+        """Header first (cheap), then the pixels once the budget has room for their cost."""
+        loop = asyncio.get_running_loop()
+        plan: DecodePlan = await loop.run_in_executor(self._decoders, open_image, data, self.limits)
+        try:
+            async with self.decode_budget.hold(plan.cost_bytes):
+                return await loop.run_in_executor(self._decoders, plan.decode)
+        finally:
+            plan.close()
 
     async def read_bytes(self, source: ImageSource) -> bytes:
         if source.data is not None:

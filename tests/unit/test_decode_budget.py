@@ -4,6 +4,7 @@ long-side cap invisible to the encoders' own preprocessing, and the giants' peak
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import subprocess
 import sys
@@ -74,25 +75,31 @@ def _noise(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 
 SAMPLES = {
-    "rgb": lambda: _png(Image.fromarray(_noise((1500, 2100, 3)))),
-    "rgb_mid": lambda: _png(Image.fromarray(_noise((700, 1000, 3)))),
-    "rgba": lambda: _png(Image.fromarray(_noise((1400, 1800, 4)), "RGBA")),
+    "rgb": lambda: _png(Image.fromarray(_noise((520, 700, 3)))),
+    "rgba": lambda: _png(Image.fromarray(_noise((500, 420, 4)), "RGBA")),
     "gray16": lambda: _png(
-        Image.fromarray(np.random.default_rng(1).integers(0, 65535, (1500, 1400)).astype("u2"))
+        Image.fromarray(np.random.default_rng(1).integers(0, 65535, (450, 400)).astype("u2"))
     ),
     "palette_transparency": lambda: _png(
-        Image.fromarray(_noise((1500, 1700, 3))).convert("P"), transparency=3
+        Image.fromarray(_noise((400, 460, 3))).convert("P"), transparency=3
     ),
-    "strip": lambda: _png(Image.fromarray(_noise((4000, 600, 3)))),
+    "strip": lambda: _png(Image.fromarray(_noise((1600, 240, 3)))),
 }
+# Small ship sizes so that small samples take every path: integer reduce, crop, squash.
+SMALL = {"ship_shortest_side": 64, "ship_longest_side": 128}
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_band_decoding_equals_pillows_whole_image_path(name, monkeypatch):
     """Bit for bit what converting the whole image and resizing it (reducing_gap 3) gives."""
-    monkeypatch.setattr(imaging, "_BAND_BYTES", 50_000)  # dozens of bands
+    monkeypatch.setattr(imaging, "_BAND_BYTES", 20_000)  # dozens of bands
     data = SAMPLES[name]()
-    for limits in (FetchLimits(), UNCAPPED, FetchLimits(ship_long_side_fit="squash")):
+    for limits in (
+        FetchLimits(**SMALL),
+        FetchLimits(**SMALL, ship_long_side_fit="squash"),
+        FetchLimits(ship_shortest_side=64, ship_longest_side=65535),
+        FetchLimits(),
+    ):
         with Image.open(io.BytesIO(data)) as image:
             size, box = imaging.ship_geometry(image.size, limits)
             expected = imaging._to_rgb(image).resize(
@@ -103,9 +110,10 @@ def test_band_decoding_equals_pillows_whole_image_path(name, monkeypatch):
 
 def test_long_side_is_capped():
     limits = FetchLimits()
-    strip = decode_image(SAMPLES["strip"](), limits)
-    assert strip.shape == (limits.ship_longest_side, limits.ship_shortest_side, 3)
-    assert decode_image(SAMPLES["strip"](), UNCAPPED).shape == (2987, 448, 3)
+    strip = _png(Image.fromarray(_noise((4000, 600, 3))))
+    assert decode_image(strip, limits).shape == (896, 448, 3)
+    assert decode_image(strip, UNCAPPED).shape == (2987, 448, 3)
+    assert decode_image(strip, FetchLimits(ship_long_side_fit="squash")).shape == (896, 448, 3)
     with pytest.raises(ValueError):
         FetchLimits(ship_shortest_side=448, ship_longest_side=300)
 
@@ -147,6 +155,7 @@ def encoders(model_dir):
     }
 
 
+@functools.cache
 def _smooth(width: int, height: int) -> bytes:
     """A photo-like image (smooth gradients and shapes), as PNG."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -157,11 +166,16 @@ def _smooth(width: int, height: int) -> bytes:
     return _png(Image.fromarray(pixels))
 
 
-@pytest.mark.parametrize("size", [(600, 3000), (5000, 1200), (448, 2400)])
+@functools.cache
+def _capped_and_uncapped(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    data = _smooth(*size)
+    return decode_image(data, FetchLimits()), decode_image(data, UNCAPPED)
+
+
+@pytest.mark.parametrize("size", [(600, 3000), (2600, 1000), (448, 2400)])
 @pytest.mark.parametrize("encoder", ["open_clip", "transformers", "resnet"])
 def test_capped_array_gives_the_encoders_what_the_uncapped_one_does(encoders, encoder, size):
-    data = _smooth(*size)
-    capped, uncapped = decode_image(data, FetchLimits()), decode_image(data, UNCAPPED)
+    capped, uncapped = _capped_and_uncapped(size)
     assert max(capped.shape[:2]) == 896 < max(uncapped.shape[:2])
     model = encoders[encoder]
     seen_capped, seen_uncapped = model.preprocess_image(capped), model.preprocess_image(uncapped)
@@ -169,17 +183,21 @@ def test_capped_array_gives_the_encoders_what_the_uncapped_one_does(encoders, en
     difference = float((seen_capped - seen_uncapped).abs().mean())
     embedded = model.encode_images([seen_capped, seen_uncapped])
     cosine = float(np.dot(embedded[0], embedded[1]))
-    # Equal up to 8-bit resampling rounding: one grey level is ~0.015 in normalised units, and
-    # the encoders' own int() of the resized long side already stretches the uncapped image.
-    assert difference < 0.02, difference
+    # Equal up to resampling: one grey level is ~0.015 in normalised units, an odd uncapped
+    # width puts its centre half a pixel off the crop's, and the encoders' own int() of the
+    # resized long side already stretches the uncapped image by up to 0.1 %.
+    assert difference < 0.05, difference
     assert cosine > 0.9999, cosine
+    # the check can fail: the same crop 24 px off-centre is visibly different
+    shifted = np.roll(capped, 24, axis=int(np.argmax(capped.shape[:2])))
+    assert float((model.preprocess_image(shifted) - seen_uncapped).abs().mean()) > 0.05
 
 
 def test_squash_cap_gives_a_squashing_model_what_the_uncapped_one_does():
     squash = v2.Compose(
         [v2.ToImage(), v2.Resize((224, 224), antialias=True), v2.ToDtype(torch.float32, True)]
     )
-    data = _smooth(5000, 1200)
+    data = _smooth(2600, 1000)
     fit = FetchLimits(ship_long_side_fit="squash")
     capped, uncapped = decode_image(data, fit), decode_image(data, UNCAPPED)
     assert capped.shape == (448, 896, 3)
@@ -226,6 +244,9 @@ def test_giants_decode_in_their_raster_plus_working_space(name):
 async def test_fetcher_decodes_within_its_budget(monkeypatch):
     """Concurrent loads hold at most the budget (one giant at a time here)."""
     data = giant_png(*GIANTS["giant_gray16_png"])
+    plan = open_image(data, FetchLimits())
+    cost = plan.cost_bytes
+    plan.close()
     fetcher = ImageFetcher(FetchLimits(decode_budget_bytes=200 * 1024 * 1024, decode_threads=4))
     peak = 0
     original = ImageFetcher.decode
@@ -244,4 +265,4 @@ async def test_fetcher_decodes_within_its_budget(monkeypatch):
     finally:
         await fetcher.close()
     assert all(pixels.shape == (448, 448, 3) for pixels in results)
-    assert 0 < peak <= 200 * 1024 * 1024 < 2 * 7000 * 7000 * 2
+    assert 0 < peak <= 200 * 1024 * 1024 < 2 * cost

@@ -23,18 +23,18 @@ class ByteBudget:
     @contextlib.asynccontextmanager
     async def hold(self, nbytes: int) -> AsyncIterator[int]:
         """Hold min(nbytes, capacity) bytes for the block; yields the amount held."""
-        amount = max(0, min(nbytes, self.capacity))
-        await self._acquire(amount)
+        amount = await self.acquire(nbytes)
         try:
             yield amount
         finally:
-            self.in_use -= amount
-            self._wake()
+            self.release(amount)
 
-    async def _acquire(self, amount: int) -> None:
+    async def acquire(self, nbytes: int) -> int:
+        """Wait for min(nbytes, capacity) bytes and take them; returns the amount to release."""
+        amount = max(0, min(nbytes, self.capacity))
         if not self._waiters and self.in_use + amount <= self.capacity:
             self.in_use += amount
-            return
+            return amount
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((amount, waiter))
         try:
@@ -47,6 +47,12 @@ class ByteBudget:
                     self._waiters.remove((amount, waiter))
             self._wake()
             raise
+        return amount
+
+    def release(self, amount: int) -> None:
+        """Give back what `acquire` returned (call it on the event loop's thread)."""
+        self.in_use -= amount
+        self._wake()
 
     def _wake(self) -> None:
         while self._waiters and self.in_use + self._waiters[0][0] <= self.capacity:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from concurrent.futures import ThreadPoolExecutor
+import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import aiohttp
@@ -98,14 +99,24 @@ class ImageFetcher:
         return await self.decode(await self.read_bytes(source))
 
     async def decode(self, data: bytes) -> np.ndarray:
-        """Header first (cheap), then the pixels once the budget has room for their cost."""
+        """Header first (cheap), then the pixels once the budget has room for their cost. The
+        bytes stay held until the decoding thread is done, even if the caller is cancelled."""
         loop = asyncio.get_running_loop()
         plan: DecodePlan = await loop.run_in_executor(self._decoders, open_image, data, self.limits)
         try:
-            async with self.decode_budget.hold(plan.cost_bytes):
-                return await loop.run_in_executor(self._decoders, plan.decode)
-        finally:
+            held = await self.decode_budget.acquire(plan.cost_bytes)
+        except BaseException:
             plan.close()
+            raise
+
+        def finished(_: Future) -> None:  # on the decoding thread, or where it was cancelled
+            plan.close()
+            with contextlib.suppress(RuntimeError):  # the loop is gone: so is the budget
+                loop.call_soon_threadsafe(self.decode_budget.release, held)
+
+        decoding = self._decoders.submit(plan.decode)
+        decoding.add_done_callback(finished)
+        return await asyncio.wrap_future(decoding)
 
     async def read_bytes(self, source: ImageSource) -> bytes:
         if source.data is not None:

@@ -266,3 +266,27 @@ async def test_fetcher_decodes_within_its_budget(monkeypatch):
         await fetcher.close()
     assert all(pixels.shape == (448, 448, 3) for pixels in results)
     assert 0 < peak <= 200 * 1024 * 1024 < 2 * cost
+
+
+async def test_a_cancelled_decode_holds_its_bytes_until_the_thread_is_done():
+    """A request cancelled mid-decode (deadline, failed sibling) can't stop Pillow's thread, so
+    its bytes stay counted until that thread ends; then they are given back."""
+    fetcher = ImageFetcher(FetchLimits())
+    try:
+        task = asyncio.ensure_future(fetcher.decode(giant_png(*GIANTS["giant_rgba_png"])))
+        for _ in range(2000):
+            if fetcher.decode_budget.in_use:
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.2)  # the thread has started (a 49 MP RGBA decode takes longer)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert fetcher.decode_budget.in_use > 7000 * 7000 * 4  # still decoding
+        for _ in range(6000):
+            if not fetcher.decode_budget.in_use:
+                break
+            await asyncio.sleep(0.01)
+        assert fetcher.decode_budget.in_use == 0
+    finally:
+        await fetcher.close()

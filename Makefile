@@ -48,6 +48,7 @@ weights: $(STAMP)
 LOADTEST_URL ?= http://127.0.0.1:8000
 LOADTEST_USERS ?= 32
 LOADTEST_TIME ?= 60s
+# The service under test must list this port in fetch.allowed_ports (loadtests/bench_config.yaml does).
 IMAGE_PORT ?= 8091
 LOADTEST_PROFILES ?= fast,accurate
 RESULTS ?= results

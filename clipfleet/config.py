@@ -151,6 +151,33 @@ class FetchLimits(StrictModel):
     # (exact, or `*.example.com`) that image URLs may reach. Empty: public addresses only.
     allow_private_networks: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
+    # Ports image URLs may name (every redirect hop too). Add a port only for a source you run.
+    allowed_ports: tuple[int, ...] = Field((80, 443), min_length=1)
+
+    # Decode memory budget (clipfleet.imaging, clipfleet.fetch): concurrent decodes per replica
+    # are bounded by their estimated bytes (raster = width x height x bytes per pixel, + bands),
+    # on `decode_threads` threads. One image over the budget still decodes, alone.
+    decode_budget_bytes: int = Field(512 * 1024 * 1024, ge=16 * 1024 * 1024)
+    decode_threads: int = Field(2, ge=1, le=64)
+    # The shipped array's longer side: `crop` keeps its centre (the encoders resize the shorter
+    # side and centre-crop a square inside it); `squash` scales the long axis alone, for models
+    # that resize both axes to a square without cropping.
+    ship_longest_side: int = Field(896, ge=64, le=65535)
+    ship_long_side_fit: Literal["crop", "squash"] = "crop"
+
+    @model_validator(mode="after")
+    def _long_side_not_shorter(self) -> FetchLimits:
+        if self.ship_longest_side < self.ship_shortest_side:
+            raise ValueError("ship_longest_side must be at least ship_shortest_side")
+        return self
+
+    @field_validator("allowed_ports")
+    @classmethod
+    def _valid_ports(cls, ports: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [port for port in ports if not 1 <= port <= 65535]
+        if bad:
+            raise ValueError(f"ports must be 1-65535, got {bad}")
+        return ports
 
     @field_validator("allow_private_networks")
     @classmethod

@@ -3,6 +3,8 @@
 URLs go through the SSRF guard (clipfleet.netguard): every hop's host is checked, every
 resolved address is checked and connected to as checked, and redirects are followed here, one
 checked hop at a time. The whole download (all hops, body included) shares one deadline.
+Decodes run on a small thread pool of their own, at most `fetch.decode_budget_bytes` of
+estimated decode memory at a time (clipfleet.imaging.DecodePlan.cost_bytes).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import aiohttp
@@ -17,6 +21,7 @@ import numpy as np
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from clipfleet.budget import ByteBudget
 from clipfleet.config import FetchLimits
 from clipfleet.errors import (
     InvalidRequestError,
@@ -25,7 +30,7 @@ from clipfleet.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from clipfleet.imaging import decode_image
+from clipfleet.imaging import DecodePlan, open_image
 from clipfleet.netguard import AddressPolicy, GuardedResolver
 
 _CHUNK_BYTES = 64 * 1024
@@ -63,9 +68,13 @@ class ImageFetcher:
     def __init__(self, limits: FetchLimits, resolver: AbstractResolver | None = None) -> None:
         """`resolver`: the DNS to guard (default aiohttp's); tests pass a fake one."""
         self.limits = limits
-        self.policy = AddressPolicy.from_lists(limits.allow_private_networks, limits.allowed_hosts)
+        self.policy = AddressPolicy.from_lists(
+            limits.allow_private_networks, limits.allowed_hosts, limits.allowed_ports
+        )
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
+        self.decode_budget = ByteBudget(limits.decode_budget_bytes)
+        self._decoders = ThreadPoolExecutor(limits.decode_threads, "clipfleet-decode")
 
     def _client(self) -> aiohttp.ClientSession:
         # Created lazily: a ClientSession must be made inside the running event loop.
@@ -84,10 +93,30 @@ class ImageFetcher:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        self._decoders.shutdown(wait=False, cancel_futures=True)
 
     async def load(self, source: ImageSource) -> np.ndarray:
-        data = await self.read_bytes(source)
-        return await asyncio.to_thread(decode_image, data, self.limits)
+        return await self.decode(await self.read_bytes(source))
+
+    async def decode(self, data: bytes) -> np.ndarray:
+        """Header first (cheap), then the pixels once the budget has room for their cost. The
+        bytes stay held until the decoding thread is done, even if the caller is cancelled."""
+        loop = asyncio.get_running_loop()
+        plan: DecodePlan = await loop.run_in_executor(self._decoders, open_image, data, self.limits)
+        try:
+            held = await self.decode_budget.acquire(plan.cost_bytes)
+        except BaseException:
+            plan.close()
+            raise
+
+        def finished(_: Future) -> None:  # on the decoding thread, or where it was cancelled
+            plan.close()
+            with contextlib.suppress(RuntimeError):  # the loop is gone: so is the budget
+                loop.call_soon_threadsafe(self.decode_budget.release, held)
+
+        decoding = self._decoders.submit(plan.decode)
+        decoding.add_done_callback(finished)
+        return await asyncio.wrap_future(decoding)
 
     async def read_bytes(self, source: ImageSource) -> bytes:
         if source.data is not None:

@@ -1,14 +1,30 @@
-"""Decode untrusted image bytes into a small RGB uint8 array that is cheap to ship."""
+"""Decode untrusted image bytes into a small RGB uint8 array that is cheap to ship.
+
+Memory: the only full-size buffer is the raster the codec decodes into (JPEGs decode at 1/2,
+1/4 or 1/8 scale when that suffices). Mode conversions (16-bit -> 8-bit, alpha onto white,
+CMYK / palette -> RGB) and Pillow's integer reduce run on horizontal bands of it, so a 49 MP
+image costs its raster plus a few MB, not the ~1 GB of whole-image copies. EXIF orientation is
+applied to the small result. `DecodePlan.cost_bytes` is that estimate, read from the header
+before any pixel is decoded; `clipfleet.fetch` bounds concurrent decodes by it.
+
+Shape: the shorter side is scaled to at most `ship_shortest_side`, and the longer side is capped
+at `ship_longest_side` without changing what the encoders see: `crop` keeps the centre (every
+encoder here resizes the shorter side and centre-crops a square, which lies inside it),
+`squash` scales the long axis alone (for a model that resizes both axes to a square).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import struct
 import warnings
+from collections.abc import Iterator
 from io import BytesIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from clipfleet.config import FetchLimits
 from clipfleet.errors import InvalidImageError, PayloadTooLargeError, UnsupportedMediaTypeError
@@ -19,25 +35,64 @@ DECODABLE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO
 # Decoders Image.open may try (MPO files open through the JPEG plugin).
 _OPEN_FORMATS = sorted(DECODABLE_FORMATS - {"MPO"})
 _WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+_RESAMPLE = Image.Resampling.BICUBIC
+# Pillow's own resize(reducing_gap=3.0) path, replayed band by band: integer reduce() first,
+# then bicubic (filter support 2.0) over the reduced image.
+_REDUCING_GAP = 3.0
+_BICUBIC_SUPPORT = 2.0
+_BAND_BYTES = 4 * 1024 * 1024  # native pixels converted per band (a band makes ~5 copies)
+_WORKING_BYTES = 24 * 1024 * 1024  # bands, the reduced image and the result, at most
+_ORIENTATION = 0x0112
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+Box = tuple[float, float, float, float]
 
 
 def decode_image(data: bytes, limits: FetchLimits) -> np.ndarray:
-    """Bytes -> HxWx3 uint8 RGB, EXIF orientation applied, shorter side <= ship_shortest_side.
+    """Bytes -> HxWx3 uint8 RGB, EXIF orientation applied, sides within the ship_* limits.
 
     Only the formats above are tried (never EPS, PDF & co.), the declared size is checked
     against `max_pixels` / `min_side` before any pixel is decoded, and animated images give
     their first frame. Every decoder failure is the client's bad image (400), never a 500.
     """
+    plan = open_image(data, limits)
+    try:
+        return plan.decode()
+    finally:
+        plan.close()
+
+
+def open_image(data: bytes, limits: FetchLimits) -> DecodePlan:
+    """Read the header only: checked, and what decoding it will cost."""
     if not data:
         raise InvalidImageError("the image is empty")
+    with decoder_errors(limits):
+        image = Image.open(BytesIO(data), formats=_OPEN_FORMATS)
+        try:
+            _check_header(image, limits)
+            return DecodePlan(image, limits)
+        except BaseException:
+            image.close()
+            raise
+
+
+@contextlib.contextmanager
+def decoder_errors(limits: FetchLimits) -> Iterator[None]:
+    """Pillow's failures as the client's errors (400, 413, 415)."""
     try:
         with warnings.catch_warnings():
             # _check_header enforces our own max_pixels before decoding; Pillow still refuses
             # (DecompressionBombError) anything over twice its MAX_IMAGE_PIXELS at open.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(BytesIO(data), formats=_OPEN_FORMATS) as image:
-                _check_header(image, limits)
-                return _to_shippable_rgb(image, limits.ship_shortest_side)
+            yield
     except Image.DecompressionBombError as exc:
         raise PayloadTooLargeError(
             f"the image has too many pixels (limit {limits.max_pixels})"
@@ -69,20 +124,105 @@ def _check_header(image: Image.Image, limits: FetchLimits) -> None:
         )
 
 
-def _to_shippable_rgb(image: Image.Image, shortest_side: int) -> np.ndarray:
-    width, height = image.size
-    if image.format == "JPEG" and min(width, height) > shortest_side:
-        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: far less work for large photos.
-        scale = shortest_side / min(width, height)
-        image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
-    image = ImageOps.exif_transpose(image)
-    image = _to_rgb(image)
-    width, height = image.size
-    if min(width, height) > shortest_side:
-        scale = shortest_side / min(width, height)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-    return np.asarray(image, dtype=np.uint8).copy()
+def pixel_bytes(mode: str) -> int:
+    """Bytes Pillow stores per pixel: bands x bytes per sample, multi-band padded to 4."""
+    if mode.startswith("I;16"):
+        return 2
+    if mode in ("I", "F"):
+        return 4
+    return 1 if Image.getmodebands(mode) == 1 else 4
+
+
+class DecodePlan:
+    """An opened image whose header passed the checks; `decode()` turns it into pixels."""
+
+    def __init__(self, image: Image.Image, limits: FetchLimits) -> None:
+        self.image = image
+        self.limits = limits
+        width, height = image.size
+        shortest = limits.ship_shortest_side
+        if image.format == "JPEG" and min(width, height) > shortest:
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: far less work for large photos.
+            scale = shortest / min(width, height)
+            image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
+        raster = image.size[0] * image.size[1] * pixel_bytes(image.mode)
+        self.cost_bytes = raster + min(2 * raster, _WORKING_BYTES)
+
+    def close(self) -> None:
+        self.image.close()
+
+    def decode(self) -> np.ndarray:
+        with decoder_errors(self.limits):
+            image = self.image
+            image.load()
+            size, box = ship_geometry(image.size, self.limits)
+            small = _resize_in_bands(image, size, box)
+            method = _TRANSPOSES.get(image.getexif().get(_ORIENTATION))
+            if method is not None:
+                small = small.transpose(method)
+            return np.asarray(small, dtype=np.uint8).copy()
+
+
+def ship_geometry(size: tuple[int, int], limits: FetchLimits) -> tuple[tuple[int, int], Box]:
+    """(output size, source box): shorter side <= ship_shortest_side, longer side <=
+    ship_longest_side by a centre crop (`crop`) or by scaling the long axis alone (`squash`)."""
+    width, height = size
+    scale = min(1.0, limits.ship_shortest_side / min(width, height))
+    out = [max(1, round(width * scale)), max(1, round(height * scale))]
+    box = [0.0, 0.0, float(width), float(height)]
+    long_axis = 0 if width >= height else 1
+    if out[long_axis] > limits.ship_longest_side:
+        out[long_axis] = limits.ship_longest_side
+        if limits.ship_long_side_fit == "crop":
+            kept = limits.ship_longest_side / scale
+            margin = (size[long_axis] - kept) / 2
+            box[long_axis], box[long_axis + 2] = margin, size[long_axis] - margin
+    return (out[0], out[1]), (box[0], box[1], box[2], box[3])
+
+
+def _resize_in_bands(image: Image.Image, size: tuple[int, int], box: Box) -> Image.Image:
+    """`_to_rgb(image).resize(size, BICUBIC, box, reducing_gap=3.0)`, the conversion and the
+    integer reduce done band by band so that no full-size copy of the image is made."""
+    factor_x = int((box[2] - box[0]) / size[0] / _REDUCING_GAP) or 1
+    factor_y = int((box[3] - box[1]) / size[1] / _REDUCING_GAP) or 1
+    region = _safe_box(image.size, size, box)
+    reduced = _converted_region(image, region, factor_x, factor_y)
+    box = (
+        (box[0] - region[0]) / factor_x,
+        (box[1] - region[1]) / factor_y,
+        (box[2] - region[0]) / factor_x,
+        (box[3] - region[1]) / factor_y,
+    )
+    return reduced.resize(size, _RESAMPLE, box=box)
+
+
+def _safe_box(image_size: tuple[int, int], size: tuple[int, int], box: Box):
+    """The source pixels the resize reads: `box` widened by the filter's support (as Pillow)."""
+    support_x = (_BICUBIC_SUPPORT - 0.5) * (box[2] - box[0]) / size[0]
+    support_y = (_BICUBIC_SUPPORT - 0.5) * (box[3] - box[1]) / size[1]
+    return (
+        max(0, int(box[0] - support_x)),
+        max(0, int(box[1] - support_y)),
+        min(image_size[0], math.ceil(box[2] + support_x)),
+        min(image_size[1], math.ceil(box[3] + support_y)),
+    )
+
+
+def _converted_region(
+    image: Image.Image, region: tuple[int, int, int, int], factor_x: int, factor_y: int
+) -> Image.Image:
+    """`region` of `image` as RGB, reduced by (factor_x, factor_y), converted band by band."""
+    left, top, right, bottom = region
+    width = right - left
+    out = Image.new("RGB", (math.ceil(width / factor_x), math.ceil((bottom - top) / factor_y)))
+    rows = max(1, _BAND_BYTES // max(1, width * pixel_bytes(image.mode)) // factor_y) * factor_y
+    for band_top in range(top, bottom, rows):
+        band = image.crop((left, band_top, right, min(bottom, band_top + rows)))
+        rgb = _to_rgb(band)
+        if factor_x > 1 or factor_y > 1:
+            rgb = rgb.reduce((factor_x, factor_y))
+        out.paste(rgb, (0, (band_top - top) // factor_y))
+    return out
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -94,7 +234,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def _to_8bit_gray(image: Image.Image) -> Image.Image:
     """16-bit (and 32-bit int / float) grayscale scaled to 8 bits, not clipped to white."""
-    values = np.asarray(image, dtype=np.float64)
+    values = np.asarray(image).astype(np.float64)  # one band at a time
     scale = 1.0 if image.mode == "F" else 255.0 / 65535.0
     return Image.fromarray(np.clip(values * scale, 0, 255).astype(np.uint8), "L")
 

@@ -10,6 +10,10 @@ Refused by default: loopback, private (RFC 1918, ULA), carrier-grade NAT, link-l
 multicast, reserved, unspecified, documentation/benchmark ranges, cloud metadata endpoints, and
 any of these embedded in IPv6 (IPv4-mapped, 6to4, Teredo, NAT64). An operator re-enables
 internal sources with `fetch.allow_private_networks` (CIDRs) and `fetch.allowed_hosts` (names).
+An allowed host name skips the internal-address checks but never the metadata check: a metadata
+address (also embedded in IPv6) is reached only when listed exactly (/32, /128) in
+`allow_private_networks`. Only the ports in `fetch.allowed_ports` (default 80, 443) are reached.
+Refusals name the URL's host, never what it resolved to (no internal DNS oracle).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ METADATA_ADDRESSES = frozenset(
     )
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+DEFAULT_PORTS = frozenset({80, 443})
 
 
 class ForbiddenUrlError(ClipfleetError):
@@ -65,14 +70,23 @@ def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
     return None
 
 
+def is_metadata(address: IPAddress) -> bool:
+    """A cloud metadata endpoint, also when an IPv6 address carries it."""
+    if address in METADATA_ADDRESSES:
+        return True
+    inner = embedded_ipv4(address)
+    return inner is not None and inner in METADATA_ADDRESSES
+
+
 def refusal_reason(address: IPAddress) -> str | None:
-    """Why `address` is not a public unicast address, or None when it is."""
+    """Why `address` is not a public unicast address, or None when it is. The reason never
+    repeats the address: refusals must not tell a client what an internal name resolves to."""
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
     inner = embedded_ipv4(address)
     if inner is not None:
         reason = refusal_reason(inner)
-        return f"an IPv6 address embedding {inner}, {reason}" if reason else None
+        return f"an IPv6 address embedding {reason}" if reason else None
     checks = (
         ("unspecified", address.is_unspecified),
         ("loopback", address.is_loopback),
@@ -101,6 +115,7 @@ class AddressPolicy:
 
     allow_networks: tuple[IPNetwork, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
+    allowed_ports: frozenset[int] = DEFAULT_PORTS
     _hosts: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -108,9 +123,11 @@ class AddressPolicy:
         object.__setattr__(self, "_hosts", hosts)
 
     @classmethod
-    def from_lists(cls, networks: Iterable[str], hosts: Iterable[str]) -> AddressPolicy:
+    def from_lists(
+        cls, networks: Iterable[str], hosts: Iterable[str], ports: Iterable[int] = DEFAULT_PORTS
+    ) -> AddressPolicy:
         nets = tuple(ipaddress.ip_network(net, strict=False) for net in networks)
-        return cls(allow_networks=nets, allowed_hosts=tuple(hosts))
+        return cls(allow_networks=nets, allowed_hosts=tuple(hosts), allowed_ports=frozenset(ports))
 
     def host_allowed(self, host: str) -> bool:
         """Exact names, or `*.example.com` for every subdomain of example.com."""
@@ -122,42 +139,50 @@ class AddressPolicy:
 
     def _network_allows(self, address: IPAddress) -> bool:
         # A metadata endpoint must be listed on its own, not swept in by a wide range.
-        exact_only = address in METADATA_ADDRESSES
+        exact_only = is_metadata(address)
         return any(
             address in network and (not exact_only or network.num_addresses == 1)
             for network in self.allow_networks
         )
 
-    def check_address(self, address: IPAddress, host: str) -> None:
+    def check_address(self, address: IPAddress, host: str, host_allowed: bool = False) -> None:
+        """Refuse `address` unless it is public or allowed; `host_allowed`: the URL's host is in
+        allowed_hosts, which lifts every check except the metadata one."""
         if self._network_allows(address):
             return
-        reason = refusal_reason(address)
+        if host_allowed:
+            reason = "a cloud metadata address" if is_metadata(address) else None
+        else:
+            reason = refusal_reason(address)
         if reason is not None:
             raise ForbiddenUrlError(
-                f"the image url host {host!r} resolves to {address}, {reason}; internal "
-                "addresses are refused (an operator can allow them in fetch.allow_private_networks)"
+                f"the image url host {host!r} points to {reason}; internal addresses are "
+                "refused (an operator can allow them in fetch.allow_private_networks; a metadata "
+                "address only by itself, as a /32 or /128)"
             )
 
     def check_url(self, url: URL) -> None:
-        """Scheme and host checks for one hop; literal-IP hosts are checked here."""
+        """Scheme, port and host checks for one hop; literal-IP hosts are checked here."""
         if url.scheme not in ALLOWED_SCHEMES or not url.host:
             raise InvalidRequestError("the image url must be an absolute http:// or https:// url")
-        if self.host_allowed(url.host):
-            return
+        if url.port not in self.allowed_ports:
+            raise ForbiddenUrlError(
+                f"the image url port {url.port} is not allowed (allowed: "
+                f"{sorted(self.allowed_ports)}; an operator can add ports in fetch.allowed_ports)"
+            )
         address = parse_address(url.host)
         if address is not None:
-            self.check_address(address, url.host)
+            self.check_address(address, url.host, self.host_allowed(url.host))
 
     def check_resolved(self, host: str, results: list[ResolveResult]) -> list[ResolveResult]:
         if not results:
             raise OSError(f"{host} did not resolve to any address")
-        if self.host_allowed(host):
-            return results
+        host_allowed = self.host_allowed(host)
         for result in results:
             address = parse_address(result["host"])
             if address is None:
                 raise ForbiddenUrlError(f"the image url host {host!r} resolved to no IP address")
-            self.check_address(address, host)
+            self.check_address(address, host, host_allowed)
         return results
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
+import os
+import resource
 
 import numpy as np
+import psutil
 from ray import serve
 
 from clipfleet.config import FetchLimits
 from clipfleet.fetch import ImageFetcher as PlainImageFetcher
 from clipfleet.fetch import ImageSource
-from clipfleet.imaging import decode_image
 from clipfleet.observability import metrics
 from clipfleet.observability.tracing import traced
 
@@ -30,9 +31,20 @@ class ImageFetcher:
         with metrics.counting_failures("fetch"), metrics.timed_stage("fetch"):
             data = await self._fetcher.read_bytes(source)
         with metrics.counting_failures("decode"), metrics.timed_stage("decode"):
-            image = await asyncio.to_thread(decode_image, data, self._fetcher.limits)
+            image = await self._fetcher.decode(data)
         metrics.record_image(source_kind(source), len(data), image.shape[0] * image.shape[1])
         return image
+
+    async def memory(self) -> dict:
+        """This replica's process: pid, resident memory now and at its peak, decode budget."""
+        budget = self._fetcher.decode_budget
+        return {
+            "pid": os.getpid(),
+            "rss_bytes": psutil.Process().memory_info().rss,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "decode_budget_bytes": budget.capacity,
+            "decode_bytes_in_use": budget.in_use,
+        }
 
     def describe(self) -> dict:
         return {"ready": True, "replica_id": serve.get_replica_context().replica_id.unique_id}

@@ -16,10 +16,11 @@ import ray
 import requests
 from ray import serve
 
-from clipfleet.config import ApiLimits, AppArgs, ClipModelSpec, FetchLimits, ProfileSpec, ResNetSpec
+from clipfleet.config import ApiLimits, AppArgs, ClipModelSpec, ProfileSpec, ResNetSpec
 from tests.integration.conftest import merge_deployments, small_deployments, wait_for, wait_ready
 from tests.support.hostile import all_cases
 from tests.support.images import image_base64
+from tests.support.local_dag import loopback_fetch
 
 APP = "faults"
 PREFIX = "/faults"
@@ -37,9 +38,7 @@ def fault_args(model_dir) -> AppArgs:
     )
     return AppArgs(
         profiles={"fast": spec},
-        fetch=FetchLimits(
-            timeout_s=2, max_bytes=4 * 1024 * 1024, allow_private_networks=("127.0.0.1/32",)
-        ),
+        fetch=loopback_fetch(timeout_s=2, max_bytes=4 * 1024 * 1024),
         limits=ApiLimits(max_body_bytes=8 * 1024 * 1024, request_timeout_s=20),
     )
 

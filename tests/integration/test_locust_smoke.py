@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.integration.conftest import wait_for
-from tests.support.servers import free_port
+from tests.support.images import claim_loopback_port, release_loopback_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_locust_mix_runs_clean(app_url, tmp_path):
     import requests
 
-    port = free_port()
+    port = claim_loopback_port()  # a port that tiny_args' fetch.allowed_ports lists
     bin_dir = Path(sys.executable).parent
     images = subprocess.Popen(
         [sys.executable, "-m", "loadtests.images", "--port", str(port), "--count", "12"],
@@ -57,6 +57,7 @@ def test_locust_mix_runs_clean(app_url, tmp_path):
     finally:
         images.terminate()
         images.wait(10)
+        release_loopback_port(port)
     rows = list(csv.DictReader((tmp_path / "locust_stats.csv").open()))
     total = next(row for row in rows if row["Name"] == "Aggregated")
     assert int(total["Request Count"]) > 10, result.stdout + result.stderr

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import struct
+import tempfile
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -65,6 +68,51 @@ def gray16_png() -> bytes:
     return _save(Image.fromarray(ramp), "PNG")
 
 
+# Under-limit giants: cheap to send, costly to decode (49 MP, 16-bit, alpha, a 1:223 strip).
+# (width, height, PNG bit depth, PNG colour type: 0 gray, 2 RGB, 6 RGBA)
+GIANTS = {
+    "giant_49mp_png": (7000, 7000, 8, 2),
+    "giant_strip_png": (448, 100_000, 8, 2),
+    "giant_gray16_png": (7000, 7000, 16, 0),
+    "giant_rgba_png": (7000, 7000, 8, 6),
+}
+_GIANT_DIR = Path(tempfile.gettempdir()) / "clipfleet-hostile-giants-v2"
+_CHANNELS = {0: 1, 2: 3, 6: 4}
+
+
+def giant_png(width: int, height: int, bit_depth: int, color_type: int) -> bytes:
+    """A PNG written row by row (never the whole raster in memory): gradients whose rows repeat
+    in bands of 64, so it compresses to a few hundred KB and inflates fast. Cached in tmp."""
+    path = _GIANT_DIR / f"{width}x{height}-{bit_depth}-{color_type}.png"
+    if path.exists():
+        return path.read_bytes()
+    samples, sample = _CHANNELS[color_type], f">u{bit_depth // 8}"
+    x = np.arange(width, dtype=np.int64)[:, None]
+    compressor = zlib.compressobj(6)
+    chunks = []
+    for y in range(height):
+        if y % 64 == 0:  # a new level every 64 rows; the rows between repeat the one above
+            level = (x * np.arange(1, samples + 1) * 3 + y // 64 * 37) % 256
+            if color_type == 6:
+                level[:, 3] = 64 + (y // 64 * 29) % 192  # alpha: 25-100 %, level along a row
+            values = level * 257 if bit_depth == 16 else level
+            row = b"\x00" + values.astype(sample).tobytes()  # filter 0: raw samples
+        chunks.append(compressor.compress(row))
+    chunks.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", b"".join(chunks))
+        + _png_chunk(b"IEND", b"")
+    )
+    _GIANT_DIR.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.part")
+    partial.write_bytes(data)
+    partial.replace(path)  # atomic: parallel test processes never read half a file
+    return data
+
+
 def hostile_corpus() -> dict[str, Case]:
     jpeg = image_bytes(256, 192)
     svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect/></svg>'
@@ -89,6 +137,7 @@ def hostile_corpus() -> dict[str, Case]:
         "rgba_png": Case(
             _save(Image.fromarray(_noise(64, 64, 4), "RGBA"), "PNG"), "image/png", 200
         ),
+        **{name: Case(giant_png(*spec), "image/png", 200) for name, spec in GIANTS.items()},
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 
 import numpy as np
 from PIL import Image
@@ -21,15 +22,60 @@ def image_base64(**kwargs) -> str:
     return base64.b64encode(image_bytes(**kwargs)).decode()
 
 
+def _reserve_ports(count: int) -> tuple[int, ...]:
+    ports = set()
+    while len(ports) < count:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.add(sock.getsockname()[1])
+    return tuple(sorted(ports))
+
+
+# The SSRF guard's fetch.allowed_ports (default 80, 443) refuses any other port, so the tests'
+# loopback servers listen on ports picked once per test process, and the fetch configs that
+# point at them (tests.support.local_dag.loopback_fetch) allow exactly these.
+LOOPBACK_PORTS = _reserve_ports(8)
+LOOPBACK_ALLOWED_PORTS = (80, 443, *LOOPBACK_PORTS)
+_ports_in_use: set[int] = set()
+
+
+def claim_loopback_port() -> int:
+    """A port of LOOPBACK_PORTS that no server of this process holds (for a subprocess)."""
+    for port in LOOPBACK_PORTS:
+        if port not in _ports_in_use:
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue  # taken by another process since it was picked
+            _ports_in_use.add(port)
+            return port
+    raise RuntimeError(f"every loopback test port is in use: {LOOPBACK_PORTS}")
+
+
+def release_loopback_port(port: int) -> None:
+    _ports_in_use.discard(port)
+
+
 async def start_loopback_site(app):
-    """Serve an aiohttp app on 127.0.0.1 (a free port): returns (runner, base_url)."""
+    """Serve an aiohttp app on 127.0.0.1, on one of LOOPBACK_PORTS: returns (runner, base_url)."""
     from aiohttp import web
 
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    for port in LOOPBACK_PORTS:
+        if port in _ports_in_use:
+            continue
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        try:
+            await site.start()
+        except OSError:
+            continue  # taken by another process since it was picked
+        _ports_in_use.add(port)
+        return runner, f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+    raise RuntimeError(f"every loopback test port is in use: {LOOPBACK_PORTS}")
 
 
 class LoopbackServer:
@@ -49,6 +95,7 @@ class LoopbackServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+            release_loopback_port(int(self.base_url.rsplit(":", 1)[1]))
 
 
 class ImageServer(LoopbackServer):

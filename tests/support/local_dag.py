@@ -20,6 +20,7 @@ from clipfleet.models.device import choose_device
 from clipfleet.models.resnet import ResNetModel
 from clipfleet.scoring import clip_scores, zero_shot
 from clipfleet.service import ClipfleetService
+from tests.support.images import LOOPBACK_ALLOWED_PORTS
 
 
 class LocalResponse:
@@ -108,9 +109,16 @@ class LocalScorer:
         return {"ready": True}
 
 
-# Tests fetch images from their own 127.0.0.1 server: the SSRF guard refuses loopback unless
-# the operator allow-list names it (tests/unit/test_netguard.py proves the refusal without it).
-LOOPBACK_FETCH = FetchLimits(allow_private_networks=("127.0.0.1/32",))
+def loopback_fetch(**overrides) -> FetchLimits:
+    """Fetch limits that let image URLs reach the tests' own 127.0.0.1 servers: the SSRF guard
+    refuses loopback and ports other than 80/443 unless the operator allow-lists name them
+    (tests/unit/test_netguard.py proves the refusals without them)."""
+    overrides.setdefault("allow_private_networks", ("127.0.0.1/32",))
+    overrides.setdefault("allowed_ports", LOOPBACK_ALLOWED_PORTS)
+    return FetchLimits(**overrides)
+
+
+LOOPBACK_FETCH = loopback_fetch()
 
 
 def tiny_app_args(model_dir: Path, **overrides) -> AppArgs:

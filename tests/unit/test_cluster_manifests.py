@@ -166,8 +166,10 @@ def test_manifest_validates_against_kuberay_crd(name, index, doc):
         # worker groups need min/max replicas
         (lambda spec: spec["rayClusterConfig"]["workerGroupSpecs"][0].pop("maxReplicas"), "max"),
         (lambda spec: spec.update(serveConfigV2={"applications": []}), "is not of type 'string'"),
+        # Ray token auth: only the modes KubeRay knows
+        (lambda spec: spec["rayClusterConfig"]["authOptions"].update(mode="tokens"), "tokens"),
     ],
-    ids=["typo", "int-param", "no-maxReplicas", "serve-config-not-string"],
+    ids=["typo", "int-param", "no-maxReplicas", "serve-config-not-string", "auth-mode"],
 )
 def test_crd_validation_catches_broken_manifests(mutate, expected):
     doc = copy.deepcopy(rayservice("rayservice.yaml"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from clipfleet.config import FetchLimits
 from clipfleet.errors import ClipfleetError, InvalidRequestError
 from clipfleet.fetch import ImageFetcher, ImageSource
 from tests.support.images import ImageServer, image_base64, image_bytes
+from tests.support.local_dag import loopback_fetch
 
 
 @pytest.fixture
@@ -19,12 +19,7 @@ async def server():
 
 @pytest.fixture
 async def fetcher():
-    limits = FetchLimits(
-        timeout_s=1.0,
-        max_bytes=1024 * 1024,
-        max_redirects=2,
-        allow_private_networks=("127.0.0.1/32",),  # the loopback test server
-    )
+    limits = loopback_fetch(timeout_s=1.0, max_bytes=1024 * 1024, max_redirects=2)
     instance = ImageFetcher(limits)
     yield instance
     await instance.close()

@@ -10,13 +10,15 @@ from urllib.parse import urlencode
 
 import pytest
 from aiohttp.abc import AbstractResolver
+from yarl import URL
 
 from clipfleet.config import FetchLimits
 from clipfleet.errors import ClipfleetError
 from clipfleet.fetch import ImageFetcher, ImageSource
 from clipfleet.netguard import AddressPolicy, ForbiddenUrlError, GuardedResolver, refusal_reason
 from tests.support.hostile import HostileServer
-from tests.support.images import ImageServer
+from tests.support.images import LOOPBACK_ALLOWED_PORTS, ImageServer
+from tests.support.local_dag import loopback_fetch
 
 REFUSED = [
     "127.0.0.1",
@@ -129,7 +131,9 @@ async def _fetch_error(limits: FetchLimits, url: str, resolver=None) -> Clipflee
 )
 async def test_fetcher_refuses_internal_hosts_without_the_allow_list(server, host):
     port = server.base_url.rsplit(":", 1)[1]
-    error = await _fetch_error(FetchLimits(timeout_s=2), f"http://{host}:{port}/img.jpg")
+    # the port is allowed: what refuses the URL is the address
+    limits = FetchLimits(timeout_s=2, allowed_ports=LOOPBACK_ALLOWED_PORTS)
+    error = await _fetch_error(limits, f"http://{host}:{port}/img.jpg")
     assert (error.status, error.type) == (403, "forbidden_url"), error.message
 
 
@@ -137,8 +141,7 @@ async def test_rebinding_gets_no_second_lookup(server):
     """The checked answer is the one connected to: a later, internal answer is never asked."""
     port = int(server.base_url.rsplit(":", 1)[1])
     fake = FakeResolver({"rebind.test": [["127.0.0.1"], ["10.0.0.1"]]})
-    limits = FetchLimits(allow_private_networks=("127.0.0.1/32",))
-    fetcher = ImageFetcher(limits, resolver=fake)
+    fetcher = ImageFetcher(loopback_fetch(), resolver=fake)
     try:
         pixels = await fetcher.load(ImageSource(url=f"http://rebind.test:{port}/img.jpg"))
         assert pixels.shape == (72, 96, 3) and fake.calls == ["rebind.test"]
@@ -166,7 +169,7 @@ async def hostile():
     ],
 )
 async def test_redirects_are_followed_hop_by_hop(hostile, location, status):
-    limits = FetchLimits(allow_private_networks=("127.0.0.1/32",), max_redirects=3)
+    limits = loopback_fetch(max_redirects=3)
     url = f"{hostile.base_url}/redirect?{urlencode({'to': location})}"
     fetcher = ImageFetcher(limits)
     try:
@@ -178,3 +181,91 @@ async def test_redirects_are_followed_hop_by_hop(hostile, location, status):
             assert caught.value.status == status, caught.value.message
     finally:
         await fetcher.close()
+
+
+@pytest.mark.parametrize(
+    "address", ["169.254.169.254", "fd00:ec2::254", "100.100.100.200", "::ffff:169.254.169.254"]
+)
+async def test_allowed_host_never_reaches_a_metadata_address(address):
+    """allowed_hosts lifts the internal-address checks, not the metadata one."""
+    fake = FakeResolver({"imgs.internal": [[address]]})
+    policy = AddressPolicy.from_lists(["10.0.0.0/8"], ["imgs.internal", "*.internal"])
+    with pytest.raises(ForbiddenUrlError) as caught:
+        await GuardedResolver(policy, fake).resolve("imgs.internal", 80)
+    assert "metadata" in caught.value.message and address not in caught.value.message
+    literal = f"[{address}]" if ":" in address else address
+    with pytest.raises(ForbiddenUrlError):  # a literal metadata host listed as a host name
+        AddressPolicy.from_lists([], [literal]).check_url(URL(f"http://{literal}/"))
+    exact = f"{address}/{128 if ':' in address else 32}"
+    allowed = AddressPolicy.from_lists([exact], ["imgs.internal"])
+    assert await GuardedResolver(allowed, fake).resolve("imgs.internal", 80)
+
+
+async def test_allowed_host_still_reaches_private_addresses():
+    fake = FakeResolver({"imgs.internal": [["10.1.2.3", "127.0.0.1"]]})
+    policy = AddressPolicy.from_lists([], ["imgs.internal"])
+    assert len(await GuardedResolver(policy, fake).resolve("imgs.internal", 80)) == 2
+
+
+async def test_refusals_name_the_host_never_the_resolved_address():
+    fake = FakeResolver({"db.corp.test": [["10.20.30.40"]], "v6.corp.test": [["::ffff:10.9.9.9"]]})
+    guarded = GuardedResolver(AddressPolicy(), fake)
+    for host, address in (("db.corp.test", "10.20.30.40"), ("v6.corp.test", "10.9.9.9")):
+        with pytest.raises(ForbiddenUrlError) as caught:
+            await guarded.resolve(host, 80)
+        assert host in caught.value.message and address not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("http://example.com/a.jpg", True),
+        ("https://example.com/a.jpg", True),
+        ("http://example.com:443/a.jpg", True),
+        ("http://example.com:8080/a.jpg", False),
+        ("https://example.com:22/a.jpg", False),
+        ("http://imgs.internal:6379/a.jpg", False),  # an allowed host is still port-checked
+    ],
+)
+def test_only_allowed_ports(url, allowed):
+    policy = AddressPolicy.from_lists([], ["imgs.internal"])
+    if allowed:
+        policy.check_url(URL(url))
+    else:
+        with pytest.raises(ForbiddenUrlError) as caught:
+            policy.check_url(URL(url))
+        assert "fetch.allowed_ports" in caught.value.message
+    AddressPolicy.from_lists([], [], [8080, 6379]).check_url(URL("http://example.com:8080/"))
+
+
+def test_allowed_ports_are_validated():
+    assert FetchLimits().allowed_ports == (80, 443)
+    for bad in ((), (0,), (70000,)):
+        with pytest.raises(ValueError):
+            FetchLimits(allowed_ports=bad)
+
+
+async def test_fetcher_refuses_a_port_that_is_not_allowed(server):
+    url = f"{server.base_url}/img.jpg"  # loopback allowed, but not this port
+    error = await _fetch_error(FetchLimits(allow_private_networks=("127.0.0.1/32",)), url)
+    assert (error.status, error.type) == (403, "forbidden_url") and "port" in error.message
+
+
+@pytest.mark.parametrize(
+    ("answer", "allowed_hosts"),
+    [("10.0.0.7", ()), ("169.254.169.254", ("intranet.test",)), ("::1", ())],
+)
+async def test_redirect_to_a_name_that_resolves_internally_is_refused(
+    hostile, answer, allowed_hosts
+):
+    """Hop 1 is the loopback server (allowed by address); it redirects to a name whose DNS
+    answer is internal. The fake resolver answers; nothing is sent past loopback."""
+    port = int(hostile.base_url.rsplit(":", 1)[1])
+    fake = FakeResolver({"intranet.test": [[answer]]})
+    target = f"http://intranet.test:{port}/case/rgba_png"
+    url = f"{hostile.base_url}/redirect?{urlencode({'to': target})}"
+    limits = loopback_fetch(allowed_hosts=allowed_hosts)
+    error = await _fetch_error(limits, url, resolver=fake)
+    assert (error.status, error.type) == (403, "forbidden_url"), error.message
+    assert "intranet.test" in error.message and answer not in error.message
+    assert fake.calls == ["intranet.test"]

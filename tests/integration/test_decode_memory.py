@@ -1,0 +1,62 @@
+"""24 concurrent 49-megapixel PNGs through a real Serve app: every one answers 200 within the
+default deadline, and the ImageFetcher replica's memory stays under 2 GiB (its decode budget)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import requests
+from ray import serve
+
+from clipfleet.config import ApiLimits, FetchLimits
+from tests.integration.conftest import APP_NAME
+
+CONCURRENT = 24
+RSS_LIMIT = 2 * 1024**3
+GIANT = "giant_49mp_png"
+
+
+def _sample_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
+    process = psutil.Process(pid)
+    while not stop.is_set():
+        peak[0] = max(peak[0], process.memory_info().rss)
+        stop.wait(0.05)
+
+
+def test_concurrent_giants_answer_within_the_deadline_in_bounded_memory(app_url, hostile):
+    fetcher = serve.get_deployment_handle("ImageFetcher", app_name=APP_NAME)
+    before = fetcher.memory.remote().result(timeout_s=30)
+    assert before["decode_budget_bytes"] == FetchLimits().decode_budget_bytes
+    stop, sampled = threading.Event(), [before["rss_bytes"]]
+    sampler = threading.Thread(target=_sample_rss, args=(before["pid"], stop, sampled))
+    sampler.start()
+    body = {"images": [{"url": hostile.url(GIANT)}]}
+    deadline_s = ApiLimits().request_timeout_s
+
+    def post(_: int) -> tuple[int, float, str]:
+        started = time.monotonic()
+        response = requests.post(f"{app_url}/v1/embed/image", json=body, timeout=deadline_s + 30)
+        return response.status_code, time.monotonic() - started, response.text[:300]
+
+    try:
+        with ThreadPoolExecutor(CONCURRENT) as pool:
+            results = list(pool.map(post, range(CONCURRENT)))
+    finally:
+        stop.set()
+        sampler.join(5)
+    after = fetcher.memory.remote().result(timeout_s=30)
+    assert after["pid"] == before["pid"], "the ImageFetcher replica restarted"
+    peak = max(sampled[0], after["peak_rss_bytes"])
+    print(
+        f"\nImageFetcher pid {after['pid']}: RSS before {before['rss_bytes'] / 2**20:.0f} MiB, "
+        f"sampled peak {sampled[0] / 2**20:.0f} MiB, process peak (ru_maxrss) "
+        f"{after['peak_rss_bytes'] / 2**20:.0f} MiB; slowest request "
+        f"{max(elapsed for _, elapsed, _ in results):.1f} s"
+    )
+    assert [status for status, _, _ in results] == [200] * CONCURRENT, results
+    assert all(elapsed < deadline_s for _, elapsed, _ in results), results
+    assert peak < RSS_LIMIT, f"ImageFetcher peaked at {peak / 2**20:.0f} MiB"
+    assert after["decode_bytes_in_use"] == 0

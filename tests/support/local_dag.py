@@ -145,4 +145,14 @@ def build_local_service(args: AppArgs) -> ClipfleetService:
             for name, spec in args.profiles.items()
         },
         resnet_encoders={name: resnets[spec.resnet] for name, spec in args.profiles.items()},
+        multiplexed_encoders=local_multiplexed(args),
     )
+
+
+def local_multiplexed(args: AppArgs) -> dict:
+    from tests.support.multiplexed import LocalMultiplexedEncoder, LocalMultiplexedHandle
+
+    return {
+        name: LocalMultiplexedHandle(LocalMultiplexedEncoder(name, spec))
+        for name, spec in args.multiplexed.items()
+    }

@@ -18,7 +18,8 @@ def test_parses_each_form_and_round_trips(text, expected):
 
 
 @pytest.mark.parametrize(
-    "text", ["", "Fast", "fast/", "fast/Canary", "fast/canary:x", "custom:", "custom:../x", "a" * 300]
+    "text",
+    ["", "Fast", "fast/", "fast/Canary", "fast/canary:x", "custom:", "custom:../x", "a" * 300],
 )
 def test_rejects_malformed(text):
     with pytest.raises(ValueError):

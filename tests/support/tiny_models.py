@@ -132,7 +132,7 @@ TINY_OPEN_CLIP_SIGLIP_CFG = {
 }
 
 
-def make_open_clip_siglip_dir(folder: Path, seed: int = 0) -> Path:
+def make_open_clip_siglip_dir(folder: Path, seed: int = 0, logit_bias: float = -3.5) -> Path:
     """An open_clip `local-dir:` SigLIP (custom text tower, learned logit_bias) with its
     SentencePiece tokenizer saved beside the weights, as open_clip's hub exports have it."""
     make_sentencepiece_tokenizer(folder)
@@ -143,7 +143,7 @@ def make_open_clip_siglip_dir(folder: Path, seed: int = 0) -> Path:
     )
     model = open_clip.create_model("local-dir:" + str(folder), load_weights=False)
     with torch.no_grad():
-        model.logit_bias.fill_(-3.5)  # not the init value, so tests see it is read from weights
+        model.logit_bias.fill_(logit_bias)  # not the init value: tests see it read from weights
     torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
     return folder
 

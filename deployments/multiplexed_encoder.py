@@ -19,7 +19,7 @@ from ray.serve.deployment import Deployment
 
 from clipfleet.batching import ForwardScheduler
 from clipfleet.cache import EmbeddingCache, image_key, text_key
-from clipfleet.config import EncoderConfig, MultiplexedProfileSpec
+from clipfleet.config import EncoderConfig, MultiplexedProfileSpec, random_weights_enabled
 from clipfleet.errors import InvalidRequestError
 from clipfleet.models.clip import load_clip_model
 from clipfleet.multiplex import LoadedModel, ModelCatalog, ModelPool, ResolvedModel
@@ -143,7 +143,9 @@ class MultiplexedClipEncoderBase:
             "family": "clip",
             "multiplexed": True,
             "profile": self.pool.profile,
-            "random_weights": False,
+            # local checkpoints always load their weights; hub ids get random ones in that mode
+            "random_weights": random_weights_enabled()
+            and bool(self.pool.catalog.spec.allowed_hub_ids),
             "device": self.plan.name,
             "replica_id": context.replica_id.unique_id,
             "ready": True,

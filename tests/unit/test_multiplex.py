@@ -83,6 +83,19 @@ def test_without_a_checkpoint_dir_only_the_allow_list_loads():
         MultiplexedProfileSpec()
 
 
+def test_config_rejects_clashing_or_bad_multiplexed_names(model_dir, checkpoints):
+    args = tiny_app_args(model_dir).model_dump()
+    spec = spec_for(checkpoints).model_dump()
+    with pytest.raises(ValueError, match="both a profile and a multiplexed profile"):
+        AppArgs(**{**args, "multiplexed": {"fast": spec}})
+    with pytest.raises(ValueError, match="lowercase"):
+        AppArgs(**{**args, "multiplexed": {"Custom": spec}})
+    with pytest.raises(ValueError):
+        MultiplexedProfileSpec(checkpoint_dir="/x", max_models_per_replica=0)
+    with pytest.raises(ValueError):
+        MultiplexedProfileSpec(checkpoint_dir="/x", lru=3)  # unknown keys are rejected
+
+
 # -- the LRU, in Ray's order ---------------------------------------------------------------
 def test_lru_of_two_evicts_and_bad_ids_evict_nothing(checkpoints):
     encoder = LocalMultiplexedEncoder("custom", spec_for(checkpoints))
@@ -199,6 +212,7 @@ def test_model_field_and_header_pick_a_model(mux):
         ({"model": "custom"}, 422, "invalid_request"),
         ({"model": "fast:alpha"}, 422, "invalid_request"),
         ({"model": "custom:alpha", "profile": "fast"}, 422, "invalid_request"),
+        ({"model": "custom:team/../escape"}, 422, "invalid_request"),
     ],
 )
 def test_bad_model_names_get_the_envelope_and_never_reach_the_encoder(
@@ -210,6 +224,15 @@ def test_bad_model_names_get_the_envelope_and_never_reach_the_encoder(
     assert response.status_code == status, response.text
     assert response.json()["error"]["type"] == error_type
     assert handle.calls == before  # no load attempt, no encoder call at all
+
+
+def test_a_malformed_header_names_the_header(mux):
+    client, _ = mux
+    response = client.post(
+        "/v1/embed/text", json={"texts": ["x"]}, headers={"X-Clipfleet-Model": "Custom:a"}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["param"] == "X-Clipfleet-Model"
 
 
 def test_models_lists_the_multiplexed_pool(mux):

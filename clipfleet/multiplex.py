@@ -85,6 +85,17 @@ class ModelCatalog:
             )
         return ResolvedModel(model_id, "local", spec)
 
+    def check(self, model_id: str) -> None:
+        """The ingress's check: all of `resolve` where this process sees the checkpoint
+        directory; where it doesn't (an ingress on a node without the model volume), only what
+        needs no files (grammar, allow-list), and the encoder's `resolve` decides the rest,
+        still before Ray's loader runs."""
+        if self._root is not None and not os.path.isdir(self._root):
+            if not MODEL_ID_PATTERN.match(model_id) or ".." in model_id.split("/"):
+                self.resolve(model_id)  # raises the same ForbiddenError
+            return
+        self.resolve(model_id)
+
     def _local_spec(self, path: str) -> ClipModelSpec | None:
         tokenizer = self.spec.tokenizer
         if self.spec.backend == "transformers":

@@ -167,7 +167,8 @@ class ClipfleetService:
                 "model",
                 status=422,
             )
-        model_id = self.catalogs[name].resolve(routing.model_id).model_id
+        model_id = routing.model_id
+        self.catalogs[name].check(model_id)
         handle = self.multiplexed[name].options(multiplexed_model_id=model_id)
         profile = Profile(
             name=name,

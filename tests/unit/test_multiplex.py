@@ -75,6 +75,15 @@ def test_local_and_hub_ids_resolve(checkpoints):
     assert hub.source == "hub" and hub.spec.model == "hf-hub:org/listed"
 
 
+def test_an_ingress_without_the_checkpoint_volume_leaves_files_to_the_encoder(tmp_path):
+    catalog = ModelCatalog("custom", spec_for(tmp_path / "not-mounted-here"))
+    catalog.check("some/model")  # no files to look at: the encoder's resolve decides
+    with pytest.raises(ForbiddenError):
+        catalog.check("a/../../etc")
+    with pytest.raises(ModelNotFoundError):
+        catalog.resolve("some/model")
+
+
 def test_without_a_checkpoint_dir_only_the_allow_list_loads():
     catalog = ModelCatalog("custom", MultiplexedProfileSpec(allowed_hub_ids=("org/listed",)))
     with pytest.raises(ForbiddenError):

@@ -25,6 +25,9 @@ def mux_url(serve_apps, tiny_args, multiplexed_checkpoints):
     args = AppArgs(
         **{
             **tiny_args.model_dump(),
+            # one ordinary profile (AppArgs needs one): fewer replicas on the shared CI machine
+            "profiles": {"fast": tiny_args.profiles["fast"].model_dump()},
+            "default_profile": "fast",
             "multiplexed": {
                 PROFILE: {
                     "checkpoint_dir": str(multiplexed_checkpoints),

@@ -84,6 +84,15 @@ def test_an_ingress_without_the_checkpoint_volume_leaves_files_to_the_encoder(tm
         catalog.resolve("some/model")
 
 
+def test_transformers_profiles_load_save_pretrained_folders(model_dir):
+    spec = MultiplexedProfileSpec(backend="transformers", checkpoint_dir=str(model_dir))
+    encoder = LocalMultiplexedEncoder("hf", spec)
+    loaded = asyncio.run(encoder.model("hf_clip"))
+    assert loaded.model.info.backend == "transformers" and loaded.source == "local"
+    with pytest.raises(ModelNotFoundError):  # an open_clip folder is not a transformers model
+        encoder.pool.catalog.resolve("open_clip")
+
+
 def test_without_a_checkpoint_dir_only_the_allow_list_loads():
     catalog = ModelCatalog("custom", MultiplexedProfileSpec(allowed_hub_ids=("org/listed",)))
     with pytest.raises(ForbiddenError):

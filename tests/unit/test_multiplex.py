@@ -266,3 +266,12 @@ def _image() -> str:
     from tests.support.images import image_base64
 
     return image_base64()
+
+
+def test_make_weights_prefetches_allowed_hub_ids(model_dir):
+    from clipfleet.weights import multiplexed_hub_specs
+
+    args = tiny_app_args(model_dir).model_dump()
+    spec = {"allowed_hub_ids": ["org/a"], "architecture": "ViT-B-32"}
+    specs = multiplexed_hub_specs(AppArgs(**{**args, "multiplexed": {"custom": spec}}))
+    assert specs == {ClipModelSpec(model="hf-hub:org/a", architecture="ViT-B-32")}

@@ -195,6 +195,10 @@ class ModelPool:
         else:
             await self._stage(resolved)
         loaded = await lru_get(model_id)
+        leftover = self._staging.get(model_id)
+        if leftover is not None and leftover.done():
+            # a request that raced another's load staged a second copy Ray never took: drop it
+            del self._staging[model_id]
         self._note_evictions(lru_models())
         return loaded
 

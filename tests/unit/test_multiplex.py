@@ -275,3 +275,17 @@ def test_make_weights_prefetches_allowed_hub_ids(model_dir):
     spec = {"allowed_hub_ids": ["org/a"], "architecture": "ViT-B-32"}
     specs = multiplexed_hub_specs(AppArgs(**{**args, "multiplexed": {"custom": spec}}))
     assert specs == {ClipModelSpec(model="hf-hub:org/a", architecture="ViT-B-32")}
+
+
+def test_a_copy_staged_by_a_racing_request_is_not_kept(checkpoints):
+    encoder = LocalMultiplexedEncoder("custom", spec_for(checkpoints))
+
+    async def scenario():
+        await encoder.model("alpha")
+        # a second request checked residency before the first finished, and staged its own copy
+        await encoder.pool._stage(encoder.pool.catalog.resolve("alpha"))
+        assert "alpha" in encoder.pool._staging
+        await encoder.model("alpha")
+        assert encoder.pool._staging == {} and encoder.lru.loader_calls == ["alpha"]
+
+    asyncio.run(scenario())

@@ -20,14 +20,19 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import psutil
 
 from clipfleet.config import ClipModelSpec, MultiplexedProfileSpec, random_weights_enabled
-from clipfleet.errors import ForbiddenError, ModelLoadFailedError, ModelNotFoundError
+from clipfleet.errors import (
+    ForbiddenError,
+    InvalidRequestError,
+    ModelLoadFailedError,
+    ModelNotFoundError,
+)
 from clipfleet.modelref import MODEL_ID_PATTERN
 from clipfleet.observability import metrics
 
@@ -275,3 +280,59 @@ class ModelPool:
             "load_seconds_total": round(self.load_seconds_total, 3),
             "last_failures": dict(self.last_failures),
         }
+
+
+class MultiplexedProfiles:
+    """The ingress's side: each multiplexed profile's deployment handle and catalog."""
+
+    def __init__(
+        self, specs: Mapping[str, MultiplexedProfileSpec], handles: Mapping[str, Any]
+    ) -> None:
+        self.handles = dict(handles)
+        self.catalogs = {name: ModelCatalog(name, spec) for name, spec in specs.items()}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.handles
+
+    def __getitem__(self, name: str) -> Any:
+        return self.handles[name]
+
+    def items(self):
+        return self.handles.items()
+
+    def handle_for(self, name: str, model_id: str | None, plain_profiles: Collection[str]) -> Any:
+        """The handle that routes to replicas holding `model_id`, once the id is checked
+        (404/403/422 before any encoder sees it)."""
+        if name not in self.handles:
+            if name in plain_profiles:
+                raise InvalidRequestError(
+                    f"profile {name!r} is not multiplexed; name it without ':<model-id>'",
+                    PARAM,
+                    status=422,
+                )
+            raise ModelNotFoundError(
+                f"unknown multiplexed profile {name!r}; choose one of {sorted(self.handles)}",
+                PARAM,
+            )
+        if model_id is None:
+            raise InvalidRequestError(
+                f"profile {name!r} serves many models: name one as {name}:<model-id>",
+                PARAM,
+                status=422,
+            )
+        self.catalogs[name].check(model_id)
+        return self.handles[name].options(multiplexed_model_id=model_id)
+
+    async def details(self) -> dict[str, Any]:
+        """Per profile: what may be loaded, and one replica's pool (resident models, loads,
+        hits, evictions, load time)."""
+        names = list(self.handles)
+        pools = await asyncio.gather(
+            *(self.handles[name].describe.remote() for name in names), return_exceptions=True
+        )
+        details = {}
+        for name, pool in zip(names, pools, strict=True):
+            if isinstance(pool, BaseException):
+                pool = {"ready": False, "reason": type(pool).__name__}
+            details[name] = {**self.catalogs[name].describe(), "replica": pool}
+        return details

@@ -18,9 +18,9 @@ from typing import Any, NoReturn
 import numpy as np
 
 from clipfleet.config import STABLE_VARIANT, AppArgs, ClipModelSpec, ResNetSpec
-from clipfleet.errors import InvalidRequestError, ModelNotFoundError, find_clipfleet_error
+from clipfleet.errors import InvalidRequestError, find_clipfleet_error
 from clipfleet.fetch import ImageSource
-from clipfleet.multiplex import ModelCatalog
+from clipfleet.multiplex import MultiplexedProfiles
 from clipfleet.scoring import ScoreSemantics
 from clipfleet.traffic import TrafficConfig, TrafficManager
 
@@ -115,8 +115,7 @@ class ClipfleetService:
         self.rollback_listeners: list[Callable[[str, str, str], None]] = []
         self._logit_scales: dict[tuple[str, str], float] = {}
         self._semantics: dict[tuple[str, str], ScoreSemantics] = {}
-        self.multiplexed = dict(multiplexed_encoders or {})
-        self.catalogs = {name: ModelCatalog(name, s) for name, s in args.multiplexed.items()}
+        self.multiplexed = MultiplexedProfiles(args.multiplexed, multiplexed_encoders or {})
 
     def apply_traffic(self, config: TrafficConfig) -> None:
         self.traffic.apply(config)
@@ -148,35 +147,11 @@ class ClipfleetService:
             ) from None
 
     def multiplexed_route(self, name: str, routing: Routing) -> tuple[Profile, str]:
-        """A multiplexed profile's model: the id is checked here (404/403), before any encoder
-        sees it; the variant slot holds the model id."""
-        if name not in self.multiplexed:
-            if name in self.profiles:
-                raise InvalidRequestError(
-                    f"profile {name!r} is not multiplexed; name it without ':<model-id>'",
-                    "model",
-                    status=422,
-                )
-            raise ModelNotFoundError(
-                f"unknown multiplexed profile {name!r}; choose one of {sorted(self.multiplexed)}",
-                "model",
-            )
-        if routing.model_id is None:
-            raise InvalidRequestError(
-                f"profile {name!r} serves many models: name one as {name}:<model-id>",
-                "model",
-                status=422,
-            )
+        """A multiplexed profile's model; the variant slot holds the model id."""
+        handle = self.multiplexed.handle_for(name, routing.model_id, self.profiles)
         model_id = routing.model_id
-        self.catalogs[name].check(model_id)
-        handle = self.multiplexed[name].options(multiplexed_model_id=model_id)
-        profile = Profile(
-            name=name,
-            clip={model_id: handle},
-            clip_labels={model_id: f"{name}:{model_id}"},
-            resnet=None,
-            resnet_label="",
-        )
+        label = f"{name}:{model_id}"
+        profile = Profile(name, {model_id: handle}, {model_id: label}, None, "")
         return profile, model_id
 
     def check_count(self, count: int, field: str) -> None:
@@ -360,18 +335,8 @@ class ClipfleetService:
         return self._semantics[key]
 
     async def multiplexed_models(self) -> dict:
-        """Per multiplexed profile: what may be loaded, and one replica's pool (resident models,
-        loads, hits, evictions, load time)."""
-        names = list(self.multiplexed)
-        pools = await asyncio.gather(
-            *(self.multiplexed[name].describe.remote() for name in names), return_exceptions=True
-        )
-        details = {}
-        for name, pool in zip(names, pools, strict=True):
-            if isinstance(pool, BaseException):
-                pool = {"ready": False, "reason": type(pool).__name__}
-            details[name] = {**self.catalogs[name].describe(), "replica": pool}
-        return details
+        """Multiplexed profiles: allow-lists, LRU sizes and one replica's pool each."""
+        return await self.multiplexed.details()
 
     async def models(self) -> dict:
         profiles = {}
@@ -412,7 +377,9 @@ class ClipfleetService:
             "random_weights": any(random_flags),
             "rollback_policy": self.traffic.policy.model_dump(),
             "profiles": profiles,
-            **({"multiplexed": await self.multiplexed_models()} if self.multiplexed else {}),
+            **(
+                {"multiplexed": await self.multiplexed_models()} if self.multiplexed.handles else {}
+            ),
         }
 
     async def readiness(self) -> tuple[bool, dict]:

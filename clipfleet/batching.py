@@ -8,7 +8,9 @@ loadtests/RESULTS.md). The scheduler sits under `@serve.batch`: batches handed t
 forward runs are merged, and when the model frees up the oldest kind of work (image or text) runs
 next, up to `max_batch_size` items in one forward.
 
-Plain asyncio, no Ray: the encoder deployments own one per model.
+Plain asyncio, no Ray: the encoder deployments own one per model. A multiplexed encoder owns one
+for all its models: each (kind, model id) gets its own queue and forward, so batches of
+different models (which Serve's batching keeps apart) are never merged back together.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 Forward = Callable[[list[Any]], Sequence[Any]]
+QueueKey = tuple[str, str | None]  # (kind, model id); None: the encoder's one model
 
 
 @dataclass
@@ -43,8 +46,8 @@ class ForwardScheduler:
         """forwards: kind -> blocking batched forward (list of items -> one result per item),
         run in a worker thread so the event loop keeps accepting requests. on_batch(kind, size,
         seconds) is called on the event loop after each forward."""
-        self._forwards = dict(forwards)
-        self._queues: dict[str, deque[_Pending]] = {kind: deque() for kind in forwards}
+        self._forwards: dict[QueueKey, Forward] = {(kind, None): f for kind, f in forwards.items()}
+        self._queues: dict[QueueKey, deque[_Pending]] = {key: deque() for key in self._forwards}
         self._on_batch = on_batch
         self._worker: asyncio.Task | None = None
         self.max_batch_size = max_batch_size
@@ -60,24 +63,41 @@ class ForwardScheduler:
         self._max_batch_size = size
 
     def pending(self) -> dict[str, int]:
-        return {kind: len(queue) for kind, queue in self._queues.items()}
+        counts: dict[str, int] = {}
+        for (kind, _), queue in self._queues.items():
+            counts[kind] = counts.get(kind, 0) + len(queue)
+        return counts
 
-    async def run(self, kind: str, items: Sequence[Any]) -> list[Any]:
-        """The forward's results for `items`, in order, once they have run in some batch."""
+    async def run(
+        self,
+        kind: str,
+        items: Sequence[Any],
+        model_id: str | None = None,
+        forward: Forward | None = None,
+    ) -> list[Any]:
+        """The forward's results for `items`, in order, once they have run in some batch.
+
+        model_id/forward: a multiplexed model's own queue and forward (merged only with work
+        for the same model id)."""
         loop = asyncio.get_running_loop()
         entries = [_Pending(item, loop.create_future()) for item in items]
-        self._queues[kind].extend(entries)
+        key = (kind, model_id)
+        if forward is not None:
+            self._forwards[key] = forward
+        elif key not in self._forwards:
+            raise KeyError(f"no forward for {kind!r} of model {model_id!r}")
+        self._queues.setdefault(key, deque()).extend(entries)
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
         return list(await asyncio.gather(*(entry.future for entry in entries)))
 
-    def _next_kind(self) -> str | None:
-        """The kind whose oldest waiting item has waited longest (first come, first served)."""
-        heads = {kind: queue[0].queued_at for kind, queue in self._queues.items() if queue}
+    def _next_queue(self) -> QueueKey | None:
+        """The queue whose oldest waiting item has waited longest (first come, first served)."""
+        heads = {key: queue[0].queued_at for key, queue in self._queues.items() if queue}
         return min(heads, key=heads.__getitem__) if heads else None
 
-    def _take(self, kind: str) -> list[_Pending]:
-        queue, batch = self._queues[kind], []
+    def _take(self, key: QueueKey) -> list[_Pending]:
+        queue, batch = self._queues[key], []
         while queue and len(batch) < self._max_batch_size:
             entry = queue.popleft()
             if not entry.future.done():  # a caller that went away needs no forward
@@ -85,15 +105,18 @@ class ForwardScheduler:
         return batch
 
     async def _drain(self) -> None:
-        while (kind := self._next_kind()) is not None:
-            batch = self._take(kind)
+        while (key := self._next_queue()) is not None:
+            batch = self._take(key)
             if batch:
-                await self._run_batch(kind, batch)
+                await self._run_batch(key, batch)
+            if key[1] is not None and not self._queues[key]:
+                del self._queues[key], self._forwards[key]  # let an evicted model go
 
-    async def _run_batch(self, kind: str, batch: list[_Pending]) -> None:
+    async def _run_batch(self, key: QueueKey, batch: list[_Pending]) -> None:
+        kind = key[0]
         started = time.perf_counter()
         try:
-            results = await asyncio.to_thread(self._forwards[kind], [entry.item for entry in batch])
+            results = await asyncio.to_thread(self._forwards[key], [entry.item for entry in batch])
             if len(results) != len(batch):
                 raise RuntimeError(
                     f"{kind} forward returned {len(results)} results for {len(batch)} items"

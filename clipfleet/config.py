@@ -35,12 +35,15 @@ class ClipModelSpec(StrictModel):
     backend=transformers: `model` is a Hugging Face CLIP id or a local directory.
     `architecture` only matters in random-weights mode for hub ids, whose architecture can't be
     read offline: the open_clip name (or transformers id) whose shape to build instead.
+    `tokenizer` overrides where the tokenizer comes from: a hub id or a local directory (e.g. a
+    SigLIP SentencePiece tokenizer saved with save_pretrained); default: the model's own.
     """
 
     backend: Literal["open_clip", "transformers"] = "open_clip"
     model: str = Field(min_length=1)
     pretrained: str | None = None
     architecture: str | None = None
+    tokenizer: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _pretrained_only_for_open_clip(self) -> ClipModelSpec:
@@ -240,6 +243,31 @@ DEFAULT_LABELS: tuple[str, ...] = (
 )
 
 
+class MultiplexedProfileSpec(StrictModel):
+    """A profile kind whose one encoder deployment serves many models of one backend, loaded on
+    demand by id (`<profile>:<model-id>`) and kept in a per-replica LRU (Serve multiplexing).
+
+    A model id is either a path relative to `checkpoint_dir` (resolved with realpath; escapes
+    through `..` or symlinks are refused) or a hub id listed in `allowed_hub_ids`. Local
+    checkpoints: for open_clip a `local-dir` folder (open_clip_config.json + weights) or a
+    weights file for `architecture`; for transformers a save_pretrained folder.
+    `architecture` is also what random-weights mode builds for hub ids.
+    """
+
+    backend: Literal["open_clip", "transformers"] = "open_clip"
+    checkpoint_dir: str | None = None
+    allowed_hub_ids: tuple[str, ...] = ()
+    architecture: str | None = None
+    tokenizer: str | None = Field(None, min_length=1)
+    max_models_per_replica: int = Field(2, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> MultiplexedProfileSpec:
+        if not self.checkpoint_dir and not self.allowed_hub_ids:
+            raise ValueError("set `checkpoint_dir` and/or `allowed_hub_ids`: no model is allowed")
+        return self
+
+
 class AppArgs(StrictModel):
     profiles: dict[str, ProfileSpec]
     default_profile: str = "fast"
@@ -250,6 +278,8 @@ class AppArgs(StrictModel):
     cors: CorsConfig = CorsConfig()
     default_labels: tuple[str, ...] = DEFAULT_LABELS
     prompt_template: str = "a photo of a {label}."
+    # Multiplexed profiles (requests name `<profile>:<model-id>`); see docs/models.md.
+    multiplexed: dict[str, MultiplexedProfileSpec] = {}
 
     @field_validator("profiles")
     @classmethod
@@ -285,6 +315,22 @@ class AppArgs(StrictModel):
                     " use one weights setting per torchvision model"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _multiplexed_names(self) -> AppArgs:
+        for name in self.multiplexed:
+            if not _NAME_PATTERN.match(name):
+                raise ValueError(
+                    f"multiplexed profile name {name!r} must be lowercase letters, "
+                    "digits, '_' or '-'"
+                )
+            if name in self.profiles:
+                raise ValueError(f"{name!r} is both a profile and a multiplexed profile")
+        return self
+
+
+def multiplexed_deployment_name(profile: str) -> str:
+    return f"clip_{profile}_multiplexed"
 
 
 def clip_deployment_name(profile: str, variant: str = STABLE_VARIANT) -> str:

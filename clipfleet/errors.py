@@ -61,6 +61,7 @@ class NotFoundError(ClipfleetError):
 class ModelNotFoundError(NotFoundError):
     """An unknown `model` (profile, variant or model id): OpenAI's 404 `model_not_found`."""
 
+    type = "model_not_found"
     code = "model_not_found"
 
 
@@ -101,3 +102,15 @@ def find_clipfleet_error(exc: BaseException) -> ClipfleetError | None:
         seen.add(id(current))
         current = getattr(current, "cause", None) or current.__cause__ or current.__context__
     return None
+
+
+class ForbiddenError(ClipfleetError):
+    status = 403
+    type = "forbidden"
+
+
+class ModelLoadFailedError(ClipfleetError):
+    """One multiplexed model could not be loaded; the replica and its other models are fine."""
+
+    status = 500
+    type = "model_load_failed"

@@ -20,6 +20,8 @@ import numpy as np
 from clipfleet.config import STABLE_VARIANT, AppArgs, ClipModelSpec, ResNetSpec
 from clipfleet.errors import InvalidRequestError, find_clipfleet_error
 from clipfleet.fetch import ImageSource
+from clipfleet.multiplex import MultiplexedProfiles
+from clipfleet.scoring import ScoreSemantics
 from clipfleet.traffic import TrafficConfig, TrafficManager
 
 logger = logging.getLogger("ray.serve")
@@ -42,6 +44,7 @@ class Routing:
 
     key: str | None = None
     variant: str | None = None
+    model_id: str | None = None  # a multiplexed profile's model (`<profile>:<model-id>`)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class ClipfleetService:
         scorer: Any,
         clip_encoders: dict[str, dict[str, Any]],
         resnet_encoders: dict[str, Any],
+        multiplexed_encoders: dict[str, Any] | None = None,
     ) -> None:
         self.args = args
         self.fetcher = fetcher
@@ -110,6 +114,8 @@ class ClipfleetService:
         self.traffic = TrafficManager({n: list(p.variants) for n, p in args.profiles.items()})
         self.rollback_listeners: list[Callable[[str, str, str], None]] = []
         self._logit_scales: dict[tuple[str, str], float] = {}
+        self._semantics: dict[tuple[str, str], ScoreSemantics] = {}
+        self.multiplexed = MultiplexedProfiles(args.multiplexed, multiplexed_encoders or {})
 
     def apply_traffic(self, config: TrafficConfig) -> None:
         self.traffic.apply(config)
@@ -126,8 +132,10 @@ class ClipfleetService:
         return self.profiles[name]
 
     def route(self, profile_name: str | None, routing: Routing | None) -> tuple[Profile, str]:
-        profile = self.profile(profile_name)
         routing = routing or Routing()
+        if routing.model_id is not None or profile_name in self.multiplexed:
+            return self.multiplexed_route(profile_name or self.args.default_profile, routing)
+        profile = self.profile(profile_name)
         try:
             return profile, self.traffic.choose(profile.name, routing.key, routing.variant)
         except KeyError:
@@ -137,6 +145,14 @@ class ClipfleetService:
                 "X-Clipfleet-Variant",
                 status=422,
             ) from None
+
+    def multiplexed_route(self, name: str, routing: Routing) -> tuple[Profile, str]:
+        """A multiplexed profile's model; the variant slot holds the model id."""
+        handle = self.multiplexed.handle_for(name, routing.model_id, self.profiles)
+        model_id = routing.model_id
+        label = f"{name}:{model_id}"
+        profile = Profile(name, {model_id: handle}, {model_id: label}, None, "")
+        return profile, model_id
 
     def check_count(self, count: int, field: str) -> None:
         if count > self.args.limits.max_items:
@@ -159,6 +175,9 @@ class ClipfleetService:
     @contextlib.asynccontextmanager
     async def _observed(self, profile: Profile, variant: str) -> AsyncIterator[None]:
         """Feed the request's outcome to the canary guard (client mistakes don't count)."""
+        if profile.name in self.multiplexed:  # no canary split to guard
+            yield
+            return
         started = time.monotonic()
         ok: bool | None = True
         try:
@@ -193,6 +212,10 @@ class ClipfleetService:
     ) -> dict:
         self.check_count(len(sources), "images")
         if encoder == "resnet":
+            if (routing and routing.model_id) or profile_name in self.multiplexed:
+                raise InvalidRequestError(
+                    "multiplexed profiles serve CLIP models only", "encoder", status=422
+                )
             profile = self.profile(profile_name)
             responses = [profile.resnet.embed_image.remote(self._fetch(s)) for s in sources]
             vectors = await gather_items(responses, "images")
@@ -239,14 +262,20 @@ class ClipfleetService:
         profile, variant = self.route(profile_name, routing)
         clip = profile.clip[variant]
         async with self._observed(profile, variant):
+            semantics = await self.semantics(profile, variant)
+            extra = {"semantics": semantics} if semantics.activation != "softmax" else {}
             responses = [
                 self.scorer.score_pair.remote(
-                    clip.embed_image.remote(self._fetch(source)), clip.embed_text.remote(text)
+                    clip.embed_image.remote(self._fetch(source)),
+                    clip.embed_text.remote(text),
+                    **extra,
                 )
                 for source, text in pairs
             ]
             results = await gather_items(responses, "pairs")
-        return self._served(profile, variant, profile.clip_labels[variant], results=results)
+        label = profile.clip_labels[variant]
+        body = {"results": results, "activation": semantics.activation}
+        return self._served(profile, variant, label, **body)
 
     async def tag(
         self,
@@ -256,6 +285,7 @@ class ClipfleetService:
         prompt_template: str | None,
         profile_name: str | None,
         routing: Routing | None = None,
+        threshold: float | None = None,
     ) -> dict:
         labels = list(labels or self.args.default_labels)
         if len(labels) > self.args.limits.max_labels:
@@ -273,18 +303,24 @@ class ClipfleetService:
         clip = profile.clip[variant]
         prompts = [render_prompt(template, label) for label in labels]
         async with self._observed(profile, variant):
-            logit_scale = await self.logit_scale(profile, variant)
+            semantics = await self.semantics(profile, variant)
+            extra = {}
+            if semantics.activation != "softmax":
+                extra = {"activation": semantics.activation, "logit_bias": semantics.logit_bias}
+                extra["threshold"] = threshold
             try:
                 tags = await self.scorer.tag.remote(
                     clip.embed_image.remote(self._fetch(source)),
                     clip.embed_texts.remote(prompts),
                     labels,
-                    logit_scale,
+                    semantics.logit_scale,
                     min(top_k, self.args.limits.max_top_k, len(labels)),
+                    **extra,
                 )
             except Exception as exc:
                 raise_for(exc, "image")
-        return self._served(profile, variant, profile.clip_labels[variant], tags=tags)
+        label = profile.clip_labels[variant]
+        return self._served(profile, variant, label, tags=tags, activation=semantics.activation)
 
     # -- introspection ----------------------------------------------------------------------
     async def logit_scale(self, profile: Profile, variant: str) -> float:
@@ -294,6 +330,24 @@ class ClipfleetService:
             description = await profile.clip[variant].describe.remote()
             self._logit_scales[key] = description["logit_scale"]
         return self._logit_scales[key]
+
+    async def semantics(self, profile: Profile, variant: str) -> ScoreSemantics:
+        """The model's score semantics (fixed per loaded model): asked once per variant or
+        multiplexed model id."""
+        key = (profile.name, variant)
+        if key not in self._semantics:
+            if profile.name in self.multiplexed:
+                answer = await profile.clip[variant].scoring.remote()
+            else:
+                answer = (await profile.clip[variant].describe.remote()).get("semantics")
+                if answer is None:  # an encoder that predates score semantics: CLIP
+                    answer = {"logit_scale": await self.logit_scale(profile, variant)}
+            self._semantics[key] = ScoreSemantics(**answer)
+        return self._semantics[key]
+
+    async def multiplexed_models(self) -> dict:
+        """Multiplexed profiles: allow-lists, LRU sizes and one replica's pool each."""
+        return await self.multiplexed.details()
 
     async def models(self) -> dict:
         profiles = {}
@@ -334,6 +388,9 @@ class ClipfleetService:
             "random_weights": any(random_flags),
             "rollback_policy": self.traffic.policy.model_dump(),
             "profiles": profiles,
+            **(
+                {"multiplexed": await self.multiplexed_models()} if self.multiplexed.handles else {}
+            ),
         }
 
     async def readiness(self) -> tuple[bool, dict]:
@@ -347,6 +404,8 @@ class ClipfleetService:
                 suffix = "" if variant == STABLE_VARIANT else f".{variant}"
                 checks[f"{name}.clip{suffix}"] = handle.describe.remote()
             checks[f"{name}.resnet"] = profile.resnet.describe.remote()
+        for name, handle in self.multiplexed.items():
+            checks[f"{name}.multiplexed"] = handle.describe.remote()
         answers = await asyncio.gather(
             *(asyncio.wait_for(_awaited(check), READINESS_TIMEOUT_S) for check in checks.values()),
             return_exceptions=True,

@@ -29,6 +29,7 @@ def fetch_all(config_path: Path) -> int:
     failures = 0
     for args in app_args_in(config_path):
         specs = {spec.clip for spec in args.profiles.values()}
+        specs |= multiplexed_hub_specs(args)
         resnets = {spec.resnet for spec in args.profiles.values()}
         for loader, spec in [(load_clip_model, s) for s in specs] + [
             (ResNetModel, s) for s in resnets
@@ -40,6 +41,17 @@ def fetch_all(config_path: Path) -> int:
                 failures += 1
                 print(f"FAIL  {exc}", file=sys.stderr)
     return failures
+
+
+def multiplexed_hub_specs(args: AppArgs) -> set:
+    """The hub models multiplexed profiles allow (local checkpoints need no download)."""
+    from clipfleet.multiplex import ModelCatalog
+
+    specs = set()
+    for name, spec in args.multiplexed.items():
+        catalog = ModelCatalog(name, spec)
+        specs |= {catalog.resolve(model_id).spec for model_id in spec.allowed_hub_ids}
+    return specs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,4 +64,8 @@ class ClipEncoder(BatchedImageEncoder):
         return await self.scheduler.run("text", texts)
 
     def describe(self) -> dict:
-        return {**super().describe(), "logit_scale": self.model.logit_scale}
+        return {
+            **super().describe(),
+            "logit_scale": self.model.logit_scale,
+            "semantics": self.model.semantics.as_dict(),
+        }

@@ -26,9 +26,12 @@ class Ingress:
         scorer: DeploymentHandle,
         clip_encoders: dict[str, dict[str, DeploymentHandle]],
         resnet_encoders: dict[str, DeploymentHandle],
+        multiplexed_encoders: dict[str, DeploymentHandle] | None = None,
     ) -> None:
         self.service = ClipfleetService(
-            args, *trace_handles([fetcher, scorer, clip_encoders, resnet_encoders])
+            args,
+            *trace_handles([fetcher, scorer, clip_encoders, resnet_encoders]),
+            trace_handles(multiplexed_encoders or {}),
         )
         self.service.rollback_listeners.append(metrics.record_rollback)
         set_service(self.service)

@@ -14,12 +14,14 @@ from ray.serve import Application
 from clipfleet.config import (
     AppArgs,
     clip_deployment_name,
+    multiplexed_deployment_name,
     random_weights_enabled,
     resnet_deployment_name,
 )
 from deployments.clip_encoder import ClipEncoder
 from deployments.image_fetcher import ImageFetcher
 from deployments.ingress import Ingress
+from deployments.multiplexed_encoder import multiplexed_encoder
 from deployments.resnet_encoder import ResNetEncoder
 from deployments.scorer import Scorer
 
@@ -49,10 +51,19 @@ def build_app(args: AppArgs) -> Application:
                 name=deployment_name, user_config=encoder_config
             ).bind(spec.resnet)
         resnet_encoders[name] = shared_resnets[deployment_name]
+    # One deployment per multiplexed profile; its class is built here because Ray fixes the
+    # LRU size (max_num_models_per_replica) when the loader is decorated.
+    multiplexed = {
+        name: multiplexed_encoder(spec)
+        .options(name=multiplexed_deployment_name(name), user_config=encoder_config)
+        .bind(name, spec)
+        for name, spec in args.multiplexed.items()
+    }
     return Ingress.bind(
         args,
         ImageFetcher.bind(args.fetch),
         Scorer.bind(),
         clip_encoders,
         resnet_encoders,
+        multiplexed,
     )

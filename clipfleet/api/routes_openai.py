@@ -43,11 +43,19 @@ def model_ref(service: ClipfleetService, text: str, param: str | None = "model")
         ref = parse_model_ref(text)
     except ValueError as exc:
         raise ModelNotFoundError(str(exc), param) from None
+    if ref.profile in service.multiplexed:
+        if ref.model_id is None:
+            raise ModelNotFoundError(
+                f"model {text!r}: profile {ref.profile!r} serves many models; name one as "
+                f"{ref.profile}:<model-id>",
+                param,
+            )
+        return ref  # the service checks the id against the profile's allow-list
     profile = service.profiles.get(ref.profile)
     if profile is None:
         raise ModelNotFoundError(
             f"model {text!r} does not exist; GET /v1/models lists the served ones "
-            f"(profiles: {', '.join(sorted(service.profiles))})",
+            f"(profiles: {', '.join(sorted([*service.profiles, *service.multiplexed.handles]))})",
             param,
         )
     if ref.model_id is not None:
@@ -103,8 +111,8 @@ def params_named_input() -> Iterator[None]:
 @router.post("/embeddings", response_model=EmbeddingsResponse)
 async def embeddings(body: EmbeddingsRequest, service: Service, response: Response, routing: Route):
     ref = model_ref(service, body.model)
-    if ref.variant is not None:  # the model names the variant, like X-Clipfleet-Variant
-        routing = Routing(key=routing.key, variant=ref.variant)
+    if ref.variant is not None or ref.model_id is not None:  # like X-Clipfleet-Variant / -Model
+        routing = Routing(key=routing.key, variant=ref.variant, model_id=ref.model_id)
     inputs = [body.input] if isinstance(body.input, str) else body.input
     with params_named_input():
         if body.modality == "image":

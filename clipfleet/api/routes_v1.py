@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Request, Response, UploadFile
 
+from clipfleet.api.model_select import ModelHeader, select
 from clipfleet.api.schemas import (
     EmbeddingResponse,
     EmbedImageRequest,
@@ -23,7 +24,7 @@ from clipfleet.vectors import shape_embeddings
 
 from .deps import get_service
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 502, 503, 504)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 403, 404, 413, 415, 422, 502, 503, 504)}
 router = APIRouter(prefix="/v1", tags=["v1"], responses=ERRORS)
 Service = Annotated[ClipfleetService, Depends(get_service)]
 PROFILE_HEADER = "X-Clipfleet-Profile"
@@ -74,29 +75,49 @@ def _shaped(body: dict, request: EmbedImageRequest | EmbedTextRequest) -> dict:
 
 @router.post("/embed/image", response_model=EmbeddingResponse)
 async def embed_image(
-    body: EmbedImageRequest, service: Service, response: Response, routing: Route
+    body: EmbedImageRequest,
+    service: Service,
+    response: Response,
+    routing: Route,
+    model: ModelHeader,
 ):
     sources = [source_of(ref) for ref in body.images]
-    result = await service.embed_images(sources, body.encoder, body.profile, routing)
+    target = select(body.profile, body.model, model, routing)
+    result = await service.embed_images(sources, body.encoder, *target)
     return _served(response, _shaped(result, body))
 
 
 @router.post("/embed/text", response_model=EmbeddingResponse)
-async def embed_text(body: EmbedTextRequest, service: Service, response: Response, routing: Route):
-    result = await service.embed_texts(body.texts, body.profile, routing)
+async def embed_text(
+    body: EmbedTextRequest, service: Service, response: Response, routing: Route, model: ModelHeader
+):
+    target = select(body.profile, body.model, model, routing)
+    result = await service.embed_texts(body.texts, *target)
     return _served(response, _shaped(result, body))
 
 
 @router.post("/score", response_model=ScoreResponse)
-async def score(body: ScoreRequest, service: Service, response: Response, routing: Route):
+async def score(
+    body: ScoreRequest, service: Service, response: Response, routing: Route, model: ModelHeader
+):
     pairs = [(source_of(pair.image), pair.text) for pair in body.pairs]
-    return _served(response, await service.score(pairs, body.profile, routing))
+    target = select(body.profile, body.model, model, routing)
+    return _served(response, await service.score(pairs, *target))
 
 
 @router.post("/tag", response_model=TagResponse)
-async def tag(body: TagRequest, service: Service, response: Response, routing: Route):
+async def tag(
+    body: TagRequest, service: Service, response: Response, routing: Route, model: ModelHeader
+):
+    profile, routing = select(body.profile, body.model, model, routing)
     result = await service.tag(
-        source_of(body.image), body.labels, body.top_k, body.prompt_template, body.profile, routing
+        source_of(body.image),
+        body.labels,
+        body.top_k,
+        body.prompt_template,
+        profile,
+        routing,
+        threshold=body.threshold,
     )
     return _served(response, result)
 
@@ -107,11 +128,13 @@ async def embed_image_upload(
     response: Response,
     image: Annotated[list[UploadFile], File(description="one or more image files")],
     routing: Route,
+    model: ModelHeader,
     encoder: Annotated[Literal["clip", "resnet"], Form()] = "clip",
     profile: Annotated[str | None, Form()] = None,
 ):
     sources = [await source_of_upload(upload) for upload in image]
-    return _served(response, await service.embed_images(sources, encoder, profile, routing))
+    target = select(profile, None, model, routing)
+    return _served(response, await service.embed_images(sources, encoder, *target))
 
 
 @router.post("/score/upload", response_model=ScoreResponse)
@@ -121,10 +144,11 @@ async def score_upload(
     image: Annotated[UploadFile, File()],
     text: Annotated[str, Form(min_length=1)],
     routing: Route,
+    model: ModelHeader,
     profile: Annotated[str | None, Form()] = None,
 ):
     pairs = [(await source_of_upload(image), text)]
-    return _served(response, await service.score(pairs, profile, routing))
+    return _served(response, await service.score(pairs, *select(profile, None, model, routing)))
 
 
 @router.post("/tag/upload", response_model=TagResponse)
@@ -133,12 +157,21 @@ async def tag_upload(
     response: Response,
     image: Annotated[UploadFile, File()],
     routing: Route,
+    model: ModelHeader,
     labels: Annotated[list[str] | None, Form(description="repeat the field per label")] = None,
     top_k: Annotated[int, Form(ge=1, le=4096)] = 5,
     prompt_template: Annotated[str | None, Form()] = None,
     profile: Annotated[str | None, Form()] = None,
+    threshold: Annotated[float | None, Form(ge=0.0, le=1.0)] = None,
 ):
+    profile, routing = select(profile, None, model, routing)
     result = await service.tag(
-        await source_of_upload(image), labels, top_k, prompt_template, profile, routing
+        await source_of_upload(image),
+        labels,
+        top_k,
+        prompt_template,
+        profile,
+        routing,
+        threshold=threshold,
     )
     return _served(response, result)

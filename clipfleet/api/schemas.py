@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from clipfleet.modelref import MAX_MODEL_REF_CHARS, parse_model_ref
+
 HARD_MAX_ITEMS = 4096
 HARD_MAX_TEXT = 100_000
 HARD_MAX_BASE64 = 64 * 1024 * 1024
@@ -31,6 +33,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ModelChoice(Strict):
+    """`model` (`<profile>`, `<profile>/<variant>` or `<profile>:<model-id>`, the grammar of
+    clipfleet.modelref) or `profile`, not both."""
+
+    model: str | None = Field(None, min_length=1, max_length=MAX_MODEL_REF_CHARS)
+
+    @model_validator(mode="after")
+    def _model_or_profile(self):
+        if self.model is None:
+            return self
+        if getattr(self, "profile", None) is not None:
+            raise ValueError("give either `model` or `profile`, not both")
+        parse_model_ref(self.model)  # ValueError says what's wrong with it
+        return self
+
+
 class ImageRef(Strict):
     """An image by http(s) `url` or inline `base64` (a data: URL prefix is accepted)."""
 
@@ -44,7 +62,7 @@ class ImageRef(Strict):
         return self
 
 
-class EmbedImageRequest(Strict):
+class EmbedImageRequest(ModelChoice):
     images: list[ImageRef] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
     encoder: Literal["clip", "resnet"] = "clip"
     profile: ProfileName | None = None
@@ -52,7 +70,7 @@ class EmbedImageRequest(Strict):
     dimensions: Dimensions = None
 
 
-class EmbedTextRequest(Strict):
+class EmbedTextRequest(ModelChoice):
     texts: list[Text] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
     profile: ProfileName | None = None
     encoding_format: EncodingFormat = "float"
@@ -64,12 +82,12 @@ class ScorePair(Strict):
     text: Text
 
 
-class ScoreRequest(Strict):
+class ScoreRequest(ModelChoice):
     pairs: list[ScorePair] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
     profile: ProfileName | None = None
 
 
-class TagRequest(Strict):
+class TagRequest(ModelChoice):
     image: ImageRef
     labels: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
         None, min_length=1, max_length=HARD_MAX_ITEMS
@@ -77,6 +95,8 @@ class TagRequest(Strict):
     top_k: int = Field(5, ge=1, le=HARD_MAX_ITEMS)
     prompt_template: str | None = Field(None, min_length=1, max_length=500)
     profile: ProfileName | None = None
+    # sigmoid (SigLIP) models: every label at or above this probability (default 0.5)
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class Served(BaseModel):
@@ -94,10 +114,12 @@ class EmbeddingResponse(Served):
 class ScoreResult(BaseModel):
     clip_score: float
     cosine: float
+    probability: float | None = None  # sigmoid (SigLIP) models: the model's own probability
 
 
 class ScoreResponse(Served):
     results: list[ScoreResult]
+    activation: Literal["softmax", "sigmoid"] = "softmax"
 
 
 class Tag(BaseModel):
@@ -107,6 +129,8 @@ class Tag(BaseModel):
 
 class TagResponse(Served):
     tags: list[Tag]
+    # softmax: confidences are a distribution over the labels; sigmoid: independent per label
+    activation: Literal["softmax", "sigmoid"] = "softmax"
 
 
 class ErrorBody(BaseModel):

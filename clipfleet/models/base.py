@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from clipfleet.models.device import DevicePlan, inference, l2_normalize
+from clipfleet.scoring import ScoreSemantics
 
 logger = logging.getLogger("clipfleet.models")
 
@@ -111,6 +112,23 @@ class ClipModel(ImageEncoderModel):
     """A CLIP: images and texts into one L2-normalised space."""
 
     logit_scale: float
+    logit_bias: float | None = None  # set by models trained with a sigmoid loss (SigLIP)
+
+    @property
+    def semantics(self) -> ScoreSemantics:
+        """How this model's similarities become confidences, read from the model itself: a
+        learned logit_bias means a sigmoid loss (SigLIP), none the CLIP softmax."""
+        if self.logit_bias is None:
+            return ScoreSemantics("softmax", self.logit_scale, 0.0)
+        return ScoreSemantics("sigmoid", self.logit_scale, self.logit_bias)
+
+    def semantics_info(self) -> dict[str, Any]:
+        semantics = self.semantics
+        return {
+            "logit_scale": round(semantics.logit_scale, 4),
+            "activation": semantics.activation,
+            "logit_bias": round(semantics.logit_bias, 4),
+        }
 
     @abstractmethod
     def _text_features(self, texts: list[str]) -> torch.Tensor:

@@ -1,8 +1,10 @@
-"""CLIP through Hugging Face transformers: any CLIP hub id or local directory."""
+"""CLIP-like models through Hugging Face transformers: CLIP, SigLIP and SigLIP 2 hub ids or local
+directories, the model class chosen from the checkpoint's config (`model_type`)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from functools import cache
@@ -20,6 +22,9 @@ from transformers import (
     CLIPImageProcessor,
     CLIPModel,
     CLIPTokenizerFast,
+    SiglipConfig,
+    SiglipImageProcessor,
+    SiglipModel,
 )
 
 from clipfleet.config import ClipModelSpec
@@ -31,6 +36,8 @@ from clipfleet.models.base import (
     to_pil,
 )
 from clipfleet.models.device import DevicePlan
+
+logger = logging.getLogger("clipfleet.models")
 
 _BASE_PATCH32: dict = {}
 _LARGE_PATCH14 = {
@@ -50,6 +57,10 @@ KNOWN_ARCHITECTURES: dict[str, dict] = {
     "openai/clip-vit-base-patch16": {"vision_config": {"patch_size": 16}},
     "openai/clip-vit-large-patch14": _LARGE_PATCH14,
     "patrickjohncyh/fashion-clip": _BASE_PATCH32,
+}
+# SigLIP hub ids whose architecture random-weights mode can build offline (config defaults).
+KNOWN_SIGLIP_ARCHITECTURES: dict[str, dict] = {
+    "google/siglip-base-patch16-224": {},
 }
 
 
@@ -72,15 +83,18 @@ def openai_clip_tokenizer() -> CLIPTokenizerFast:
 def random_clip_config(spec: ClipModelSpec) -> CLIPConfig:
     source = spec.architecture or spec.model
     if Path(source).is_dir():
-        return CLIPConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source)
     if source in KNOWN_ARCHITECTURES:
         return CLIPConfig(**KNOWN_ARCHITECTURES[source])
+    if source in KNOWN_SIGLIP_ARCHITECTURES:
+        return SiglipConfig(**KNOWN_SIGLIP_ARCHITECTURES[source])
     try:
         return AutoConfig.from_pretrained(source, local_files_only=True)
     except OSError as exc:
         raise ModelLoadError(
             f"random-weights mode can't read the architecture of {source!r} offline; set "
-            f"`architecture` to a local model directory or one of {sorted(KNOWN_ARCHITECTURES)}"
+            "`architecture` to a local model directory or one of "
+            f"{sorted(KNOWN_ARCHITECTURES) + sorted(KNOWN_SIGLIP_ARCHITECTURES)}"
         ) from exc
 
 
@@ -98,19 +112,18 @@ class TransformersClipModel(ClipModel):
         try:
             if random_weights:
                 config = random_clip_config(spec)
-                model = CLIPModel(config)
+                model = model_class_for(config)(config)
                 source = spec.architecture or spec.model
-                self._tokenizer = _local_or_none(source, AutoTokenizer.from_pretrained)
-                self._tokenizer = self._tokenizer or openai_clip_tokenizer()
-                size = config.vision_config.image_size
+                self._tokenizer, tokenizer_note = random_mode_tokenizer(spec, config)
                 self._processor = _local_or_none(source, AutoImageProcessor.from_pretrained)
-                self._processor = self._processor or CLIPImageProcessor(
-                    size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-                )
+                self._processor = self._processor or default_image_processor(config)
                 weights = "random"
             else:
-                model = CLIPModel.from_pretrained(spec.model)
-                self._tokenizer = AutoTokenizer.from_pretrained(spec.model)
+                config = AutoConfig.from_pretrained(spec.model)
+                model = model_class_for(config).from_pretrained(spec.model)
+                tokenizer_source = spec.tokenizer or spec.model
+                self._tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+                tokenizer_note = f"transformers:{tokenizer_source}"
                 self._processor = AutoImageProcessor.from_pretrained(spec.model)
                 is_dir = Path(spec.model).expanduser().is_dir()
                 weights = f"dir:{spec.model}" if is_dir else f"hub:{spec.model}"
@@ -123,25 +136,47 @@ class TransformersClipModel(ClipModel):
                 "(save_pretrained), or set CLIPFLEET_RANDOM_WEIGHTS=1 (random weights, tests only)."
             ) from exc
         if random_weights:
-            report_random_weights(f"transformers CLIP {spec.model}")
+            report_random_weights(f"transformers {config.model_type} {spec.model}")
         self._model = model.eval().to(plan.device)
-        self._context_length = int(model.config.text_config.max_position_embeddings)
+        self._model_type = config.model_type
+        self._context_length = int(config.text_config.max_position_embeddings)
         self.logit_scale = float(model.logit_scale.exp().item())
+        bias = getattr(model, "logit_bias", None)  # SigLIP's learned bias: sigmoid semantics
+        self.logit_bias = None if bias is None else float(bias.item())
+        embed_dim = int(self.encode_texts(["probe"]).shape[1])
         self.info = ModelInfo(
             family="clip",
             backend="transformers",
             model=spec.model,
             weights=weights,
-            embed_dim=int(model.config.projection_dim),
+            embed_dim=embed_dim,
             device=plan.name,
             load_seconds=time.perf_counter() - started,
-            extra={"logit_scale": round(self.logit_scale, 4)},
+            extra={
+                **self.semantics_info(),
+                "model_type": self._model_type,
+                "tokenizer": tokenizer_note,
+            },
         )
 
-    def preprocess_image(self, image: np.ndarray | Image.Image) -> torch.Tensor:
-        return self._processor(images=to_pil(image), return_tensors="pt")["pixel_values"][0]
+    def preprocess_image(self, image: np.ndarray | Image.Image) -> torch.Tensor | dict:
+        inputs = self._processor(images=to_pil(image), return_tensors="pt")
+        if "pixel_attention_mask" in inputs:  # SigLIP 2 (NaFlex): patches, mask and shapes
+            return {key: value[0] for key, value in inputs.items()}
+        return inputs["pixel_values"][0]
 
-    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, pixel_batch: list) -> np.ndarray:
+        if not isinstance(pixel_batch[0], dict):
+            return super().encode_images(pixel_batch)
+        stacked = {
+            key: torch.stack([item[key] for item in pixel_batch]).to(self.plan.device)
+            for key in pixel_batch[0]
+        }
+        return self._run(self._image_features, stacked)
+
+    def _image_features(self, pixels: torch.Tensor | dict) -> torch.Tensor:
+        if isinstance(pixels, dict):
+            return _projected(self._model.get_image_features(**pixels))
         return _projected(self._model.get_image_features(pixel_values=pixels))
 
     def _tokenize(self, texts: list[str]):
@@ -149,7 +184,8 @@ class TransformersClipModel(ClipModel):
         # while another thread uses it fails ("Already borrowed").
         return self._tokenizer(
             texts,
-            padding=True,
+            # SigLIP pools the last position and was trained on texts padded to the full length
+            padding="longest" if self._model_type == "clip" else "max_length",
             truncation=True,
             max_length=self._context_length,
             return_tensors="pt",
@@ -161,6 +197,75 @@ class TransformersClipModel(ClipModel):
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         tokens = self._tokenize(texts).to(self.plan.device)
         return _projected(self._model.get_text_features(**tokens))
+
+
+def model_class_for(config) -> type:
+    """CLIPModel, SiglipModel or Siglip2Model, from the checkpoint config's `model_type`."""
+    from transformers import Siglip2Model
+
+    classes = {"clip": CLIPModel, "siglip": SiglipModel, "siglip2": Siglip2Model}
+    if config.model_type not in classes:
+        raise ModelLoadError(
+            f"model_type {config.model_type!r} is not a supported image-text model; "
+            f"use one of {sorted(classes)}"
+        )
+    return classes[config.model_type]
+
+
+def default_image_processor(config):
+    """The family's standard preprocessing at the config's image size (random-weights mode)."""
+    vision = config.vision_config
+    if config.model_type == "siglip2":
+        from transformers import Siglip2ImageProcessor
+
+        return Siglip2ImageProcessor(
+            max_num_patches=vision.num_patches, patch_size=vision.patch_size
+        )
+    size = vision.image_size
+    if config.model_type == "siglip":
+        return SiglipImageProcessor(size={"height": size, "width": size})
+    return CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
+
+
+class FoldedTokenizer:
+    """Random-weights stand-in when a model's own tokenizer can't be read offline: OpenAI CLIP's
+    BPE (shipped with open_clip) with ids folded into the model's vocabulary. Deterministic and
+    shape-correct, nothing more: it never stands in for real weights."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self._base = openai_clip_tokenizer()
+        self._vocab_size = vocab_size
+
+    def __call__(self, texts: list[str], **kwargs):
+        tokens = self._base(texts, **kwargs)
+        tokens["input_ids"] = tokens["input_ids"] % self._vocab_size
+        tokens.pop("attention_mask", None)  # folded ids: the mask of the BPE text means nothing
+        return tokens
+
+
+def random_mode_tokenizer(spec: ClipModelSpec, config) -> tuple:
+    """The tokenizer random-weights mode uses, and a note saying which (also logged):
+    `tokenizer:` from the spec (a local directory or a cached hub id), else one saved beside the
+    architecture, else OpenAI CLIP's BPE for CLIP and a folded stand-in for SigLIP."""
+    source = spec.architecture or spec.model
+    for candidate in (spec.tokenizer, source):
+        if candidate:
+            tokenizer = _local_or_none(candidate, AutoTokenizer.from_pretrained)
+            if tokenizer is not None:
+                return tokenizer, f"transformers:{candidate}"
+    if spec.tokenizer:
+        raise ModelLoadError(f"tokenizer {spec.tokenizer!r} is not a local directory or cached id")
+    if config.model_type == "clip":
+        return openai_clip_tokenizer(), "openai-clip-bpe"
+    logger.warning(
+        "RANDOM WEIGHTS: no %s tokenizer for %s offline; using a stand-in (OpenAI CLIP BPE ids "
+        "folded into its vocabulary). Set `tokenizer:` to a local directory for the real one.",
+        config.model_type,
+        spec.model,
+    )
+    return FoldedTokenizer(int(config.text_config.vocab_size)), "stand-in:folded-openai-clip-bpe"
 
 
 def _projected(output) -> torch.Tensor:

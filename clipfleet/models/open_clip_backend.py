@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -22,6 +25,7 @@ from clipfleet.models.base import (
 from clipfleet.models.device import DevicePlan
 
 _SCHEMAS = ("hf-hub:", "local-dir:")
+logger = logging.getLogger("clipfleet.models")
 
 
 def describe_weights(spec: ClipModelSpec, random_weights: bool) -> str:
@@ -68,7 +72,7 @@ class OpenClipModel(ClipModel):
                 require_pretrained=not random_weights,  # never a silent random fallback
                 device=plan.device,
             )
-            self._tokenizer = open_clip.get_tokenizer(name)
+            self._tokenizer, tokenizer_note = load_tokenizer(name, spec.tokenizer, random_weights)
         except Exception as exc:  # any failure to build/load is a start-up error with advice
             raise ModelLoadError(
                 f"could not load open_clip model {spec.model!r} (pretrained={spec.pretrained!r}): "
@@ -81,6 +85,8 @@ class OpenClipModel(ClipModel):
         self._model = model.eval()
         self._preprocess = preprocess
         self.logit_scale = float(model.logit_scale.exp().item())
+        bias = getattr(model, "logit_bias", None)  # SigLIP's learned bias: sigmoid semantics
+        self.logit_bias = None if bias is None else float(bias.item())
         embed_dim = int(self.encode_texts(["probe"]).shape[1])
         self.info = ModelInfo(
             family="clip",
@@ -90,7 +96,7 @@ class OpenClipModel(ClipModel):
             embed_dim=embed_dim,
             device=plan.name,
             load_seconds=time.perf_counter() - started,
-            extra={"logit_scale": round(self.logit_scale, 4)},
+            extra={**self.semantics_info(), "tokenizer": tokenizer_note},
         )
 
     def preprocess_image(self, image: np.ndarray | Image.Image) -> torch.Tensor:
@@ -109,6 +115,66 @@ class OpenClipModel(ClipModel):
         if can_trim_padding(self._model):
             return encode_text_trimmed(self._model, tokens)
         return self._model.encode_text(tokens)
+
+
+def text_config(name: str) -> dict:
+    """The `text_cfg` of an open_clip model name (builtin or local-dir:); {} if unknown."""
+    if name.startswith("local-dir:"):
+        config_file = Path(name.removeprefix("local-dir:")) / "open_clip_config.json"
+        return json.loads(config_file.read_text(encoding="utf-8"))["model_cfg"].get("text_cfg", {})
+    if name.startswith("hf-hub:"):
+        return {}
+    return (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+
+
+def load_tokenizer(name: str, tokenizer: str | None, random_weights: bool) -> tuple[Any, str]:
+    """The model's tokenizer and a note saying which one it is.
+
+    Models whose config names a Hugging Face tokenizer (SigLIP's SentencePiece) read it from
+    the hub; `tokenizer` (a hub id or local directory) replaces that source, with the model's
+    own context length and cleaning. In random-weights mode a hub tokenizer is only read from
+    the local cache; if it isn't there, a stand-in (OpenAI CLIP's BPE, ids folded into the
+    model's vocabulary) is used and a warning says so.
+    """
+    config = text_config(name)
+    hub_name = config.get("hf_tokenizer_name")
+    if tokenizer is None and not hub_name:
+        return open_clip.get_tokenizer(name), "open_clip"
+    if tokenizer is None and name.startswith("local-dir:"):
+        tokenizer = name.removeprefix("local-dir:")
+    source = tokenizer or hub_name
+    kwargs = {
+        "context_length": config.get("context_length", open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH),
+        "tokenizer_mode": config.get("tokenizer_mode"),
+        **config.get("tokenizer_kwargs", {}),
+    }
+    if random_weights:
+        kwargs["local_files_only"] = True
+    try:
+        return open_clip.tokenizer.HFTokenizer(source, **kwargs), f"transformers:{source}"
+    except (OSError, ValueError):
+        if not random_weights or tokenizer is not None:
+            raise
+    logger.warning(
+        "RANDOM WEIGHTS: tokenizer %r of %s is not available offline; using a stand-in (OpenAI "
+        "CLIP BPE ids folded into its vocabulary). Set `tokenizer:` to a local directory for "
+        "the real one.",
+        source,
+        name,
+    )
+    stand_in = FoldedSimpleTokenizer(kwargs["context_length"], config.get("vocab_size", 49408))
+    return stand_in, "stand-in:folded-openai-clip-bpe"
+
+
+class FoldedSimpleTokenizer:
+    """open_clip's SimpleTokenizer with ids taken modulo the model's vocabulary size."""
+
+    def __init__(self, context_length: int, vocab_size: int) -> None:
+        self._base = open_clip.SimpleTokenizer(context_length=context_length)
+        self._vocab_size = vocab_size
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        return self._base(texts) % self._vocab_size
 
 
 def can_trim_padding(model: torch.nn.Module) -> bool:

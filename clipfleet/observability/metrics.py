@@ -100,6 +100,21 @@ SPECS: tuple[MetricSpec, ...] = (
         ("profile", "variant"),
     ),
 )
+SPECS += (  # multiplexed profiles (clipfleet.multiplex); model ids are never labels
+    MetricSpec(
+        "clipfleet_multiplexed_models",
+        "counter",
+        "Multiplexed model events per profile: load, load_failure, hit, eviction",
+        ("profile", "event"),
+    ),
+    MetricSpec(
+        "clipfleet_multiplexed_load_seconds",
+        "histogram",
+        "Time to load one multiplexed model",
+        ("profile",),
+        LATENCY_BUCKETS_S,
+    ),
+)
 SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
 EXPORTED_NAMES = frozenset(name for spec in SPECS for name in spec.exported_names)
 
@@ -270,6 +285,18 @@ def record_rollback(profile: str, variant: str, reason: str) -> None:
     tags = {"profile": profile, "variant": variant}
     _safely(_metric("clipfleet_canary_rollbacks").inc, 1, tags)
     _safely(_metric("clipfleet_traffic_weight").set, 0.0, tags)
+
+
+def record_multiplexed(event: str, profile: str, load_seconds: float | None = None) -> None:
+    """A multiplexed model event (load, load_failure, hit, eviction) of a profile."""
+    tags = {"profile": profile, "event": event}
+    _safely(_metric("clipfleet_multiplexed_models").inc, 1, tags)
+    if load_seconds is not None:
+        _safely(
+            _metric("clipfleet_multiplexed_load_seconds").observe,
+            load_seconds,
+            {"profile": profile},
+        )
 
 
 GAUGE_REFRESH_S = 5.0

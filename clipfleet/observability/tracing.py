@@ -241,6 +241,10 @@ class TracedHandle:
         method = getattr(self._handle, name)
         return _TracedMethod(method) if name in TRACED_METHODS else method
 
+    def options(self, **options: Any) -> TracedHandle:
+        """handle.options(...) (e.g. multiplexed_model_id), still traced."""
+        return TracedHandle(self._handle.options(**options))
+
 
 def trace_handles(handles: Any) -> Any:
     """Wrap a handle, or the handles in nested dicts and lists, in TracedHandle when tracing is

@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 import requests
 
-from clipfleet.config import AppArgs, clip_deployment_name, resnet_deployment_name
+from clipfleet.config import (
+    AppArgs,
+    clip_deployment_name,
+    multiplexed_deployment_name,
+    resnet_deployment_name,
+)
 from tests.support.servers import ThreadedImageServer, free_port
 
 APP_NAME = "clipfleet"
@@ -28,6 +33,7 @@ def small_deployments(args: AppArgs, cpus: float = 0.2, **encoder_options) -> li
     encoders = {resnet_deployment_name(spec.resnet) for spec in args.profiles.values()}
     for profile, spec in args.profiles.items():
         encoders |= {clip_deployment_name(profile, variant) for variant in spec.variants}
+    encoders |= {multiplexed_deployment_name(profile) for profile in args.multiplexed}
     for name in sorted(encoders):
         entries.append({"name": name, "ray_actor_options": {"num_cpus": cpus}, **encoder_options})
     return entries
@@ -123,6 +129,29 @@ def app_url(serve_apps, tiny_args):
     serve_apps.apply(APP_NAME, "/", tiny_args)
     wait_ready(serve_apps.url("/"))
     return serve_apps.url("/")
+
+
+@pytest.fixture(scope="session")
+def multiplexed_checkpoints(tmp_path_factory):
+    """Three small open_clip checkpoints (different seeds) under one allowed directory, plus a
+    broken one and a symlink that escapes it; for a multiplexed profile with an LRU of two."""
+    import os
+
+    from tests.support.tiny_models import make_open_clip_dir
+
+    base = tmp_path_factory.mktemp("multiplexed")
+    root = base / "checkpoints"
+    for seed, model_id in enumerate(("alpha", "beta", "gamma"), start=1):
+        make_open_clip_dir(root / model_id, seed=seed)
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "open_clip_config.json").write_text(
+        (root / "alpha" / "open_clip_config.json").read_text()
+    )
+    (broken / "open_clip_pytorch_model.bin").write_bytes(b"not a checkpoint")
+    make_open_clip_dir(base / "outside", seed=9)
+    os.symlink(base / "outside", root / "escape")
+    return root
 
 
 @pytest.fixture(scope="session")

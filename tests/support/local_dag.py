@@ -73,7 +73,12 @@ class LocalClipEncoder:
         return self.model.count_tokens(texts)
 
     def describe(self) -> dict:
-        return {**self.model.info.as_dict(), "logit_scale": self.model.logit_scale, "ready": True}
+        return {
+            **self.model.info.as_dict(),
+            "logit_scale": self.model.logit_scale,
+            "semantics": self.model.semantics.as_dict(),
+            "ready": True,
+        }
 
 
 class LocalResNetEncoder:
@@ -99,11 +104,11 @@ class LocalFetcher:
 
 
 class LocalScorer:
-    def score_pair(self, image_embedding, text_embedding) -> dict:
-        return clip_scores(image_embedding, text_embedding)[0]
+    def score_pair(self, image_embedding, text_embedding, semantics=None) -> dict:
+        return clip_scores(image_embedding, text_embedding, semantics)[0]
 
-    def tag(self, image_embedding, label_embeddings, labels, logit_scale, top_k) -> list[dict]:
-        return zero_shot(image_embedding, label_embeddings, labels, logit_scale, top_k)
+    def tag(self, image_embedding, label_embeddings, labels, logit_scale, top_k, **kw) -> list:
+        return zero_shot(image_embedding, label_embeddings, labels, logit_scale, top_k, **kw)
 
     def describe(self) -> dict:
         return {"ready": True}
@@ -151,4 +156,14 @@ def build_local_service(args: AppArgs) -> ClipfleetService:
             for name, spec in args.profiles.items()
         },
         resnet_encoders={name: resnets[spec.resnet] for name, spec in args.profiles.items()},
+        multiplexed_encoders=local_multiplexed(args),
     )
+
+
+def local_multiplexed(args: AppArgs) -> dict:
+    from tests.support.multiplexed import LocalMultiplexedEncoder, LocalMultiplexedHandle
+
+    return {
+        name: LocalMultiplexedHandle(LocalMultiplexedEncoder(name, spec))
+        for name, spec in args.multiplexed.items()
+    }

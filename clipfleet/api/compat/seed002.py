@@ -6,12 +6,14 @@ labels whose softmax probability (over all twelve labels, each label text used a
 prompt) is above 0.01. We answer that list; each item carries `label` and `score` (the
 service's names) and `confidence` (the same number, our v1 name). The image is the multipart
 field `file` (also accepted as `image`). Its model (clip-vit-base-patch32) maps to `fast`;
-the model used is in the X-Clipfleet-Model response header.
+the model used is in the X-Clipfleet-Model response header. Each item also says its
+`activation`: `softmax` (CLIP: the scores share one distribution over the labels) or `sigmoid`
+(SigLIP: each label's own probability, several may apply; only those >= 0.5 are listed).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Response, UploadFile
 from pydantic import BaseModel
@@ -33,6 +35,7 @@ class PetTag(BaseModel):
     label: str
     score: float
     confidence: float
+    activation: Literal["softmax", "sigmoid"] = "softmax"
 
 
 @router.post("/tag", response_model=list[PetTag])
@@ -43,7 +46,12 @@ async def tag(service: Service, response: Response, file: Upload = None, image: 
     )
     response.headers[MODEL_HEADER] = result["model"]
     return [
-        {"label": tag["label"], "score": tag["confidence"], "confidence": tag["confidence"]}
+        {
+            "label": tag["label"],
+            "score": tag["confidence"],
+            "confidence": tag["confidence"],
+            "activation": result.get("activation", "softmax"),
+        }
         for tag in result["tags"]
         if tag["confidence"] > MIN_SCORE
     ]

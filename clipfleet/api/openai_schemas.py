@@ -89,6 +89,9 @@ class ModelDetail(ModelCard):
 
     profile: str
     variant: str | None
-    default: bool = Field(description="this is the default profile")
-    clip: dict[str, dict[str, Any]]
-    resnet: dict[str, Any]
+    default: bool = Field(False, description="this is the default profile")
+    clip: dict[str, dict[str, Any]] | None = None
+    resnet: dict[str, Any] | None = None
+    multiplexed: dict[str, Any] | None = Field(
+        None, description="a multiplexed profile's pool (for `<profile>:<model-id>` ids)"
+    )

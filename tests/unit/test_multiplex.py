@@ -256,7 +256,7 @@ def test_a_malformed_header_names_the_header(mux):
 def test_models_lists_the_multiplexed_pool(mux):
     client, _ = mux
     client.post("/v1/embed/text", json={"texts": ["x"], "model": "custom:alpha"})
-    details = client.get("/v1/models").json()["multiplexed"]["custom"]
+    details = client.get("/v1/status").json()["multiplexed"]["custom"]
     assert details["max_models_per_replica"] == 2
     assert "alpha" in [entry["id"] for entry in details["replica"]["resident"]]
     assert {"loads", "hits", "evictions", "load_seconds_total"} <= set(details["replica"])
@@ -289,3 +289,12 @@ def test_a_copy_staged_by_a_racing_request_is_not_kept(checkpoints):
         assert encoder.pool._staging == {} and encoder.lru.loader_calls == ["alpha"]
 
     asyncio.run(scenario())
+
+
+def test_model_detail_of_a_multiplexed_id(mux):
+    client, _ = mux
+    detail = client.get("/v1/models/custom:alpha")
+    assert detail.status_code == 200, detail.text
+    assert detail.json()["id"] == "custom:alpha" and detail.json()["multiplexed"]
+    assert client.get("/v1/models/custom:nope").status_code == 404
+    assert client.get("/v1/models/custom:escape").status_code == 403

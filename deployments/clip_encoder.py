@@ -59,5 +59,5 @@ class ClipEncoder(BatchedImageEncoder):
     async def _text_batch(self, texts: list[str]) -> list[np.ndarray]:
         return await self.scheduler.run("text", texts)
 
-    def describe(self) -> dict:
-        return {**super().describe(), "logit_scale": self.model.logit_scale}
+    async def describe(self) -> dict:
+        return {**(await super().describe()), "logit_scale": self.model.logit_scale}

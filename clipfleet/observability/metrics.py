@@ -14,9 +14,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,20 +269,3 @@ def record_rollback(profile: str, variant: str, reason: str) -> None:
     tags = {"profile": profile, "variant": variant}
     _safely(_metric("clipfleet_canary_rollbacks").inc, 1, tags)
     _safely(_metric("clipfleet_traffic_weight").set, 0.0, tags)
-
-
-GAUGE_REFRESH_S = 5.0
-
-
-def keep_gauges_fresh(refresh: Callable[[], None], interval_s: float = GAUGE_REFRESH_S) -> None:
-    """Call `refresh` now and then every interval on a daemon thread.
-
-    Ray 2.60 forgets a gauge series that is not set again within about two export intervals,
-    so a value that rarely changes (traffic weights) must be re-set periodically."""
-
-    def loop() -> None:
-        while True:
-            _safely(refresh)
-            time.sleep(interval_s)
-
-    threading.Thread(target=loop, name="clipfleet-gauges", daemon=True).start()

@@ -169,6 +169,9 @@ class ApiLimits(StrictModel):
     # Whole-request deadline in the ingress (504 after it); keep it below the proxy's
     # http_options.request_timeout_s so clients get the JSON envelope, not the proxy's 408.
     request_timeout_s: float = Field(30.0, gt=0, le=600)
+    # Overload: a work request expected to wait longer than this (from this ingress replica's
+    # measured latency and concurrency) is refused at once with 503 + Retry-After.
+    shed_wait_s: float = Field(3.0, gt=0, le=600)
 
 
 class AuthConfig(StrictModel):

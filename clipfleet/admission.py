@@ -14,7 +14,8 @@ import math
 import time
 
 SMOOTHING = 0.05  # weight of each completed request in the moving averages
-MIN_IN_FLIGHT = 4  # always admitted: a cold or idle replica has nothing measured yet
+# Always admitted: a cold or lightly loaded replica has not yet measured what it can take.
+MIN_IN_FLIGHT = 16
 
 
 class Admission:
@@ -42,9 +43,13 @@ class Admission:
     def started(self) -> float:
         return self._clock()
 
-    def done(self, started: float) -> None:
+    def done(self, started: float, served: bool = True) -> None:
+        """One admitted request finished; only served ones (2xx) are measured: fast refusals
+        would make the service look quicker than it is."""
         latency = self._clock() - started
         in_flight, self.in_flight = self.in_flight, self.in_flight - 1
+        if not served:
+            return
         if self.latency_s is None:
             self.latency_s, self.concurrency = latency, float(in_flight)
             return

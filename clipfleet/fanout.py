@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from clipfleet.errors import find_clipfleet_error
+
+logger = logging.getLogger("ray.serve")
 
 
 def raise_for(exc: BaseException, param: str) -> NoReturn:
@@ -52,3 +55,24 @@ class Judged:
 
     def add(self, seconds: float) -> None:
         self.encoder_s = max(self.encoder_s or 0.0, seconds)
+
+
+def replica_lost(exc: BaseException) -> bool:
+    """The replica serving a call died or became unreachable (not: the call failed)."""
+    try:
+        from ray.exceptions import ActorUnavailableError, RayActorError
+    except ImportError:  # pragma: no cover - Ray is a dependency
+        return False
+    return isinstance(exc, RayActorError | ActorUnavailableError)
+
+
+async def once_more_if_replica_lost(call: Callable[[], Awaitable]) -> Any:
+    """Inference is idempotent: a call whose replica died is sent again, once (Serve routes it
+    to a live replica), so losing a replica costs its in-flight requests time, not an error."""
+    try:
+        return await call()
+    except Exception as exc:
+        if not replica_lost(exc):
+            raise
+        logger.warning("a replica was lost mid-call (%s); sending the call again", type(exc))
+        return await call()

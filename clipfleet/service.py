@@ -27,6 +27,7 @@ from clipfleet.config import (
 )
 from clipfleet.errors import InvalidRequestError, find_clipfleet_error
 from clipfleet.fanout import Judged, gather_items, raise_for
+from clipfleet.fanout import once_more_if_replica_lost as again
 from clipfleet.fetch import ImageSource
 from clipfleet.readiness import ReadinessView
 from clipfleet.traffic import TrafficConfig, TrafficManager
@@ -201,7 +202,10 @@ class ClipfleetService:
         self.check_count(len(sources), "images")
         if encoder == "resnet":
             profile = self.profile(profile_name)
-            responses = [profile.resnet.embed_image.remote(self._fetch(s)) for s in sources]
+            resnet = profile.resnet
+            responses = [
+                again(lambda s=s: resnet.embed_image.remote(self._fetch(s))) for s in sources
+            ]
             vectors = await gather_items(responses, "images")
             body = _embedding_body(vectors, encoder)
             return self._served(profile, STABLE_VARIANT, profile.resnet_label, **body)
@@ -209,7 +213,8 @@ class ClipfleetService:
         clip = profile.clip[variant]
         async with self._observed(profile, variant, routing) as judged:
             responses = [
-                clip.embed_image.remote(self._fetch(source), timed=True) for source in sources
+                again(lambda s=source: clip.embed_image.remote(self._fetch(s), timed=True))
+                for source in sources
             ]
             vectors = []
             for vector, seconds in await gather_items(responses, "images"):
@@ -225,7 +230,8 @@ class ClipfleetService:
         self.check_texts(texts, "texts")
         profile, variant = self.route(profile_name, routing)
         async with self._observed(profile, variant, routing):
-            matrix = await profile.clip[variant].embed_texts.remote(list(texts))
+            clip = profile.clip[variant]
+            matrix = await again(lambda: clip.embed_texts.remote(list(texts)))
         body = _embedding_body(list(matrix), "clip")
         return self._served(profile, variant, profile.clip_labels[variant], **body)
 
@@ -254,7 +260,7 @@ class ClipfleetService:
 
         async with self._observed(profile, variant, routing) as judged:
             results = await gather_items(
-                [score_pair(source, text, judged) for source, text in pairs], "pairs"
+                [again(lambda s=s, t=t: score_pair(s, t, judged)) for s, t in pairs], "pairs"
             )
         return self._served(profile, variant, profile.clip_labels[variant], results=results)
 
@@ -282,23 +288,27 @@ class ClipfleetService:
         profile, variant = self.route(profile_name, routing)
         clip = profile.clip[variant]
         prompts = [render_prompt(template, label) for label in labels]
-        async with self._observed(profile, variant, routing) as judged:
-            logit_scale = await self.logit_scale(profile, variant)
+        top_k = min(top_k, self.args.limits.max_top_k, len(labels))
+
+        async def tag_image(judged: Judged, logit_scale: float) -> list[dict]:
             label_vectors = clip.embed_texts.remote(prompts)
             try:
                 image_vector, seconds = await clip.embed_image.remote(
                     self._fetch(source), timed=True
                 )
-                judged.add(seconds)
-                tags = await self.scorer.tag.remote(
-                    image_vector,
-                    label_vectors,
-                    labels,
-                    logit_scale,
-                    min(top_k, self.args.limits.max_top_k, len(labels)),
-                )
-            except Exception as exc:
+            except BaseException:
                 label_vectors.cancel()
+                raise
+            judged.add(seconds)
+            return await self.scorer.tag.remote(
+                image_vector, label_vectors, labels, logit_scale, top_k
+            )
+
+        async with self._observed(profile, variant, routing) as judged:
+            logit_scale = await self.logit_scale(profile, variant)
+            try:
+                tags = await again(lambda: tag_image(judged, logit_scale))
+            except Exception as exc:
                 raise_for(exc, "image")
         return self._served(profile, variant, profile.clip_labels[variant], tags=tags)
 

@@ -19,6 +19,7 @@ the routing view it returns is swapped in whole on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,6 +37,7 @@ __all__ = ["Rollback", "RollbackPolicy", "TrafficConfig", "TrafficManager"]
 logger = logging.getLogger("ray.serve")
 STALE_AFTER_S = 5.0
 SYNC_S = 1.0  # how often each ingress replica exchanges the shared traffic state
+MIN_SYNC_S = 0.1  # ... and how often at most, when canary failures wake it early
 
 
 class TrafficConfig(StrictModel):
@@ -157,6 +159,7 @@ class TrafficManager:
         self._buckets = Buckets()
         self.rollbacks = 0
         self._synced_at: float | None = None
+        self.on_canary_failure: Callable[[], None] | None = None  # wakes the sync loop early
         self.apply(TrafficConfig())
 
     # -- on the event loop ------------------------------------------------------------------
@@ -205,6 +208,8 @@ class TrafficManager:
     def record(self, profile: str, variant: str, ok: bool, latency_s: float) -> None:
         """Count one unpinned request's outcome: O(1); judged at the next sync."""
         self._buckets.add(f"{profile}/{variant}", self._clock(), ok, latency_s)
+        if not ok and variant != STABLE_VARIANT and self.on_canary_failure is not None:
+            self.on_canary_failure()
 
     def prepare(self) -> tuple:
         """The arguments of `exchange` (immutable copies), taken on the event loop."""
@@ -246,8 +251,12 @@ async def keep_synced(
     on_rollback: Callable[[Rollback], None],
     interval_s: float = SYNC_S,
 ) -> None:
-    """Run on the replica's event loop: exchange with the shared state every interval; the
-    store's blocking I/O runs on a worker thread, with immutable inputs."""
+    """Run on the replica's event loop: exchange with the shared state every interval, or
+    sooner (but at most every MIN_SYNC_S) after a canary failure, so a failing canary is
+    judged within a fraction of a second. The store's blocking I/O runs on a worker thread,
+    with immutable inputs."""
+    woken = asyncio.Event()
+    traffic.on_canary_failure = woken.set
     while True:
         try:
             arguments = traffic.prepare()
@@ -256,7 +265,10 @@ async def keep_synced(
                 on_rollback(rollback)
         except Exception as exc:  # the holder is away: stable only once the view goes stale
             logger.warning("traffic state not synced: %s", exc)
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(MIN_SYNC_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), interval_s - MIN_SYNC_S)
+        woken.clear()
 
 
 def _kept(state: dict | None, weight: float) -> dict:

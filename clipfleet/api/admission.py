@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from clipfleet.admission import Admission
 from clipfleet.api.errors import envelope
@@ -31,7 +31,15 @@ class AdmissionMiddleware(HttpMiddleware):
             )
             return
         started = self.admission.started()
+        status = 500
+
+        async def noting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, noting_send)
         finally:
-            self.admission.done(started)
+            self.admission.done(started, served=status < 300)

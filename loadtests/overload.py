@@ -1,0 +1,203 @@
+"""Overload: does clipfleet admit only what it can serve within the deadline?
+
+    python -m loadtests.overload [--seconds 30] [--config loadtests/bench_config.yaml]
+                                 [--out results/overload.json]          # or: make overload
+
+Starts its own local Ray + Serve (the config's app, random weights, HTTP on a free loopback
+port) and a loopback image server, then runs POST /v1/score (one image by URL) closed-loop:
+
+1. capacity: 32 clients (the throughput plateau on a 2-core machine, issue 14): throughput
+   and latency percentiles;
+2. overload: 8 x 32 = 256 clients for the same time: every answer's status and latency.
+
+Criteria (issue 14, item 6): no 504; the admitted (200) requests' p99 <= 3 x the p99 at
+capacity; everything else a 503 with Retry-After, answered at once (its p99 is reported).
+Bounded in time and requests; loopback only. Needs no Ray cluster already running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from loadtests.processes import stop
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXTS = ["a photo of a cat", "a dog on a beach", "a red car", "a bowl of fruit"]
+CAPACITY_CLIENTS = 32
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def p99(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return values[0] if values else None
+    return statistics.quantiles(values, n=100)[98]
+
+
+async def closed_loop(url: str, image_port: int, clients: int, seconds: float) -> list[tuple]:
+    """(status, seconds, has Retry-After) for every answer; errors as status 0."""
+    results: list[tuple[int, float, bool]] = []
+    deadline = time.monotonic() + seconds
+
+    async def client(worker: int, session: aiohttp.ClientSession) -> None:
+        n = worker
+        while time.monotonic() < deadline:
+            image = f"http://127.0.0.1:{image_port}/img/{n % 64}.{('jpg', 'png', 'webp')[n % 3]}"
+            body = {"pairs": [{"image": {"url": image}, "text": TEXTS[n % len(TEXTS)]}]}
+            started = time.monotonic()
+            try:
+                async with session.post(f"{url}/v1/score", json=body) as response:
+                    await response.read()
+                    retry = "Retry-After" in response.headers
+                    results.append((response.status, time.monotonic() - started, retry))
+                    if response.status == 503:
+                        await asyncio.sleep(min(float(response.headers.get("Retry-After", 1)), 1))
+            except (aiohttp.ClientError, TimeoutError):
+                results.append((0, time.monotonic() - started, False))
+            n += 7
+
+    timeout = aiohttp.ClientTimeout(total=90)
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
+    ) as session:
+        await asyncio.gather(*(client(i, session) for i in range(clients)))
+    return results
+
+
+def summarise(results: list[tuple], clients: int, seconds: float) -> dict:
+    statuses = Counter(status for status, _, _ in results)
+    ok = [latency for status, latency, _ in results if status == 200]
+    shed = [latency for status, latency, _ in results if status == 503]
+    return {
+        "clients": clients,
+        "answers": len(results),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "throughput_ok_rps": round(len(ok) / seconds, 2),
+        "ok_p50_s": round(statistics.median(ok), 3) if ok else None,
+        "ok_p99_s": round(p99(ok), 3) if ok else None,
+        "shed_p99_s": round(p99(shed), 3) if shed else None,
+        "503_without_retry_after": sum(1 for s, _, r in results if s == 503 and not r),
+    }
+
+
+def start_app(config: Path, http_port: int, image_port: int) -> None:
+    import ray
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    document = yaml.safe_load(config.read_text())
+    document["http_options"] = {"host": "127.0.0.1", "port": http_port, "request_timeout_s": 60}
+    fetch = document["applications"][0]["args"].setdefault("fetch", {})
+    fetch.setdefault("allow_private_networks", ["127.0.0.1/32"])
+    if "allowed_ports" in fetch or "allowed_ports" in _fetch_fields():
+        fetch["allowed_ports"] = sorted({80, 443, image_port, *fetch.get("allowed_ports", [])})
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(document))
+
+
+def _fetch_fields() -> set[str]:
+    from clipfleet.config import FetchLimits
+
+    return set(FetchLimits.model_fields)
+
+
+def wait_ready(url: str, timeout_s: float = 600) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(2)
+    raise RuntimeError(f"not ready within {timeout_s} s")
+
+
+def run(config: Path, seconds: float) -> dict:
+    import os
+
+    os.environ["CLIPFLEET_RANDOM_WEIGHTS"] = "1"
+    image_port, http_port = free_port(), free_port()
+    images = subprocess.Popen(
+        [sys.executable, "-m", "loadtests.images", "--port", str(image_port)],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        start_app(config, http_port, image_port)
+        url = f"http://127.0.0.1:{http_port}"
+        wait_ready(url)
+        asyncio.run(closed_loop(url, image_port, CAPACITY_CLIENTS, 5))  # warm-up
+        capacity = summarise(
+            asyncio.run(closed_loop(url, image_port, CAPACITY_CLIENTS, seconds)),
+            CAPACITY_CLIENTS,
+            seconds,
+        )
+        clients = 8 * CAPACITY_CLIENTS
+        overload = summarise(
+            asyncio.run(closed_loop(url, image_port, clients, seconds)), clients, seconds
+        )
+    finally:
+        stop(images)
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+    limit = 3 * capacity["ok_p99_s"] if capacity["ok_p99_s"] else None
+    others = {k: v for k, v in overload["statuses"].items() if k not in ("200", "503")}
+    return {
+        "config": str(config),
+        "seconds": seconds,
+        "capacity": capacity,
+        "overload": overload,
+        "criteria": {
+            "no_504": overload["statuses"].get("504", 0) == 0,
+            "admitted_p99_within_3x_capacity_p99": bool(
+                limit and overload["ok_p99_s"] and overload["ok_p99_s"] <= limit
+            ),
+            "every_non_200_is_503_with_retry_after": not others
+            and overload["503_without_retry_after"] == 0,
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "loadtests" / "bench_config.yaml")
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--out", type=Path)
+    options = parser.parse_args()
+    report = run(options.config, options.seconds)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if options.out:
+        options.out.parent.mkdir(parents=True, exist_ok=True)
+        options.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

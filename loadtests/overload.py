@@ -4,7 +4,8 @@
                                  [--out results/overload.json]          # or: make overload
 
 Starts its own local Ray + Serve (the config's app, random weights, HTTP on a free loopback
-port) and a loopback image server, then runs POST /v1/score (one image by URL) closed-loop:
+port), then runs POST /v1/score (one inline 640 x 480 image and a text) closed-loop; a client
+that gets a 503 waits its Retry-After (at most 1 s) before the next request:
 
 1. capacity: 32 clients (the throughput plateau on a 2-core machine, issue 14): throughput
    and latency percentiles;
@@ -19,10 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,11 +30,14 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from loadtests.processes import stop
+from loadtests.images import make_image
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["a photo of a cat", "a dog on a beach", "a red car", "a bowl of fruit"]
 CAPACITY_CLIENTS = 32
+# Inline images: an image server on this same loaded machine would fail fetches (502s) and
+# measure itself rather than clipfleet. 8 distinct 640 x 480 pictures, encoder cache off.
+IMAGES = [base64.b64encode(make_image(1 + 6 * i)[0]).decode() for i in range(8)]
 
 
 def free_port() -> int:
@@ -51,7 +54,7 @@ def p99(values: list[float]) -> float | None:
     return statistics.quantiles(values, n=100)[98]
 
 
-async def closed_loop(url: str, image_port: int, clients: int, seconds: float) -> list[tuple]:
+async def closed_loop(url: str, clients: int, seconds: float) -> list[tuple]:
     """(status, seconds, has Retry-After) for every answer; errors as status 0."""
     results: list[tuple[int, float, bool]] = []
     deadline = time.monotonic() + seconds
@@ -59,8 +62,8 @@ async def closed_loop(url: str, image_port: int, clients: int, seconds: float) -
     async def client(worker: int, session: aiohttp.ClientSession) -> None:
         n = worker
         while time.monotonic() < deadline:
-            image = f"http://127.0.0.1:{image_port}/img/{n % 64}.{('jpg', 'png', 'webp')[n % 3]}"
-            body = {"pairs": [{"image": {"url": image}, "text": TEXTS[n % len(TEXTS)]}]}
+            image = IMAGES[n % len(IMAGES)]
+            body = {"pairs": [{"image": {"base64": image}, "text": TEXTS[n % len(TEXTS)]}]}
             started = time.monotonic()
             try:
                 async with session.post(f"{url}/v1/score", json=body) as response:
@@ -97,7 +100,7 @@ def summarise(results: list[tuple], clients: int, seconds: float) -> dict:
     }
 
 
-def start_app(config: Path, http_port: int, image_port: int) -> None:
+def start_app(config: Path, http_port: int) -> None:
     import ray
     from ray import serve
     from ray.serve.context import _get_global_client
@@ -105,19 +108,9 @@ def start_app(config: Path, http_port: int, image_port: int) -> None:
 
     document = yaml.safe_load(config.read_text())
     document["http_options"] = {"host": "127.0.0.1", "port": http_port, "request_timeout_s": 60}
-    fetch = document["applications"][0]["args"].setdefault("fetch", {})
-    fetch.setdefault("allow_private_networks", ["127.0.0.1/32"])
-    if "allowed_ports" in fetch or "allowed_ports" in _fetch_fields():
-        fetch["allowed_ports"] = sorted({80, 443, image_port, *fetch.get("allowed_ports", [])})
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(document))
-
-
-def _fetch_fields() -> set[str]:
-    from clipfleet.config import FetchLimits
-
-    return set(FetchLimits.model_fields)
 
 
 def wait_ready(url: str, timeout_s: float = 600) -> None:
@@ -138,30 +131,20 @@ def run(config: Path, seconds: float) -> dict:
     import os
 
     os.environ["CLIPFLEET_RANDOM_WEIGHTS"] = "1"
-    image_port, http_port = free_port(), free_port()
-    images = subprocess.Popen(
-        [sys.executable, "-m", "loadtests.images", "--port", str(image_port)],
-        cwd=ROOT,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    http_port = free_port()
     try:
-        start_app(config, http_port, image_port)
+        start_app(config, http_port)
         url = f"http://127.0.0.1:{http_port}"
         wait_ready(url)
-        asyncio.run(closed_loop(url, image_port, CAPACITY_CLIENTS, 5))  # warm-up
+        asyncio.run(closed_loop(url, CAPACITY_CLIENTS, 5))  # warm-up
         capacity = summarise(
-            asyncio.run(closed_loop(url, image_port, CAPACITY_CLIENTS, seconds)),
+            asyncio.run(closed_loop(url, CAPACITY_CLIENTS, seconds)),
             CAPACITY_CLIENTS,
             seconds,
         )
         clients = 8 * CAPACITY_CLIENTS
-        overload = summarise(
-            asyncio.run(closed_loop(url, image_port, clients, seconds)), clients, seconds
-        )
+        overload = summarise(asyncio.run(closed_loop(url, clients, seconds)), clients, seconds)
     finally:
-        stop(images)
         import ray
         from ray import serve
 

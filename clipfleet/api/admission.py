@@ -22,7 +22,7 @@ class AdmissionMiddleware(HttpMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limits = api_limits()
-        retry_after = self.admission.admit(limits.shed_wait_s)
+        retry_after = self.admission.admit(limits.admission_wait_s)
         if retry_after is not None:
             message = "the service is at capacity; retry shortly"
             headers = {"Retry-After": str(int(retry_after))}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -172,10 +173,16 @@ def use_backend(factory) -> None:
     _created.clear()
 
 
+_creating = threading.Lock()  # sync deployment methods record from Serve's thread pool
+
+
 def _metric(name: str) -> Any:
     metric = _created.get(name)
     if metric is None:
-        metric = _created[name] = _backend(SPECS_BY_NAME[name])
+        with _creating:
+            metric = _created.get(name)
+            if metric is None:
+                metric = _created[name] = _backend(SPECS_BY_NAME[name])
     return metric
 
 

@@ -38,7 +38,7 @@ class Admission:
             self.in_flight += 1
             return None
         self.shed += 1
-        return float(max(1, math.ceil(expected - max_wait_s)))
+        return float(max(1, math.ceil(expected - max_wait_s)))  # until the excess has drained
 
     def started(self) -> float:
         return self._clock()

@@ -5,7 +5,7 @@
 
 Starts its own local Ray + Serve (the config's app, random weights, HTTP on a free loopback
 port), then runs POST /v1/score (one inline 640 x 480 image and a text) closed-loop; a client
-that gets a 503 waits its Retry-After (at most 1 s) before the next request:
+that gets a 503 waits its Retry-After (at most 10 s) before the next request:
 
 1. capacity: 32 clients (the throughput plateau on a 2-core machine, issue 14): throughput
    and latency percentiles;
@@ -71,7 +71,8 @@ async def closed_loop(url: str, clients: int, seconds: float) -> list[tuple]:
                     retry = "Retry-After" in response.headers
                     results.append((response.status, time.monotonic() - started, retry))
                     if response.status == 503:
-                        await asyncio.sleep(min(float(response.headers.get("Retry-After", 1)), 1))
+                        retry_after = float(response.headers.get("Retry-After", 1))
+                        await asyncio.sleep(min(retry_after, 10))
             except (aiohttp.ClientError, TimeoutError):
                 results.append((0, time.monotonic() - started, False))
             n += 7

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -46,6 +47,10 @@ class Ingress:
         )
         set_service(self.service)
         self._background: list[asyncio.Task] = []
+        # Serve runs the constructor on the replica's event loop; reconfigure (async) starts
+        # the background tasks otherwise.
+        with contextlib.suppress(RuntimeError):
+            self._start_background()
 
     async def reconfigure(self, user_config: dict) -> None:
         """user_config: TrafficConfig (variant weights, rollback policy); validated, unknown

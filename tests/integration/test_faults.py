@@ -182,18 +182,20 @@ def test_killed_replica_mid_forward_costs_time_not_errors(serve_apps, fault_args
 
     with ThreadPoolExecutor(KILL_CLIENTS) as pool:
         futures = [pool.submit(load, worker) for worker in range(KILL_CLIENTS)]
-        time.sleep(4)
-        killed_at = time.monotonic()
-        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-        wait_for(
-            lambda: set(encoder_replicas()) - original and running_encoders() == REPLICAS,
-            30,
-            interval_s=0.5,
-            message="replica replaced within 30 s",
-        )
-        replaced_at = time.monotonic()
-        time.sleep(6)
-        stop_at[0] = time.monotonic()
+        try:
+            time.sleep(4)
+            killed_at = time.monotonic()
+            ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+            wait_for(
+                lambda: set(encoder_replicas()) - original and running_encoders() == REPLICAS,
+                30,
+                interval_s=0.5,
+                message="replica replaced within 30 s",
+            )
+            replaced_at = time.monotonic()
+            time.sleep(6)
+        finally:
+            stop_at[0] = time.monotonic()  # the clients stop, whatever happened
         for future in futures:
             future.result()
     before = [r for r in results if r[1] < killed_at]

@@ -47,8 +47,8 @@ class Ingress:
         )
         set_service(self.service)
         self._background: list[asyncio.Task] = []
-        # Serve runs the constructor on the replica's event loop; reconfigure (async) starts
-        # the background tasks otherwise.
+        self._traffic_sync: asyncio.Task | None = None
+        # Serve runs the constructor on the replica's event loop (else: at reconfigure).
         with contextlib.suppress(RuntimeError):
             self._start_background()
 
@@ -59,6 +59,12 @@ class Ingress:
         self.service.apply_traffic(TrafficConfig(**(user_config or {})))
         if not self._background:
             self._start_background()
+        if self._traffic_sync is None:
+            # Only now: a replica syncing with the default config (before its user_config)
+            # would take the defaults for an operator's weight change and reset the rollbacks.
+            # Without a user_config there is no canary weight, so nothing to sync.
+            loop = asyncio.get_running_loop()
+            self._traffic_sync = loop.create_task(keep_synced(self.service.traffic, _on_rollback))
 
     def _start_background(self) -> None:
         loop = asyncio.get_running_loop()
@@ -68,10 +74,7 @@ class Ingress:
         }
         self.service.readiness_view = ReadinessView(checks)
         self.service.readiness_view.start()
-        self._background = [
-            loop.create_task(keep_synced(self.service.traffic, _on_rollback)),
-            loop.create_task(self._keep_gauges_fresh()),
-        ]
+        self._background = [loop.create_task(self._keep_gauges_fresh())]
 
     async def _keep_gauges_fresh(self) -> None:
         """The clipfleet_traffic_weight gauge (per replica: Ray labels it with `replica`),

@@ -54,8 +54,11 @@ def p99(values: list[float]) -> float | None:
     return statistics.quantiles(values, n=100)[98]
 
 
-async def closed_loop(url: str, clients: int, seconds: float) -> list[tuple]:
-    """(status, seconds, has Retry-After) for every answer; errors as status 0."""
+async def closed_loop(
+    url: str, clients: int, seconds: float, probes: list[int] | None = None
+) -> list[tuple]:
+    """(status, seconds, has Retry-After) for every answer; errors as status 0. With `probes`,
+    GET /readyz once a second meanwhile and note its statuses there."""
     results: list[tuple[int, float, bool]] = []
     deadline = time.monotonic() + seconds
 
@@ -81,7 +84,18 @@ async def closed_loop(url: str, clients: int, seconds: float) -> list[tuple]:
     async with aiohttp.ClientSession(
         timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
     ) as session:
-        await asyncio.gather(*(client(i, session) for i in range(clients)))
+
+        async def probe() -> None:
+            while time.monotonic() < deadline:
+                try:
+                    async with session.get(f"{url}/readyz") as response:
+                        probes.append(response.status)
+                except (aiohttp.ClientError, TimeoutError):
+                    probes.append(0)
+                await asyncio.sleep(1)
+
+        extra = [probe()] if probes is not None else []
+        await asyncio.gather(*(client(i, session) for i in range(clients)), *extra)
     return results
 
 
@@ -144,7 +158,10 @@ def run(config: Path, seconds: float) -> dict:
             seconds,
         )
         clients = 8 * CAPACITY_CLIENTS
-        overload = summarise(asyncio.run(closed_loop(url, clients, seconds)), clients, seconds)
+        probes: list[int] = []
+        answers = asyncio.run(closed_loop(url, clients, seconds, probes))
+        overload = summarise(answers, clients, seconds)
+        overload["readyz_statuses"] = {str(k): v for k, v in sorted(Counter(probes).items())}
     finally:
         import ray
         from ray import serve
@@ -165,6 +182,7 @@ def run(config: Path, seconds: float) -> dict:
             ),
             "every_non_200_is_503_with_retry_after": not others
             and overload["503_without_retry_after"] == 0,
+            "readyz_stays_200": set(overload["readyz_statuses"]) == {"200"},
         },
     }
 

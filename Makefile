@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= serve_config.yaml
 
 .PHONY: install run test test-unit test-integration test-e2e lint format weights clean \
-	loadtest loadtest-ui bench cluster-sync
+	loadtest loadtest-ui bench overload cluster-sync
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ loadtest-ui: $(STAMP)
 bench: $(STAMP)
 	mkdir -p $(RESULTS)
 	$(BIN)/python -m loadtests.bench --out $(RESULTS)/bench.json
+
+# Overload: 32 clients (capacity), then 8 x 32; shedding figures (docs/fleet.md).
+overload: $(STAMP)
+	mkdir -p $(RESULTS)
+	$(BIN)/python -m loadtests.overload --out $(RESULTS)/overload.json
 
 # Copy serve_config.yaml / cluster/serve_config.gpu.yaml into the RayService manifests.
 cluster-sync: $(STAMP)

@@ -199,6 +199,15 @@ class ApiLimits(StrictModel):
     # Whole-request deadline in the ingress (504 after it); keep it below the proxy's
     # http_options.request_timeout_s so clients get the JSON envelope, not the proxy's 408.
     request_timeout_s: float = Field(30.0, gt=0, le=600)
+    # Overload: a work request expected to wait longer than this (from this ingress replica's
+    # measured latency and concurrency) is refused at once with 503 + Retry-After. Unset: a
+    # quarter of request_timeout_s. About 2 x the p99 at capacity keeps the admitted requests'
+    # p99 within 3 x it (measure with loadtests/overload.py).
+    shed_wait_s: float | None = Field(None, gt=0, le=600)
+
+    @property
+    def admission_wait_s(self) -> float:
+        return self.shed_wait_s or self.request_timeout_s / 4
 
 
 class AuthConfig(StrictModel):

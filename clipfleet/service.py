@@ -10,17 +10,28 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
-from clipfleet.config import STABLE_VARIANT, AppArgs, ClipModelSpec, ResNetSpec
+from clipfleet.config import (
+    STABLE_VARIANT,
+    AppArgs,
+    ClipModelSpec,
+    ResNetSpec,
+    clip_deployment_name,
+    multiplexed_deployment_name,
+    resnet_deployment_name,
+)
 from clipfleet.errors import InvalidRequestError, find_clipfleet_error
+from clipfleet.fanout import Judged, gather_items, raise_for
+from clipfleet.fanout import once_more_if_replica_lost as again
 from clipfleet.fetch import ImageSource
 from clipfleet.multiplex import MultiplexedProfiles
+from clipfleet.readiness import ReadinessView
 from clipfleet.scoring import ScoreSemantics
 from clipfleet.traffic import TrafficConfig, TrafficManager
 
@@ -60,23 +71,6 @@ class Profile:
         return self.clip_labels[STABLE_VARIANT]
 
 
-def raise_for(exc: BaseException, param: str) -> NoReturn:
-    """Re-raise `exc`, pointing a client-facing error at the request field that caused it."""
-    error = find_clipfleet_error(exc)
-    if error is not None:
-        raise error.at_param(param) from exc
-    raise exc
-
-
-async def gather_items(responses: Sequence[Awaitable], field: str) -> list:
-    """Await per-item responses; the first failure is re-raised naming its item (`images[2]`)."""
-    results = await asyncio.gather(*responses, return_exceptions=True)
-    for index, result in enumerate(results):
-        if isinstance(result, BaseException):
-            raise_for(result, f"{field}[{index}]")
-    return results
-
-
 def render_prompt(template: str, label: str) -> str:
     return template.replace("{label}", label)
 
@@ -97,6 +91,7 @@ class ClipfleetService:
         clip_encoders: dict[str, dict[str, Any]],
         resnet_encoders: dict[str, Any],
         multiplexed_encoders: dict[str, Any] | None = None,
+        traffic: TrafficManager | None = None,
     ) -> None:
         self.args = args
         self.fetcher = fetcher
@@ -111,14 +106,21 @@ class ClipfleetService:
             )
             for name, spec in args.profiles.items()
         }
-        self.traffic = TrafficManager({n: list(p.variants) for n, p in args.profiles.items()})
-        self.rollback_listeners: list[Callable[[str, str, str], None]] = []
+        self.traffic = traffic or TrafficManager(
+            {n: list(p.variants) for n, p in args.profiles.items()}
+        )
         self._logit_scales: dict[tuple[str, str], float] = {}
         self._semantics: dict[tuple[str, str], ScoreSemantics] = {}
         self.multiplexed = MultiplexedProfiles(args.multiplexed, multiplexed_encoders or {})
+        self.readiness_view: ReadinessView | None = None
 
     def apply_traffic(self, config: TrafficConfig) -> None:
         self.traffic.apply(config)
+
+    def traffic_view(self) -> dict:
+        """The application's traffic state (every replica reports the same): per profile,
+        per variant weights, rollback, windowed outcomes."""
+        return self.traffic.view()
 
     # -- validation and routing -------------------------------------------------------------
     def profile(self, name: str | None) -> Profile:
@@ -132,6 +134,7 @@ class ClipfleetService:
         return self.profiles[name]
 
     def route(self, profile_name: str | None, routing: Routing | None) -> tuple[Profile, str]:
+        """The profile and variant to serve; an explicitly pinned variant is honoured."""
         routing = routing or Routing()
         if routing.model_id is not None or profile_name in self.multiplexed:
             return self.multiplexed_route(profile_name or self.args.default_profile, routing)
@@ -173,28 +176,34 @@ class ClipfleetService:
                 )
 
     @contextlib.asynccontextmanager
-    async def _observed(self, profile: Profile, variant: str) -> AsyncIterator[None]:
-        """Feed the request's outcome to the canary guard (client mistakes don't count)."""
+    async def _observed(
+        self, profile: Profile, variant: str, routing: Routing | None
+    ) -> AsyncIterator[Judged]:
+        """Feed the request's outcome to the canary guard. Client mistakes and requests pinned
+        to a variant don't count (a client must not be able to steer a rollback)."""
         if profile.name in self.multiplexed:  # no canary split to guard
-            yield
+            yield Judged()
             return
         started = time.monotonic()
+        judged = Judged()
         ok: bool | None = True
+        if routing is not None and routing.variant is not None:
+            ok = None
         try:
-            yield
+            yield judged
         except asyncio.CancelledError:
             ok = None  # the client went away
             raise
         except Exception as exc:
-            ok = False if counts_against_variant(exc) else None
+            ok = None if ok is None or not counts_against_variant(exc) else False
             exc.clipfleet_served = (profile.name, variant)  # error responses name it too
             raise
         finally:
             if ok is not None:
-                latency_s = time.monotonic() - started
-                reason = self.traffic.record(profile.name, variant, ok, latency_s)
-                for listener in self.rollback_listeners if reason else ():
-                    listener(profile.name, variant, reason)
+                latency_s = judged.encoder_s
+                if latency_s is None:
+                    latency_s = time.monotonic() - started
+                self.traffic.record(profile.name, variant, ok, latency_s)
 
     def _fetch(self, source: ImageSource):
         return self.fetcher.fetch.remote(source)
@@ -217,15 +226,24 @@ class ClipfleetService:
                     "multiplexed profiles serve CLIP models only", "encoder", status=422
                 )
             profile = self.profile(profile_name)
-            responses = [profile.resnet.embed_image.remote(self._fetch(s)) for s in sources]
+            resnet = profile.resnet
+            responses = [
+                again(lambda s=s: resnet.embed_image.remote(self._fetch(s))) for s in sources
+            ]
             vectors = await gather_items(responses, "images")
             body = _embedding_body(vectors, encoder)
             return self._served(profile, STABLE_VARIANT, profile.resnet_label, **body)
         profile, variant = self.route(profile_name, routing)
         clip = profile.clip[variant]
-        async with self._observed(profile, variant):
-            responses = [clip.embed_image.remote(self._fetch(source)) for source in sources]
-            vectors = await gather_items(responses, "images")
+        async with self._observed(profile, variant, routing) as judged:
+            responses = [
+                again(lambda s=source: clip.embed_image.remote(self._fetch(s), timed=True))
+                for source in sources
+            ]
+            vectors = []
+            for vector, seconds in await gather_items(responses, "images"):
+                vectors.append(vector)
+                judged.add(seconds)
         body = _embedding_body(vectors, encoder)
         return self._served(profile, variant, profile.clip_labels[variant], **body)
 
@@ -241,10 +259,10 @@ class ClipfleetService:
         self.check_texts(texts, "texts")
         profile, variant = self.route(profile_name, routing)
         clip = profile.clip[variant]
-        async with self._observed(profile, variant):
-            calls = [clip.embed_texts.remote(list(texts))]
+        async with self._observed(profile, variant, routing):
+            calls = [again(lambda: clip.embed_texts.remote(list(texts)))]
             if count_tokens:
-                calls.append(clip.count_tokens.remote(list(texts)))
+                calls.append(again(lambda: clip.count_tokens.remote(list(texts))))
             matrix, *token_counts = await asyncio.gather(*calls)
         body = _embedding_body(list(matrix), "clip")
         if count_tokens:
@@ -261,18 +279,28 @@ class ClipfleetService:
         self.check_texts([text for _, text in pairs], "pairs")
         profile, variant = self.route(profile_name, routing)
         clip = profile.clip[variant]
-        async with self._observed(profile, variant):
+
+        async def score_pair(
+            source: ImageSource, text: str, judged: Judged, extra: dict[str, Any]
+        ) -> dict:
+            text_vector = clip.embed_text.remote(text)
+            try:
+                image_vector, seconds = await clip.embed_image.remote(
+                    self._fetch(source), timed=True
+                )
+            except BaseException:
+                text_vector.cancel()
+                raise
+            judged.add(seconds)
+            return await self.scorer.score_pair.remote(image_vector, text_vector, **extra)
+
+        async with self._observed(profile, variant, routing) as judged:
             semantics = await self.semantics(profile, variant)
             extra = {"semantics": semantics} if semantics.activation != "softmax" else {}
-            responses = [
-                self.scorer.score_pair.remote(
-                    clip.embed_image.remote(self._fetch(source)),
-                    clip.embed_text.remote(text),
-                    **extra,
-                )
-                for source, text in pairs
-            ]
-            results = await gather_items(responses, "pairs")
+            results = await gather_items(
+                [again(lambda s=s, t=t: score_pair(s, t, judged, extra)) for s, t in pairs],
+                "pairs",
+            )
         label = profile.clip_labels[variant]
         body = {"results": results, "activation": semantics.activation}
         return self._served(profile, variant, label, **body)
@@ -302,21 +330,30 @@ class ClipfleetService:
         profile, variant = self.route(profile_name, routing)
         clip = profile.clip[variant]
         prompts = [render_prompt(template, label) for label in labels]
-        async with self._observed(profile, variant):
-            semantics = await self.semantics(profile, variant)
+        top_k = min(top_k, self.args.limits.max_top_k, len(labels))
+
+        async def tag_image(judged: Judged, semantics: ScoreSemantics) -> list[dict]:
             extra = {}
             if semantics.activation != "softmax":
                 extra = {"activation": semantics.activation, "logit_bias": semantics.logit_bias}
                 extra["threshold"] = threshold
+            label_vectors = clip.embed_texts.remote(prompts)
             try:
-                tags = await self.scorer.tag.remote(
-                    clip.embed_image.remote(self._fetch(source)),
-                    clip.embed_texts.remote(prompts),
-                    labels,
-                    semantics.logit_scale,
-                    min(top_k, self.args.limits.max_top_k, len(labels)),
-                    **extra,
+                image_vector, seconds = await clip.embed_image.remote(
+                    self._fetch(source), timed=True
                 )
+            except BaseException:
+                label_vectors.cancel()
+                raise
+            judged.add(seconds)
+            return await self.scorer.tag.remote(
+                image_vector, label_vectors, labels, semantics.logit_scale, top_k, **extra
+            )
+
+        async with self._observed(profile, variant, routing) as judged:
+            semantics = await self.semantics(profile, variant)
+            try:
+                tags = await again(lambda: tag_image(judged, semantics))
             except Exception as exc:
                 raise_for(exc, "image")
         label = profile.clip_labels[variant]
@@ -353,7 +390,7 @@ class ClipfleetService:
         profiles = {}
         for name, profile in self.profiles.items():
             spec = self.args.profiles[name]
-            traffic = self.traffic.status(name)
+            traffic = self.traffic_view()[name]
             variants = dict(
                 zip(
                     profile.clip,
@@ -387,25 +424,37 @@ class ClipfleetService:
             "default_profile": self.args.default_profile,
             "random_weights": any(random_flags),
             "rollback_policy": self.traffic.policy.model_dump(),
+            "traffic_state": self.traffic.shared_state(),
             "profiles": profiles,
             **(
                 {"multiplexed": await self.multiplexed_models()} if self.multiplexed.handles else {}
             ),
         }
 
-    async def readiness(self) -> tuple[bool, dict]:
-        """Ask every deployment to answer `describe` (encoders answer only after warm-up)."""
-        checks: dict[str, Awaitable] = {
-            "image_fetcher": self.fetcher.describe.remote(),
-            "scorer": self.scorer.describe.remote(),
+    def deployment_checks(self) -> dict[str, tuple[str, Any]]:
+        """{readiness key: (deployment name, handle)} for every deployment."""
+        checks = {
+            "image_fetcher": ("ImageFetcher", self.fetcher),
+            "scorer": ("Scorer", self.scorer),
         }
         for name, profile in self.profiles.items():
             for variant, handle in profile.clip.items():
                 suffix = "" if variant == STABLE_VARIANT else f".{variant}"
-                checks[f"{name}.clip{suffix}"] = handle.describe.remote()
-            checks[f"{name}.resnet"] = profile.resnet.describe.remote()
+                checks[f"{name}.clip{suffix}"] = (clip_deployment_name(name, variant), handle)
+            resnet = resnet_deployment_name(self.args.profiles[name].resnet)
+            checks[f"{name}.resnet"] = (resnet, profile.resnet)
         for name, handle in self.multiplexed.items():
-            checks[f"{name}.multiplexed"] = handle.describe.remote()
+            checks[f"{name}.multiplexed"] = (multiplexed_deployment_name(name), handle)
+        return checks
+
+    async def readiness(self) -> tuple[bool, dict]:
+        """Inside Serve: the background-refreshed view (ReadinessView). Elsewhere (the local
+        graph): ask every deployment to answer `describe` (encoders answer after warm-up)."""
+        if self.readiness_view is not None:
+            return self.readiness_view.current()
+        checks: dict[str, Awaitable] = {
+            key: handle.describe.remote() for key, (_, handle) in self.deployment_checks().items()
+        }
         answers = await asyncio.gather(
             *(asyncio.wait_for(_awaited(check), READINESS_TIMEOUT_S) for check in checks.values()),
             return_exceptions=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import Counter
 from typing import Any
 
@@ -55,8 +56,9 @@ class BatchedImageEncoder:
         self.warmup_seconds = self.model.warmup()
         process_resources()  # starts this process's CPU % window
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """user_config: EncoderConfig (batching, fault injection); unknown keys are rejected."""
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """user_config: EncoderConfig (batching, fault injection); unknown keys are rejected.
+        Async: it runs on the event loop, never on a thread beside the requests."""
         config = EncoderConfig(**(user_config or {}))
         for batched in self._batched_methods():
             batched.set_max_batch_size(config.max_batch_size)
@@ -77,7 +79,16 @@ class BatchedImageEncoder:
         return [self._image_batch]
 
     @traced("encoder.embed_image")
-    async def embed_image(self, image: np.ndarray) -> np.ndarray:
+    async def embed_image(
+        self, image: np.ndarray, timed: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, float]:
+        """The embedding; with `timed`, (embedding, seconds this replica spent on it: queue,
+        preprocess and forward), the latency the ingress judges a canary on."""
+        started = time.perf_counter()
+        vector = await self._embed_image(image)
+        return (vector, time.perf_counter() - started) if timed else vector
+
+    async def _embed_image(self, image: np.ndarray) -> np.ndarray:
         await self._inject_faults()
         key = image_key(image)
         vector = self._cached(key, "image")
@@ -108,7 +119,7 @@ class BatchedImageEncoder:
         metrics.record_batch(kind, size)
         metrics.record_stage("encode", seconds)
 
-    def describe(self) -> dict[str, Any]:
+    async def describe(self) -> dict[str, Any]:
         context = serve.get_replica_context()
         return {
             **self.model.info.as_dict(),

@@ -63,9 +63,9 @@ class ClipEncoder(BatchedImageEncoder):
     async def _text_batch(self, texts: list[str]) -> list[np.ndarray]:
         return await self.scheduler.run("text", texts)
 
-    def describe(self) -> dict:
+    async def describe(self) -> dict:
         return {
-            **super().describe(),
+            **(await super().describe()),
             "logit_scale": self.model.logit_scale,
             "semantics": self.model.semantics.as_dict(),
         }

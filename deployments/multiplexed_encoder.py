@@ -10,6 +10,7 @@ clipfleet.multiplex (no bad id or failing checkpoint ever evicts a loaded model)
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,7 @@ class MultiplexedClipEncoderBase:
             raise InvalidRequestError("name a model as <profile>:<model-id>", "model", status=422)
         return await self.pool.get(model_id, self._lru_get, self._lru_models, count=count)
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """user_config: EncoderConfig (batching, cache); unknown keys are rejected."""
         config = EncoderConfig(**(user_config or {}))
         for batched in (self._image_batch, self._text_batch):
@@ -78,7 +79,15 @@ class MultiplexedClipEncoderBase:
         return vector
 
     @traced("multiplexed.embed_image")
-    async def embed_image(self, image: np.ndarray) -> np.ndarray:
+    async def embed_image(
+        self, image: np.ndarray, timed: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, float]:
+        """As ClipEncoder.embed_image: with `timed`, also the seconds spent here."""
+        started = time.perf_counter()
+        vector = await self._embed_image(image)
+        return (vector, time.perf_counter() - started) if timed else vector
+
+    async def _embed_image(self, image: np.ndarray) -> np.ndarray:
         loaded = await self._model()
         key = _model_key(loaded.model_id) + image_key(image)  # the same image, per model
         vector = self._cached(key, "image")
@@ -140,7 +149,7 @@ class MultiplexedClipEncoderBase:
         """The requested model's score semantics (activation, logit_scale, logit_bias)."""
         return (await self._model(count=False)).model.semantics.as_dict()
 
-    def describe(self) -> dict[str, Any]:
+    async def describe(self) -> dict[str, Any]:
         """The replica's pool: resident models (LRU first), loads, hits, evictions, failures."""
         context = serve.get_replica_context()
         return {

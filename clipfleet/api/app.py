@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from clipfleet.api import compat, routes_health, routes_openai, routes_status, routes_v1
+from clipfleet.api.admission import AdmissionMiddleware
 from clipfleet.api.auth import AuthMiddleware, declared_api_key
 from clipfleet.api.errors import error_response, handle_exception
 from clipfleet.api.middleware import (
@@ -75,6 +76,7 @@ def create_app() -> FastAPI:
     # context (ids, errors), and CORS outermost so preflights and errors carry its headers.
     app.add_middleware(ServeRejectionMiddleware)
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(AdmissionMiddleware)  # shed work that could not finish in time
     app.add_middleware(AuthMiddleware)
     app.add_middleware(DeadlineMiddleware)
 

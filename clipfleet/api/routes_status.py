@@ -19,6 +19,8 @@ from fastapi import APIRouter, Depends
 from clipfleet.api.deps import get_service
 from clipfleet.config import STABLE_VARIANT, clip_deployment_name, resnet_deployment_name
 from clipfleet.observability.resources import process_resources, system_resources
+from clipfleet.serve_state import deployment_states
+from clipfleet.serve_state import running_replicas as _running
 from clipfleet.service import ClipfleetService
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -35,31 +37,6 @@ REPLICA_KEYS = (
     "torch_threads",
     "process",
 )
-
-
-def _deployment_states() -> tuple[str | None, dict[str, dict] | None]:
-    """(application, {deployment: {status, replicas: {state: count}}}); (None, None) outside
-    a Serve replica (the Ray-free local graph)."""
-    from ray.serve.context import _get_internal_replica_context
-
-    replica = _get_internal_replica_context()
-    if replica is None:
-        return None, None
-    from ray import serve
-
-    application = serve.status().applications.get(replica.app_name)
-    deployments = application.deployments if application else {}
-    return replica.app_name, {
-        name: {
-            "status": _text(state.status),
-            "replicas": {_text(key): count for key, count in state.replica_states.items()},
-        }
-        for name, state in deployments.items()
-    }
-
-
-def _text(value: Any) -> str:
-    return str(getattr(value, "value", value))
 
 
 def encoder_handles(service: ClipfleetService) -> dict[str, dict[str, Any]]:
@@ -106,12 +83,6 @@ async def _describe(handle: Any) -> dict:
     return await handle.describe.remote()
 
 
-def _running(deployments: dict[str, dict] | None, name: str) -> int | None:
-    if deployments is None or name not in deployments:
-        return None
-    return deployments[name]["replicas"].get("RUNNING", 0)
-
-
 async def encoder_status(
     service: ClipfleetService, deployments: dict[str, dict] | None
 ) -> dict[str, dict]:
@@ -137,12 +108,12 @@ async def encoder_status(
 
 @router.get("/status")
 async def status(service: Annotated[ClipfleetService, Depends(get_service)]) -> dict:
-    application, deployments = await asyncio.to_thread(_deployment_states)
+    application, deployments = await asyncio.to_thread(deployment_states)
     return {
         **await service.models(),  # default_profile, random_weights, rollback_policy, profiles
         "application": application,
         "ingress": {"system": system_resources(), "process": process_resources()},
         "deployments": deployments,
         "encoders": await encoder_status(service, deployments),
-        "traffic": {name: service.traffic.status(name) for name in service.profiles},
+        "traffic": service.traffic_view(),
     }

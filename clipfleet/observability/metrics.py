@@ -16,7 +16,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,10 +188,16 @@ def use_backend(factory) -> None:
     _created.clear()
 
 
+_creating = threading.Lock()  # sync deployment methods record from Serve's thread pool
+
+
 def _metric(name: str) -> Any:
     metric = _created.get(name)
     if metric is None:
-        metric = _created[name] = _backend(SPECS_BY_NAME[name])
+        with _creating:
+            metric = _created.get(name)
+            if metric is None:
+                metric = _created[name] = _backend(SPECS_BY_NAME[name])
     return metric
 
 
@@ -297,20 +303,3 @@ def record_multiplexed(event: str, profile: str, load_seconds: float | None = No
             load_seconds,
             {"profile": profile},
         )
-
-
-GAUGE_REFRESH_S = 5.0
-
-
-def keep_gauges_fresh(refresh: Callable[[], None], interval_s: float = GAUGE_REFRESH_S) -> None:
-    """Call `refresh` now and then every interval on a daemon thread.
-
-    Ray 2.60 forgets a gauge series that is not set again within about two export intervals,
-    so a value that rarely changes (traffic weights) must be re-set periodically."""
-
-    def loop() -> None:
-        while True:
-            _safely(refresh)
-            time.sleep(interval_s)
-
-    threading.Thread(target=loop, name="clipfleet-gauges", daemon=True).start()

@@ -8,6 +8,7 @@ Every load run is bounded in requests and time, and every request has a client t
 from __future__ import annotations
 
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
@@ -28,6 +29,7 @@ ENCODER = "clip_fast"
 REPLICAS, MAX_ONGOING, MAX_QUEUED = 2, 4, 8
 CLIENT_TIMEOUT_S = 30
 TEXT = {"texts": ["a cat"]}
+KILL_LATENCY_S, KILL_CLIENTS = 0.5, REPLICAS * MAX_ONGOING
 
 
 @pytest.fixture(scope="module")
@@ -158,33 +160,71 @@ def test_overload_sheds_fast_and_memory_stays_bounded(serve_apps, fault_args, fa
     wait_for(lambda: timed_text_request(faults_url)[1] < 1.0, 60, message="latency removed")
 
 
-def test_killed_replica_gives_few_clean_503s_and_is_replaced(faults_url):
+def test_killed_replica_mid_forward_costs_time_not_errors(serve_apps, fault_args, faults_url):
+    """An encoder replica killed while its forwards are in flight (0.5 s injected latency):
+    what it held is answered within 5 s (sent again to the live replica), at most 1 % of what
+    is sent after the kill fails (a clean 503), nothing hangs, and throughput is back within
+    30 s (Serve replaces the replica)."""
+    deploy(serve_apps, fault_args, latency_s=KILL_LATENCY_S)
+    wait_for(lambda: timed_text_request(faults_url)[1] >= KILL_LATENCY_S, 60, message="latency")
     wait_for(lambda: running_encoders() == REPLICAS, 120, message="full capacity")
-    victim = encoder_replicas()[0]
-    results: list[tuple[int, float, requests.Response]] = []
+    original = set(encoder_replicas())
+    victim = sorted(original)[0]
+    results: list[tuple[float, float, int, requests.Response]] = []  # sent, answered, status
+    stop_at = [time.monotonic() + 600]
 
     def load(worker: int) -> None:
-        deadline = time.monotonic() + 12
-        for _ in range(60):
-            if time.monotonic() > deadline:
-                return
-            results.append(timed_text_request(faults_url))
+        while time.monotonic() < stop_at[0]:
+            sent = time.monotonic()
+            status, _, response = timed_text_request(faults_url)  # raises if it hangs
+            results.append((sent, time.monotonic(), status, response))
 
-    with ThreadPoolExecutor(6) as pool:
-        futures = [pool.submit(load, worker) for worker in range(6)]
-        time.sleep(3)
-        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    with ThreadPoolExecutor(KILL_CLIENTS) as pool:
+        futures = [pool.submit(load, worker) for worker in range(KILL_CLIENTS)]
+        try:
+            time.sleep(4)
+            killed_at = time.monotonic()
+            ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+            wait_for(
+                lambda: set(encoder_replicas()) - original and running_encoders() == REPLICAS,
+                30,
+                interval_s=0.5,
+                message="replica replaced within 30 s",
+            )
+            replaced_at = time.monotonic()
+            time.sleep(6)
+        finally:
+            stop_at[0] = time.monotonic()  # the clients stop, whatever happened
         for future in futures:
-            future.result()  # a hung request would raise requests.Timeout here
-    statuses = [status for status, _, _ in results]
-    assert set(statuses) <= {200, 503}, statuses
-    assert statuses.count(503) <= max(3, len(statuses) // 10), statuses
-    for status, seconds, response in results:
-        assert seconds < CLIENT_TIMEOUT_S
+            future.result()
+    before = [r for r in results if r[1] < killed_at]
+    in_flight = [r for r in results if r[0] < killed_at < r[1]]
+    after = [r for r in results if r[0] >= killed_at]
+    assert in_flight and all(answered - killed_at < 5 for _, answered, _, _ in in_flight)
+    failed = [r for r in after if r[2] != 200]
+    assert len(failed) <= len(after) // 100, [r[2] for r in failed]
+    for _, _, status, response in in_flight + after:
+        assert status in (200, 503), (status, response.text)
         if status == 503:
             assert_clean_503(response)
-    wait_for(lambda: running_encoders() == REPLICAS, 120, message="replica replaced")
-    assert victim not in encoder_replicas()
+    rate_before = len(before) / (killed_at - min(r[0] for r in results))
+    recovered = [r for r in results if r[1] > replaced_at + 1]
+    rate_after = len(recovered) / (stop_at[0] - replaced_at - 1)
+    timeline = Counter(int(answered - killed_at) for _, answered, _, _ in results)
+    assert rate_after >= 0.7 * rate_before, (
+        rate_before,
+        rate_after,
+        replaced_at - killed_at,
+        sorted(timeline.items()),
+    )
+    print(
+        f"encoder kill: {len(in_flight)} in flight, answered within "
+        f"{max(a - killed_at for _, a, _, _ in in_flight):.2f} s; {len(failed)}/{len(after)} "
+        f"failed after; replaced in {replaced_at - killed_at:.1f} s; "
+        f"{rate_before:.1f} -> {rate_after:.1f} req/s"
+    )
+    deploy(serve_apps, fault_args)
+    wait_for(lambda: timed_text_request(faults_url)[1] < KILL_LATENCY_S, 60, message="no latency")
     assert_healthy(faults_url)
 
 

@@ -30,8 +30,12 @@ def traffic_args(model_dir) -> AppArgs:
     return AppArgs(profiles={"fast": profile})
 
 
-def deploy(serve_apps, args, ingress_config, canary_config=None, stable_config=None):
-    overrides = [{"name": "Ingress", "user_config": ingress_config}]
+def deploy(
+    serve_apps, args, ingress_config, canary_config=None, stable_config=None, ingress_replicas=1
+):
+    overrides = [
+        {"name": "Ingress", "user_config": ingress_config, "num_replicas": ingress_replicas}
+    ]
     if canary_config is not None:
         overrides.append({"name": CANARY_DEPLOYMENT, "user_config": canary_config})
     if stable_config is not None:
@@ -139,3 +143,49 @@ def test_failing_canary_is_rolled_back_while_stable_never_fails(
     assert "error ratio" in canary["rollback_reason"]
     after = variants_for(traffic_url, [None] * 40)
     assert after == [(200, "stable")] * 40
+
+
+def models_view(url: str) -> dict:
+    return requests.get(f"{url}/v1/models", timeout=30).json()
+
+
+def test_rollback_is_the_apps_and_survives_replicas_and_redeploys(
+    serve_apps, traffic_args, traffic_url
+):
+    """Two ingress replicas share one traffic state: a redeploy with unchanged weights and a
+    killed (then replaced) ingress replica both leave the rolled-back canary rolled back."""
+    ingress = {
+        "weights": {"fast": {"stable": 60, "canary": 40}},
+        "rollback": {"min_requests": 10, "window_s": 120},
+    }
+    deploy(
+        serve_apps,
+        traffic_args,
+        ingress,
+        canary_config={"fault_error_ratio": 1.0},
+        ingress_replicas=2,
+    )
+    wait_for(lambda: len(replica_actor_ids("Ingress")) == 2, 120, message="2 ingress replicas")
+    wait_ready(traffic_url)
+    # Whichever replica answers, it reports the application's state: still rolled back.
+    for _ in range(20):
+        view = models_view(traffic_url)
+        canary = view["profiles"]["fast"]["clip"]["canary"]["traffic"]
+        assert canary["rolled_back"] and canary["weight"] == 0, view["traffic_state"]
+    status = requests.get(f"{traffic_url}/v1/status", timeout=30).json()
+    assert status["traffic"]["fast"]["canary"]["rolled_back"]
+    metrics = requests.get(f"{traffic_url}/evaluator/metrics", timeout=30).text
+    assert 'clipfleet_compat_canary_rolled_back{profile="fast",variant="canary"} 1.0' in metrics
+
+    victim = sorted(replica_actor_ids("Ingress"))[0]
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    wait_for(
+        lambda: (
+            victim not in replica_actor_ids("Ingress") and len(replica_actor_ids("Ingress")) == 2
+        ),
+        120,
+        message="ingress replica replaced",
+    )
+    wait_ready(traffic_url)
+    results = variants_for(traffic_url, [None] * 200 + [f"client-{i}" for i in range(200)])
+    assert Counter(results) == Counter({(200, "stable"): 400}), Counter(results)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ class LocalResponse:
 
     def __await__(self):
         return self._task.__await__()
+
+    def cancel(self) -> None:
+        self._task.cancel()
 
 
 class LocalMethod:
@@ -60,8 +64,10 @@ class LocalClipEncoder:
     def __init__(self, spec: ClipModelSpec) -> None:
         self.model = load_clip_model(spec, choose_device("cpu"), random_weights=False)
 
-    def embed_image(self, image: np.ndarray) -> np.ndarray:
-        return self.model.embed_images([image])[0]
+    def embed_image(self, image: np.ndarray, timed: bool = False):
+        started = time.perf_counter()
+        vector = self.model.embed_images([image])[0]
+        return (vector, time.perf_counter() - started) if timed else vector
 
     def embed_text(self, text: str) -> np.ndarray:
         return self.model.encode_texts([text])[0]
@@ -85,8 +91,10 @@ class LocalResNetEncoder:
     def __init__(self, spec: ResNetSpec) -> None:
         self.model = ResNetModel(spec, choose_device("cpu"), random_weights=False)
 
-    def embed_image(self, image: np.ndarray) -> np.ndarray:
-        return self.model.embed_images([image])[0]
+    def embed_image(self, image: np.ndarray, timed: bool = False):
+        started = time.perf_counter()
+        vector = self.model.embed_images([image])[0]
+        return (vector, time.perf_counter() - started) if timed else vector
 
     def describe(self) -> dict:
         return {**self.model.info.as_dict(), "ready": True}

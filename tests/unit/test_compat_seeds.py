@@ -165,6 +165,7 @@ def test_seed001_health_and_metrics(client):
     metrics = client.get("/evaluator/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     assert "clipfleet_compat_evaluations_total" in metrics.text
+    assert 'clipfleet_compat_traffic_weight{profile="fast",variant="stable"} 100.0' in metrics.text
 
 
 # -- seed 001: local image paths --------------------------------------------------------------

@@ -190,6 +190,15 @@ def test_api_keys_from_the_environment(client, keys):
         assert client.get(path).status_code == 200, path
 
 
+def test_readyz_shows_details_only_to_valid_keys(client, keys):
+    for headers in ({}, {"X-API-Key": "nope"}):
+        anonymous = client.get("/readyz", headers=headers)
+        assert anonymous.status_code == 200
+        assert set(anonymous.json()) == {"status", "model"}  # seed 004's clients read these
+    full = client.get("/readyz", headers={"Authorization": "Bearer key-one"}).json()
+    assert full["status"] == "ready" and "fast.clip" in full["deployments"]
+
+
 def test_api_key_is_the_sticky_routing_key(client, keys):
     seen = []
 

@@ -1,28 +1,40 @@
-"""Variant choice (weights, stickiness, pins) and automatic rollback, without Ray."""
+"""Variant choice (weights, stickiness, pins) and automatic rollback, without Ray.
+
+Several TrafficManagers over one MemoryStore play the ingress replicas of one application.
+"""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from clipfleet.traffic import RollbackPolicy, TrafficConfig, TrafficManager
+from clipfleet.fleet_store import MemoryStore
+from clipfleet.traffic import STALE_AFTER_S, RollbackPolicy, TrafficConfig, TrafficManager
+from clipfleet.traffic_window import Counts, judge
 
 VARIANTS = {"fast": ["stable", "canary"], "accurate": ["stable"]}
 
 
 class Clock:
     def __init__(self) -> None:
-        self.now = 0.0
+        self.now = 1000.0
 
     def __call__(self) -> float:
         return self.now
 
 
-def manager(weights=None, clock=None, **policy) -> TrafficManager:
-    traffic = TrafficManager(VARIANTS, clock=clock or Clock())
-    config = {"weights": weights or {"fast": {"stable": 90, "canary": 10}}}
-    traffic.apply(TrafficConfig(**config, rollback=RollbackPolicy(**policy)))
+def manager(weights=None, clock=None, store=None, replica="r1", **policy) -> TrafficManager:
+    clock = clock or Clock()
+    traffic = TrafficManager(VARIANTS, store=store, replica=replica, clock=clock)
+    traffic.apply(config(weights, **policy))
+    traffic.sync()
+    clock.now += 1  # past the bucket in which the weights' epoch began
     return traffic
+
+
+def config(weights=None, **policy) -> TrafficConfig:
+    weights = weights or {"fast": {"stable": 90, "canary": 10}}
+    return TrafficConfig(weights=weights, rollback=RollbackPolicy(**policy))
 
 
 def test_default_is_all_stable():
@@ -69,25 +81,38 @@ def test_unknown_traffic_keys_are_rejected():
 def test_failing_canary_is_rolled_back_and_stays_back_until_weights_change():
     traffic = manager({"fast": {"stable": 50, "canary": 50}}, min_requests=10)
     for _ in range(30):
-        assert traffic.record("fast", "stable", True, 0.01) is None
-    reasons = [traffic.record("fast", "canary", False, 0.01) for _ in range(10)]
-    assert reasons[:9] == [None] * 9 and "error ratio" in reasons[9]
+        traffic.record("fast", "stable", True, 0.01)
+    for _ in range(9):
+        traffic.record("fast", "canary", False, 0.01)
+    assert traffic.sync() == []  # 9 < min_requests
+    traffic.record("fast", "canary", False, 0.01)
+    (rollback,) = traffic.sync()
+    assert rollback.variant == "canary" and "error ratio" in rollback.reason
     status = traffic.status("fast")["canary"]
     assert status["rolled_back"] and status["weight"] == 0 and status["configured_weight"] == 50
     assert {traffic.choose("fast") for _ in range(200)} == {"stable"}
     assert traffic.rollbacks == 1
     traffic.apply(TrafficConfig(weights={"fast": {"stable": 50, "canary": 50}}))
+    assert {traffic.choose("fast") for _ in range(200)} == {"stable"}  # before the sync too
+    traffic.sync()
     assert traffic.status("fast")["canary"]["rolled_back"]  # same weights: still rolled back
     traffic.apply(TrafficConfig(weights={"fast": {"stable": 95, "canary": 5}}))
-    assert not traffic.status("fast")["canary"]["rolled_back"]
+    traffic.sync()
+    traffic._clock.now += 1
+    traffic.sync()
+    canary = traffic.status("fast")["canary"]
+    assert not canary["rolled_back"] and canary["window_requests"] == 0  # a clean slate
+    assert traffic.rollbacks == 1
 
 
 def test_slow_canary_is_rolled_back_on_p95():
     traffic = manager(min_requests=10, max_p95_ratio=2.0, min_p95_increase_s=0.05)
     for _ in range(20):
         traffic.record("fast", "stable", True, 0.1)
-    reasons = [traffic.record("fast", "canary", True, 0.5) for _ in range(10)]
-    assert "p95" in reasons[-1]
+    for _ in range(10):
+        traffic.record("fast", "canary", True, 0.5)
+    (rollback,) = traffic.sync()
+    assert "p95" in rollback.reason
 
 
 def test_healthy_canary_and_old_failures_are_left_alone():
@@ -95,8 +120,66 @@ def test_healthy_canary_and_old_failures_are_left_alone():
     traffic = manager(clock=clock, min_requests=10, window_s=10)
     for _ in range(9):
         traffic.record("fast", "canary", False, 0.01)
-    clock.now = 20  # the failures leave the window
+    traffic.sync()
+    clock.now += 20  # the failures leave the window
     for _ in range(20):
         traffic.record("fast", "stable", True, 0.1)
-        assert traffic.record("fast", "canary", True, 0.11) is None
+        traffic.record("fast", "canary", True, 0.11)
+        assert traffic.sync() == []
     assert not traffic.status("fast")["canary"]["rolled_back"]
+
+
+def test_replicas_judge_their_summed_outcomes_and_share_the_rollback():
+    store, clock = MemoryStore(shared=True), Clock()
+    weights = {"fast": {"stable": 50, "canary": 50}}
+    first, second = (
+        manager(weights, clock, store, replica, min_requests=10) for replica in ("r1", "r2")
+    )
+    for traffic in (first, second):  # 5 failures each: neither alone reaches min_requests
+        for _ in range(5):
+            traffic.record("fast", "canary", False, 0.01)
+    first.sync()
+    decided = second.sync()
+    assert [r.variant for r in decided] == ["canary"]
+    first.sync()
+    assert first.status("fast") == second.status("fast")
+    assert first.status("fast")["canary"]["window_requests"] == 10
+    assert first.rollbacks + second.rollbacks == 1  # decided once for the app
+
+    # A new (or restarted) replica: stable only until it has read the shared state, and then
+    # it honours the rollback it did not see happen.
+    third = TrafficManager(VARIANTS, store=store, replica="r3", clock=clock)
+    third.apply(config(weights, min_requests=10))
+    assert {third.choose("fast") for _ in range(200)} == {"stable"}
+    third.sync()
+    assert third.status("fast")["canary"]["rolled_back"]
+    assert {third.choose("fast") for _ in range(200)} == {"stable"}
+
+
+def test_lost_shared_state_means_stable_only_until_it_is_back():
+    store, clock = MemoryStore(shared=True), Clock()
+    traffic = manager({"fast": {"stable": 50, "canary": 50}}, clock, store)
+    assert "canary" in {traffic.choose("fast") for _ in range(200)}
+    store.available = False
+    with pytest.raises(ConnectionError):
+        traffic.sync()
+    clock.now += STALE_AFTER_S + 1
+    assert {traffic.choose("fast") for _ in range(200)} == {"stable"}
+    assert not traffic.shared_state()["fresh"]
+    store.available = True
+    traffic.sync()
+    assert "canary" in {traffic.choose("fast") for _ in range(200)}
+
+
+def test_judging_is_on_bucketed_counts():
+    policy = RollbackPolicy(min_requests=5, window_s=3600)
+    assert policy.bucket_s == 60  # a one-hour window still has 60 buckets
+    stable, canary = Counts(), Counts()
+    for _ in range(100):
+        stable.add(True, 0.1)
+        canary.add(True, 0.12)
+    assert judge(canary, stable, policy) is None
+    assert 0.1 <= stable.p95_s() < 0.13
+    for _ in range(20):
+        canary.add(False, 5.0)
+    assert "error ratio" in judge(canary, stable, policy)

@@ -20,6 +20,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -49,6 +50,19 @@ LATENCY = Histogram(
     "clipfleet_compat_evaluation_seconds",
     "Seconds per seed 001 evaluation request",
     ["endpoint"],
+    registry=REGISTRY,
+)
+# The application's traffic state (the same from every replica), set at each scrape.
+TRAFFIC_WEIGHT = Gauge(
+    "clipfleet_compat_traffic_weight",
+    "Effective canary traffic weight per profile variant (0 after a rollback), app-wide",
+    ["profile", "variant"],
+    registry=REGISTRY,
+)
+ROLLED_BACK = Gauge(
+    "clipfleet_compat_canary_rolled_back",
+    "1 while a variant is rolled back, app-wide",
+    ["profile", "variant"],
     registry=REGISTRY,
 )
 
@@ -174,5 +188,9 @@ async def system_health() -> dict:
 
 
 @router.get("/evaluator/metrics")
-async def metrics() -> Response:
+async def metrics(service: Service) -> Response:
+    for profile, variants in service.traffic_view().items():
+        for variant, state in variants.items():
+            TRAFFIC_WEIGHT.labels(profile, variant).set(state["weight"])
+            ROLLED_BACK.labels(profile, variant).set(1 if state["rolled_back"] else 0)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

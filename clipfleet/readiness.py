@@ -1,0 +1,99 @@
+"""`/readyz` from a cached view that a background task refreshes every REFRESH_S.
+
+Ready = every deployment of the application has a RUNNING replica, as the Serve controller
+reports it (one `serve.status()` call for the whole app, never a request to the deployments:
+probes take no request slot, so a busy app stays ready). A replica is RUNNING only after its
+constructor returned, and the encoders' constructors run their warm-up forward pass.
+What each deployment serves (model, weights, device) is static: asked once with `describe`,
+off the probe path, and cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from clipfleet.serve_state import deployment_states, running_replicas
+
+logger = logging.getLogger("ray.serve")
+
+REFRESH_S = 1.0
+STALE_AFTER_S = 10.0  # a view this old (the controller unreachable) is not ready
+DESCRIBE_TIMEOUT_S = 5.0
+SUMMARY_KEYS = ("model", "weights", "random_weights", "device")
+
+
+class ReadinessView:
+    """checks: {readiness key (e.g. `fast.clip.canary`): (deployment name, describe())}."""
+
+    def __init__(
+        self,
+        checks: Mapping[str, tuple[str, Callable[[], Awaitable[dict]]]],
+        states: Callable[[], tuple[str | None, dict | None]] = deployment_states,
+        clock=time.monotonic,
+    ) -> None:
+        self._checks = dict(checks)
+        self._states = states
+        self._clock = clock
+        self._summaries: dict[str, dict] = {}
+        self._view: tuple[bool, dict] = (False, {k: _waiting() for k in self._checks})
+        self._refreshed_at: float | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.refresh()
+            await asyncio.sleep(REFRESH_S)
+
+    async def refresh(self) -> None:
+        _, deployments = await asyncio.to_thread(self._states)
+        if deployments is None:
+            raise RuntimeError("not inside a Serve application")
+        status = {}
+        for key, (deployment, _) in self._checks.items():
+            running = running_replicas(deployments, deployment) or 0
+            entry = {"ready": running > 0, "deployment": deployment, "replicas_running": running}
+            status[key] = {**entry, **self._summaries.get(key, {})}
+        missing = [k for k in self._checks if status[k]["ready"] and k not in self._summaries]
+        if missing:
+            await self._describe(missing)
+            for key in missing:
+                status[key].update(self._summaries.get(key, {}))
+        self._view = (all(entry["ready"] for entry in status.values()), status)
+        self._refreshed_at = self._clock()
+
+    async def _describe(self, keys: list[str]) -> None:
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(_call(self._checks[k][1]), DESCRIBE_TIMEOUT_S) for k in keys),
+            return_exceptions=True,
+        )
+        for key, answer in zip(keys, answers, strict=True):
+            if isinstance(answer, dict):
+                self._summaries[key] = {k: answer[k] for k in SUMMARY_KEYS if k in answer}
+
+    def current(self) -> tuple[bool, dict]:
+        ready, status = self._view
+        if self._refreshed_at is None:
+            return False, status
+        age_s = self._clock() - self._refreshed_at
+        if age_s > STALE_AFTER_S:
+            stale = {k: {**v, "ready": False, "reason": "stale"} for k, v in status.items()}
+            return False, stale
+        return ready, status
+
+
+async def _call(describe: Callable[[], Awaitable[dict]]) -> Any:
+    return await describe()
+
+
+def _waiting() -> dict:
+    return {"ready": False, "reason": "starting"}

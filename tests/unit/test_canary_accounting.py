@@ -1,0 +1,103 @@
+"""What the canary guard counts: unpinned requests only, latency as the encoder reports it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from clipfleet.config import AppArgs, ClipModelSpec, ProfileSpec, ResNetSpec
+from clipfleet.fetch import ImageSource
+from clipfleet.service import ClipfleetService, Routing
+from clipfleet.traffic import RollbackPolicy, TrafficConfig
+
+
+class Call:
+    def __init__(self, function) -> None:
+        self.function = function
+
+    def remote(self, *args, **kwargs):
+        async def run():
+            resolved = [await a if isinstance(a, asyncio.Future) else a for a in args]
+            result = self.function(*resolved, **kwargs)
+            return await result if asyncio.iscoroutine(result) else result
+
+        return asyncio.ensure_future(run())
+
+
+class Encoder:
+    """Answers `embed_image(timed=True)` claiming ENCODER_S; texts fail on the canary."""
+
+    def __init__(self, failing: bool) -> None:
+        self.failing = failing
+        self.embed_image = Call(lambda image, timed=False: (np.ones(4), ENCODER_S))
+        self.embed_texts = Call(self._texts)
+
+    def _texts(self, texts):
+        if self.failing:
+            raise RuntimeError("broken canary")
+        return np.ones((len(texts), 4))
+
+
+class SlowFetcher:
+    """The client's image URL drips slowly: the ingress sees a long request."""
+
+    def __init__(self) -> None:
+        self.fetch = Call(self._fetch)
+
+    async def _fetch(self, source):
+        await asyncio.sleep(DOWNLOAD_S)
+        return np.zeros((8, 8, 3), np.uint8)
+
+
+ENCODER_S, DOWNLOAD_S = 0.02, 0.3
+
+
+@pytest.fixture
+def service() -> ClipfleetService:
+    spec = ClipModelSpec(model="local-dir:/nowhere")
+    profile = ProfileSpec(
+        variants={"stable": spec, "canary": spec}, resnet=ResNetSpec(model="resnet18")
+    )
+    service = ClipfleetService(
+        AppArgs(profiles={"fast": profile}),
+        fetcher=SlowFetcher(),
+        scorer=None,
+        clip_encoders={"fast": {"stable": Encoder(False), "canary": Encoder(True)}},
+        resnet_encoders={"fast": None},
+    )
+    clock = [2000.0]
+    service.traffic._clock = lambda: clock[0]
+    weights = {"fast": {"stable": 50, "canary": 50}}
+    service.apply_traffic(TrafficConfig(weights=weights, rollback=RollbackPolicy(min_requests=5)))
+    clock[0] += 1  # requests come after the bucket in which the weights' epoch began
+    return service
+
+
+def test_pinned_requests_never_count(service):
+    async def scenario():
+        for _ in range(20):
+            with pytest.raises(RuntimeError):
+                await service.embed_texts(["a cat"], None, Routing(variant="canary"))
+
+    asyncio.run(scenario())
+    assert service.traffic.sync() == []
+    canary = service.traffic_view()["fast"]["canary"]
+    assert canary["window_requests"] == 0 and not canary["rolled_back"]
+
+
+def test_unpinned_failures_roll_back_and_latency_is_the_encoders(service):
+    async def scenario():
+        for _ in range(5):
+            with pytest.raises(RuntimeError):
+                await service.embed_texts(["a cat"], None, Routing(variant=None, key=None))
+        await service.embed_images([ImageSource(url="http://x/slow.jpg")], "clip", None)
+
+    service.traffic.choose = lambda profile, key=None, pinned=None: pinned or "canary"
+    asyncio.run(scenario())
+    service.traffic.sync()
+    canary = service.traffic_view()["fast"]["canary"]
+    assert canary["window_requests"] == 6 and canary["window_errors"] == 5
+    assert canary["window_p95_s"] <= ENCODER_S * 1.25  # the encoder's seconds, one bucket
+    assert canary["rolled_back"]

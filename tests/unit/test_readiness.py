@@ -1,0 +1,52 @@
+"""`/readyz`'s cached view: the controller's replica states, never a call per probe."""
+
+from __future__ import annotations
+
+import asyncio
+
+from clipfleet.readiness import STALE_AFTER_S, ReadinessView
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def states(running: dict[str, int]):
+    deployments = {
+        name: {"status": "HEALTHY", "replicas": {"RUNNING": count}}
+        for name, count in running.items()
+    }
+    return lambda: ("app", deployments)
+
+
+def test_ready_when_every_deployment_runs_a_replica_and_probes_call_nobody():
+    calls = []
+
+    async def describe():
+        calls.append(1)
+        return {"model": "tiny", "device": "cpu", "replica_id": "x"}
+
+    async def scenario():
+        clock = Clock()
+        checks = {"scorer": ("Scorer", describe), "fast.clip": ("clip_fast", describe)}
+        view = ReadinessView(checks, states({"Scorer": 1, "clip_fast": 0}), clock)
+        assert view.current()[0] is False  # nothing read yet
+        await view.refresh()
+        ready, status = view.current()
+        assert not ready and status["fast.clip"]["ready"] is False
+        view._states = states({"Scorer": 2, "clip_fast": 1})
+        await view.refresh()
+        ready, status = view.current()
+        assert ready and status["fast.clip"]["model"] == "tiny"
+        described = len(calls)
+        for _ in range(100):  # probes answer from the view
+            assert view.current()[0]
+        await view.refresh()
+        assert len(calls) == described  # what is deployed is asked once
+        clock.now += STALE_AFTER_S + 1  # the controller stopped answering
+        assert view.current()[0] is False
+
+    asyncio.run(scenario())

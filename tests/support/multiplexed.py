@@ -3,6 +3,7 @@ handle whose `.options(multiplexed_model_id=...)` picks the model, like a Deploy
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -48,8 +49,13 @@ class LocalMultiplexedEncoder:
     async def model(self, model_id: str) -> LoadedModel:
         return await self.pool.get(model_id, self.lru.get, lambda: self.lru.models)
 
-    async def embed_image(self, model_id: str, image: np.ndarray) -> np.ndarray:
-        return (await self.model(model_id)).model.embed_images([image])[0]
+    async def embed_image(self, model_id: str, image: np.ndarray, timed: bool = False):
+        started = time.perf_counter()
+        vector = (await self.model(model_id)).model.embed_images([image])[0]
+        return (vector, time.perf_counter() - started) if timed else vector
+
+    async def count_tokens(self, model_id: str, texts: list[str]) -> list[int]:
+        return (await self.model(model_id)).model.count_tokens(texts)
 
     async def embed_text(self, model_id: str, text: str) -> np.ndarray:
         return (await self.model(model_id)).model.encode_texts([text])[0]
@@ -78,4 +84,4 @@ class LocalMultiplexedHandle:
     def __getattr__(self, name: str) -> LocalMethod:
         method = getattr(self._target, name)
         self.calls.append((name, self._model_id))
-        return LocalMethod(lambda *args: method(self._model_id, *args))
+        return LocalMethod(lambda *args, **kwargs: method(self._model_id, *args, **kwargs))

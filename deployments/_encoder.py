@@ -17,7 +17,8 @@ from clipfleet.batching import ForwardScheduler
 from clipfleet.cache import EmbeddingCache, image_key
 from clipfleet.config import EncoderConfig
 from clipfleet.models.base import ImageEncoderModel
-from clipfleet.models.device import DevicePlan, choose_device, set_torch_threads, torch_threads_for
+from clipfleet.models.device import DevicePlan, choose_device, set_torch_threads
+from clipfleet.models.sizing import ForwardLease, forward_slots, forward_threads
 from clipfleet.observability import metrics
 from clipfleet.observability.resources import process_resources
 from clipfleet.observability.tracing import traced
@@ -31,10 +32,17 @@ MERGEABLE_BATCHES = 64
 
 
 def prepare_replica() -> DevicePlan:
-    """Choose the device and size torch's thread pool to the CPUs this replica was given."""
+    """Choose the device and size torch's thread pool to the node's cores (see
+    clipfleet.models.sizing: a CPU reservation is a scheduling hint, not a core budget)."""
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-    set_torch_threads(torch_threads_for(cpus))
+    set_torch_threads(forward_threads(cpus))
     return choose_device()
+
+
+def node_lease(plan: DevicePlan) -> ForwardLease | None:
+    """The node's CPU forward lease, shared with the other encoders on it; none on a GPU."""
+    slots = forward_slots()
+    return ForwardLease(slots) if plan.device.type == "cpu" and slots else None
 
 
 class BatchedImageEncoder:
@@ -48,6 +56,9 @@ class BatchedImageEncoder:
     def _init_stats(self) -> None:
         self.cache = EmbeddingCache(self.config.cache)
         forwards = self._forwards()
+        self.lease = node_lease(self.model.plan)
+        if self.lease is not None:
+            forwards = {kind: self.lease.wrap(forward) for kind, forward in forwards.items()}
         self.batch_sizes: dict[str, Counter[int]] = {kind: Counter() for kind in forwards}
         self.scheduler = ForwardScheduler(
             forwards, self.config.max_batch_size, on_batch=self._count_batch
@@ -125,5 +136,6 @@ class BatchedImageEncoder:
             "pending": self.scheduler.pending(),
             "cache": self.cache.stats(),
             "torch_threads": torch.get_num_threads(),
+            "forward_lease": self.lease.stats() if self.lease is not None else None,
             "process": process_resources(self.model.info.device),
         }

@@ -88,6 +88,10 @@ class ImageEncoderModel(ABC):
         stacked = torch.stack(pixel_batch).to(self.plan.device, non_blocking=True)
         return self._run(self._image_features, stacked)
 
+    def image_tower(self) -> torch.nn.Module:
+        """The module behind `_image_features` (what runtime=onnx exports)."""
+        raise NotImplementedError(f"{type(self).__name__} has no exportable image tower")
+
     def embed_images(self, images: list[np.ndarray | Image.Image]) -> np.ndarray:
         """Convenience for callers without a batcher: preprocess + forward."""
         return self.encode_images([self.preprocess_image(image) for image in images])

@@ -99,6 +99,9 @@ class OpenClipModel(ClipModel):
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._model.encode_image(pixels)
 
+    def image_tower(self) -> torch.nn.Module:
+        return self._model.visual
+
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         tokens = self._tokenizer(texts).to(self.plan.device)
         if can_trim_padding(self._model):

@@ -181,6 +181,9 @@ class FetchLimits(StrictModel):
     # (exact, or `*.example.com`) that image URLs may reach. Empty: public addresses only.
     allow_private_networks: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
+    # JPEGs go to the encoders undecoded; one on a GPU decodes them there (clipfleet.gpu_decode),
+    # one without decodes them on its CPU. Off: the fetcher decodes every image.
+    gpu_decode: bool = False
 
     @field_validator("allow_private_networks")
     @classmethod

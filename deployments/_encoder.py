@@ -15,7 +15,8 @@ from ray import serve
 
 from clipfleet.batching import ForwardScheduler
 from clipfleet.cache import EmbeddingCache, image_key
-from clipfleet.config import EncoderConfig
+from clipfleet.config import EncoderConfig, FetchLimits
+from clipfleet.gpu_decode import EncodedJpeg, decode_on_cpu, decode_on_device, preprocess_on_device
 from clipfleet.models.base import ImageEncoderModel
 from clipfleet.models.device import DevicePlan, choose_device, set_torch_threads
 from clipfleet.models.sizing import ForwardLease, forward_slots, forward_threads
@@ -29,6 +30,9 @@ DEFAULT_CONFIG = EncoderConfig()
 # @serve.batch hands batches to the ForwardScheduler, which merges those that queue behind a
 # running forward; up to this many may be waiting there (each holds at least one item).
 MERGEABLE_BATCHES = 64
+# A JPEG shipped undecoded already passed the fetcher's limits; decoding it here on a CPU
+# only needs the shrink-before-shipping size (the default, as in the fetcher).
+JPEG_LIMITS = FetchLimits(max_pixels=2**62)
 
 
 def prepare_replica() -> DevicePlan:
@@ -88,16 +92,27 @@ class BatchedImageEncoder:
         return [self._image_batch]
 
     @traced("encoder.embed_image")
-    async def embed_image(self, image: np.ndarray) -> np.ndarray:
+    async def embed_image(self, image: np.ndarray | EncodedJpeg) -> np.ndarray:
         await self._inject_faults()
-        key = image_key(image)
+        key = image.key() if isinstance(image, EncodedJpeg) else image_key(image)
         vector = self._cached(key, "image")
         if vector is None:
             with metrics.timed_stage("preprocess"):
-                pixels = await asyncio.to_thread(self.model.preprocess_image, image)
+                pixels = await asyncio.to_thread(self._preprocess, image)
             vector = await self._image_batch(pixels)
             self.cache.put(key, vector)
         return vector
+
+    def _preprocess(self, image: np.ndarray | EncodedJpeg) -> torch.Tensor:
+        """Decoded pixels -> the model's input; a JPEG shipped undecoded (fetch.gpu_decode) is
+        decoded on this replica's GPU, or on its CPU where it has none."""
+        if isinstance(image, EncodedJpeg):
+            device = self.model.plan.device
+            if device.type != "cuda":
+                return self.model.preprocess_image(decode_on_cpu(image, JPEG_LIMITS))
+            (decoded,) = decode_on_device([image], device)
+            return preprocess_on_device(self.model, decoded)
+        return self.model.preprocess_image(image)
 
     def _cached(self, key: bytes, kind: str) -> np.ndarray | None:
         vector = self.cache.get(key)

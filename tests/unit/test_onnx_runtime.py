@@ -173,3 +173,23 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert onnx_runtime.cache_dir() == tmp_path
     monkeypatch.delenv(onnx_runtime.CACHE_ENV)
     assert str(onnx_runtime.cache_dir()).startswith(os.path.expanduser("~"))
+
+
+def test_the_fast_int8_overlay_config_is_valid():
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from clipfleet.config import clip_deployment_name, resnet_deployment_name
+
+    path = Path(__file__).resolve().parents[2] / "serve_config.fast-int8.yaml"
+    config = yaml.safe_load(path.read_text())
+    ServeDeploySchema.model_validate(config)
+    app = config["applications"][0]
+    args = AppArgs(**app["args"])
+    profile = args.profiles[args.default_profile]
+    assert (profile.clip.runtime, profile.clip.precision) == ("onnx", "int8")
+    names = {"Ingress", "ImageFetcher", "Scorer", resnet_deployment_name(profile.resnet)}
+    names.add(clip_deployment_name(args.default_profile))
+    assert {deployment["name"] for deployment in app["deployments"]} == names

@@ -193,3 +193,24 @@ def test_the_fast_int8_overlay_config_is_valid():
     names = {"Ingress", "ImageFetcher", "Scorer", resnet_deployment_name(profile.resnet)}
     names.add(clip_deployment_name(args.default_profile))
     assert {deployment["name"] for deployment in app["deployments"]} == names
+
+
+def test_make_weights_exports_onnx_models_ahead_of_time(model_dir, tmp_path, monkeypatch):
+    import yaml
+
+    from clipfleet.weights import fetch_all
+
+    cache = tmp_path / "onnx"
+    monkeypatch.setenv(onnx_runtime.CACHE_ENV, str(cache))
+    profile = {
+        "clip": {"model": f"local-dir:{model_dir / 'open_clip'}", "runtime": "onnx"},
+        "resnet": {
+            "model": "resnet18",
+            "weights": str(model_dir / "resnet18.pt"),
+            "runtime": "onnx",
+        },
+    }
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"applications": [{"args": {"profiles": {"fast": profile}}}]}))
+    assert fetch_all(config) == 0
+    assert len(list(cache.glob("*.onnx"))) == 2

@@ -203,6 +203,11 @@ def at_clients(results: list[dict], clients: int) -> dict:
     return next((r for r in results if r["clients"] == clients), results[-1])
 
 
+def _over(numerator: float, denominator: float) -> float:
+    """numerator / denominator; NaN when nothing succeeded below (a row with 0 requests)."""
+    return numerator / denominator if denominator else float("nan")
+
+
 def ratios(report: dict) -> dict[str, float]:
     """Every ratio the parts run allow (targets: docs in loadtests/RESULTS.md)."""
     found: dict[str, float] = {}
@@ -212,30 +217,32 @@ def ratios(report: dict) -> dict[str, float]:
     if "bench" in systems:
         best = max(systems["bench"], key=lambda r: r["throughput_rps"])
         at32 = at_clients(systems["bench"], 32)
-        found["mean_batch_over_max_at_32"] = at32["mean_batch_size"] / report["max_batch_size"]
+        found["mean_batch_over_max_at_32"] = _over(
+            at32["mean_batch_size"], report["max_batch_size"]
+        )
         if "ceiling" in report:
-            found["clipfleet_over_ceiling"] = (
-                best["throughput_rps"] / report["ceiling"]["pairs_per_s"]
+            found["clipfleet_over_ceiling"] = _over(
+                best["throughput_rps"], report["ceiling"]["pairs_per_s"]
             )
         if baseline:
-            found["clipfleet_over_baseline_at_32"] = (
-                at32["throughput_rps"] / baseline["throughput_rps"]
+            found["clipfleet_over_baseline_at_32"] = _over(
+                at32["throughput_rps"], baseline["throughput_rps"]
             )
-            found["p95_clipfleet_vs_baseline_at_32"] = at32["p95_ms"] / baseline["p95_ms"]
+            found["p95_clipfleet_vs_baseline_at_32"] = _over(at32["p95_ms"], baseline["p95_ms"])
         if naive:
-            found["bench_config_over_naive_at_32"] = at32["throughput_rps"] / naive
+            found["bench_config_over_naive_at_32"] = _over(at32["throughput_rps"], naive)
     if "make-run" in systems:
         at32 = at_clients(systems["make-run"], 32)
         if naive:
-            found["make_run_over_naive_at_32"] = at32["throughput_rps"] / naive
+            found["make_run_over_naive_at_32"] = _over(at32["throughput_rps"], naive)
         if baseline:
-            found["make_run_over_baseline_at_32"] = (
-                at32["throughput_rps"] / baseline["throughput_rps"]
+            found["make_run_over_baseline_at_32"] = _over(
+                at32["throughput_rps"], baseline["throughput_rps"]
             )
-            found["p95_make_run_vs_baseline_at_32"] = at32["p95_ms"] / baseline["p95_ms"]
+            found["p95_make_run_vs_baseline_at_32"] = _over(at32["p95_ms"], baseline["p95_ms"])
     if "fast-int8" in systems and naive:
-        found["fast_int8_over_naive_at_32"] = (
-            at_clients(systems["fast-int8"], 32)["throughput_rps"] / naive
+        found["fast_int8_over_naive_at_32"] = _over(
+            at_clients(systems["fast-int8"], 32)["throughput_rps"], naive
         )
     return found
 
@@ -355,9 +362,9 @@ def main() -> None:
     CLIPFLEET_URL = f"http://127.0.0.1:{args.port}"
     levels = [int(level) for level in args.levels.split(",")]
     report = run(args.seconds, levels, args.config, args.device, parts)
-    print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
+    print_table(report)
     print(f"wrote {args.out}")
 
 

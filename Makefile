@@ -55,8 +55,12 @@ RESULTS ?= results
 LOCUST = CLIPFLEET_IMAGE_BASE=http://127.0.0.1:$(IMAGE_PORT) CLIPFLEET_PROFILES=$(LOADTEST_PROFILES) \
 	$(BIN)/locust -f loadtests/locustfile.py \
 	--host $(LOADTEST_URL)
+# Start the image server and wait (bounded) until it and the service answer: requests sent
+# before the image server listens would fail with 502 and count against the service.
 WITH_IMAGE_SERVER = $(BIN)/python -m loadtests.images --port $(IMAGE_PORT) & server=$$!; \
-	trap 'kill $$server' EXIT; sleep 3;
+	trap 'kill $$server' EXIT; \
+	$(BIN)/python -m loadtests.wait_ready --timeout 60 \
+		http://127.0.0.1:$(IMAGE_PORT)/img/0.jpg $(LOADTEST_URL)/readyz || exit 1;
 
 loadtest: $(STAMP)
 	mkdir -p $(RESULTS)

@@ -27,7 +27,28 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ClipModelSpec(StrictModel):
+class RuntimeChoice(StrictModel):
+    """How an encoder's image tower runs (docs/performance.md).
+
+    runtime=torch: eager PyTorch (fp16 autocast on CUDA). runtime=onnx: ONNX Runtime, exported
+    from the same weights at start-up (or by `make weights`) and cached on disk; the text tower
+    stays on torch (its trimmed, variable-length forward is faster there). precision=int8: ORT
+    dynamic quantisation, CPU only and opt-in: at start-up its cosine against fp32 on the
+    calibration set is measured, and the replica refuses to start below `int8_min_cosine`.
+    """
+
+    runtime: Literal["torch", "onnx"] = "torch"
+    precision: Literal["fp32", "int8"] = "fp32"
+    int8_min_cosine: float = Field(0.99, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _int8_needs_onnx(self):
+        if self.precision == "int8" and self.runtime != "onnx":
+            raise ValueError("precision int8 needs runtime onnx (torch runs fp32 / fp16 only)")
+        return self
+
+
+class ClipModelSpec(RuntimeChoice):
     """Which CLIP to load and from where.
 
     backend=open_clip: `model` is an open_clip architecture name (ViT-B-32) or `hf-hub:org/repo`;
@@ -54,8 +75,17 @@ class ClipModelSpec(StrictModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _onnx_only_for_open_clip(self) -> ClipModelSpec:
+        if self.runtime == "onnx" and self.backend != "open_clip":
+            raise ValueError(
+                f"runtime onnx is built for backend open_clip; backend {self.backend} runs on "
+                "torch only"
+            )
+        return self
 
-class ResNetSpec(StrictModel):
+
+class ResNetSpec(RuntimeChoice):
     """A torchvision classification model used as a feature extractor.
 
     `weights` is a torchvision weights enum name (IMAGENET1K_V2, DEFAULT) or a local state-dict
@@ -181,6 +211,10 @@ class FetchLimits(StrictModel):
         if bad:
             raise ValueError(f"ports must be 1-65535, got {bad}")
         return ports
+
+    # JPEGs go to the encoders undecoded; one on a GPU decodes them there (clipfleet.gpu_decode),
+    # one without decodes them on its CPU. Off: the fetcher decodes every image.
+    gpu_decode: bool = False
 
     @field_validator("allow_private_networks")
     @classmethod

@@ -16,6 +16,7 @@ from clipfleet.config import AppArgs
 from clipfleet.models.base import ModelLoadError
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
+from clipfleet.models.onnx_runtime import apply_runtime
 from clipfleet.models.resnet import ResNetModel
 
 
@@ -35,8 +36,9 @@ def fetch_all(config_path: Path) -> int:
             (ResNetModel, s) for s in resnets
         ]:
             try:
-                info = loader(spec, cpu, False).info
-                print(f"ok    {info.model}: {info.weights}")
+                # runtime onnx: export (and quantise) now, into the cache replicas read
+                info = apply_runtime(loader(spec, cpu, False), spec).info
+                print(f"ok    {info.model}: {info.weights} ({info.extra.get('runtime')})")
             except ModelLoadError as exc:
                 failures += 1
                 print(f"FAIL  {exc}", file=sys.stderr)

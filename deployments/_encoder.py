@@ -16,9 +16,11 @@ from ray import serve
 
 from clipfleet.batching import ForwardScheduler
 from clipfleet.cache import EmbeddingCache, image_key
-from clipfleet.config import EncoderConfig
+from clipfleet.config import EncoderConfig, FetchLimits
+from clipfleet.gpu_decode import EncodedJpeg, decode_on_cpu, decode_on_device, preprocess_on_device
 from clipfleet.models.base import ImageEncoderModel
-from clipfleet.models.device import DevicePlan, choose_device, set_torch_threads, torch_threads_for
+from clipfleet.models.device import DevicePlan, choose_device, set_torch_threads
+from clipfleet.models.sizing import ForwardLease, forward_slots, forward_threads
 from clipfleet.observability import metrics
 from clipfleet.observability.resources import process_resources
 from clipfleet.observability.tracing import traced
@@ -29,13 +31,23 @@ DEFAULT_CONFIG = EncoderConfig()
 # @serve.batch hands batches to the ForwardScheduler, which merges those that queue behind a
 # running forward; up to this many may be waiting there (each holds at least one item).
 MERGEABLE_BATCHES = 64
+# A JPEG shipped undecoded already passed the fetcher's limits; decoding it here on a CPU
+# only needs the shrink-before-shipping size (the default, as in the fetcher).
+JPEG_LIMITS = FetchLimits(max_pixels=2**62)
 
 
 def prepare_replica() -> DevicePlan:
-    """Choose the device and size torch's thread pool to the CPUs this replica was given."""
+    """Choose the device and size torch's thread pool to the node's cores (see
+    clipfleet.models.sizing: a CPU reservation is a scheduling hint, not a core budget)."""
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-    set_torch_threads(torch_threads_for(cpus))
+    set_torch_threads(forward_threads(cpus))
     return choose_device()
+
+
+def node_lease(plan: DevicePlan) -> ForwardLease | None:
+    """The node's CPU forward lease, shared with the other encoders on it; none on a GPU."""
+    slots = forward_slots()
+    return ForwardLease(slots) if plan.device.type == "cpu" and slots else None
 
 
 class BatchedImageEncoder:
@@ -49,6 +61,9 @@ class BatchedImageEncoder:
     def _init_stats(self) -> None:
         self.cache = EmbeddingCache(self.config.cache)
         forwards = self._forwards()
+        self.lease = node_lease(self.model.plan)
+        if self.lease is not None:
+            forwards = {kind: self.lease.wrap(forward) for kind, forward in forwards.items()}
         self.batch_sizes: dict[str, Counter[int]] = {kind: Counter() for kind in forwards}
         self.scheduler = ForwardScheduler(
             forwards, self.config.max_batch_size, on_batch=self._count_batch
@@ -80,7 +95,7 @@ class BatchedImageEncoder:
 
     @traced("encoder.embed_image")
     async def embed_image(
-        self, image: np.ndarray, timed: bool = False
+        self, image: np.ndarray | EncodedJpeg, timed: bool = False
     ) -> np.ndarray | tuple[np.ndarray, float]:
         """The embedding; with `timed`, (embedding, seconds this replica spent on it: queue,
         preprocess and forward), the latency the ingress judges a canary on."""
@@ -88,16 +103,27 @@ class BatchedImageEncoder:
         vector = await self._embed_image(image)
         return (vector, time.perf_counter() - started) if timed else vector
 
-    async def _embed_image(self, image: np.ndarray) -> np.ndarray:
+    async def _embed_image(self, image: np.ndarray | EncodedJpeg) -> np.ndarray:
         await self._inject_faults()
-        key = image_key(image)
+        key = image.key() if isinstance(image, EncodedJpeg) else image_key(image)
         vector = self._cached(key, "image")
         if vector is None:
             with metrics.timed_stage("preprocess"):
-                pixels = await asyncio.to_thread(self.model.preprocess_image, image)
+                pixels = await asyncio.to_thread(self._preprocess, image)
             vector = await self._image_batch(pixels)
             self.cache.put(key, vector)
         return vector
+
+    def _preprocess(self, image: np.ndarray | EncodedJpeg) -> torch.Tensor:
+        """Decoded pixels -> the model's input; a JPEG shipped undecoded (fetch.gpu_decode) is
+        decoded on this replica's GPU, or on its CPU where it has none."""
+        if isinstance(image, EncodedJpeg):
+            device = self.model.plan.device
+            if device.type != "cuda":
+                return self.model.preprocess_image(decode_on_cpu(image, JPEG_LIMITS))
+            (decoded,) = decode_on_device([image], device)
+            return preprocess_on_device(self.model, decoded)
+        return self.model.preprocess_image(image)
 
     def _cached(self, key: bytes, kind: str) -> np.ndarray | None:
         vector = self.cache.get(key)
@@ -136,5 +162,6 @@ class BatchedImageEncoder:
             "pending": self.scheduler.pending(),
             "cache": self.cache.stats(),
             "torch_threads": torch.get_num_threads(),
+            "forward_lease": self.lease.stats() if self.lease is not None else None,
             "process": process_resources(self.model.info.device),
         }

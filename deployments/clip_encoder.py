@@ -10,6 +10,7 @@ from ray import serve
 from clipfleet.cache import text_key
 from clipfleet.config import ClipModelSpec, random_weights_enabled
 from clipfleet.models.clip import load_clip_model
+from clipfleet.models.onnx_runtime import apply_runtime
 from clipfleet.observability.tracing import traced
 from deployments._encoder import (
     DEFAULT_CONFIG,
@@ -22,7 +23,8 @@ from deployments._encoder import (
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
 class ClipEncoder(BatchedImageEncoder):
     def __init__(self, spec: ClipModelSpec) -> None:
-        self.model = load_clip_model(spec, prepare_replica(), random_weights_enabled())
+        model = load_clip_model(spec, prepare_replica(), random_weights_enabled())
+        self.model = apply_runtime(model, spec)
         self.config = DEFAULT_CONFIG
         self._init_stats()
 

@@ -12,6 +12,7 @@ from ray import serve
 from clipfleet.config import FetchLimits
 from clipfleet.fetch import ImageFetcher as PlainImageFetcher
 from clipfleet.fetch import ImageSource
+from clipfleet.gpu_decode import EncodedJpeg, jpeg_for_device
 from clipfleet.observability import metrics
 from clipfleet.observability.tracing import traced
 
@@ -26,10 +27,16 @@ class ImageFetcher:
         self._fetcher = PlainImageFetcher(limits)
 
     @traced("ImageFetcher.fetch")
-    async def fetch(self, source: ImageSource) -> np.ndarray:
-        """PlainImageFetcher.load, in its two stages, each timed and its failures counted."""
+    async def fetch(self, source: ImageSource) -> np.ndarray | EncodedJpeg:
+        """PlainImageFetcher.load, in its two stages, each timed and its failures counted.
+        With `gpu_decode`, a JPEG within the limits is shipped undecoded (EncodedJpeg)."""
         with metrics.counting_failures("fetch"), metrics.timed_stage("fetch"):
             data = await self._fetcher.read_bytes(source)
+        if self._fetcher.limits.gpu_decode:
+            jpeg = jpeg_for_device(data, self._fetcher.limits)
+            if jpeg is not None:
+                metrics.record_image(source_kind(source), len(data), jpeg.width * jpeg.height)
+                return jpeg
         with metrics.counting_failures("decode"), metrics.timed_stage("decode"):
             image = await self._fetcher.decode(data)
         metrics.record_image(source_kind(source), len(data), image.shape[0] * image.shape[1])

@@ -18,7 +18,7 @@ async def _client(session, url, make_body, deadline, latencies, errors, worker) 
             async with session.post(url, json=make_body(n)) as response:
                 await response.read()
                 ok = response.status == 200
-        except aiohttp.ClientError:
+        except (aiohttp.ClientError, TimeoutError):  # a timed-out request is a failed one
             ok = False
         (latencies.append(time.monotonic() - started) if ok else errors.append(1))
         n += 7

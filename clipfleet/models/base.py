@@ -86,8 +86,15 @@ class ImageEncoderModel(ABC):
 
     def encode_images(self, pixel_batch: list[torch.Tensor]) -> np.ndarray:
         """Preprocessed tensors -> (N, D) L2-normalised float32 embeddings."""
-        stacked = torch.stack(pixel_batch).to(self.plan.device, non_blocking=True)
+        stacked = torch.stack(pixel_batch)
+        if self.plan.device.type == "cuda" and stacked.device.type == "cpu":
+            stacked = stacked.pin_memory()  # page-locked: the copy to the GPU is a real DMA
+        stacked = stacked.to(self.plan.device, non_blocking=True)
         return self._run(self._image_features, stacked)
+
+    def image_tower(self) -> torch.nn.Module:
+        """The module behind `_image_features` (what runtime=onnx exports)."""
+        raise NotImplementedError(f"{type(self).__name__} has no exportable image tower")
 
     def embed_images(self, images: list[np.ndarray | Image.Image]) -> np.ndarray:
         """Convenience for callers without a batcher: preprocess + forward."""

@@ -110,6 +110,9 @@ class OpenClipModel(ClipModel):
         pad_id = getattr(getattr(self._tokenizer, "tokenizer", None), "pad_token_id", None)
         return (self._tokenizer(texts) != (pad_id or 0)).sum(dim=1).tolist()
 
+    def image_tower(self) -> torch.nn.Module:
+        return self._model.visual
+
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         tokens = self._tokenizer(texts).to(self.plan.device)
         if can_trim_padding(self._model):

@@ -92,3 +92,6 @@ class ResNetModel(ImageEncoderModel):
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._model(pixels)
+
+    def image_tower(self) -> torch.nn.Module:
+        return self._model

@@ -19,6 +19,7 @@ the routing view it returns is swapped in whole on the event loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -257,10 +258,14 @@ async def keep_synced(
     with immutable inputs."""
     woken = asyncio.Event()
     traffic.on_canary_failure = woken.set
+    # A thread of its own: behind other work in the default pool, a failing canary's burst
+    # would be judged late.
+    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="clipfleet-traffic")
+    loop = asyncio.get_running_loop()
     while True:
         try:
             arguments = traffic.prepare()
-            view, decided = await asyncio.to_thread(exchange, *arguments)
+            view, decided = await loop.run_in_executor(executor, exchange, *arguments)
             for rollback in traffic.adopt(view, decided, at=arguments[-1]):
                 on_rollback(rollback)
         except Exception as exc:  # the holder is away: stable only once the view goes stale

@@ -59,7 +59,7 @@ RESULT = "RESULT:"
 STARTED = "Ray runtime started"
 NODE_UP_S = 90
 DEPLOY_S = 150
-NOT_READY_S = 60
+NOT_READY_S = 90
 READY_AGAIN_S = 150
 
 
@@ -276,13 +276,21 @@ def cluster(tmp_path):
 # --- the test ------------------------------------------------------------------------------
 
 
-def wait_status(url: str, status: int, timeout_s: float) -> requests.Response:
+def encoders_all_lost(response: requests.Response) -> bool:
+    entries = response.json().get("deployments", {})
+    encoders = [entry for key, entry in entries.items() if key not in ("image_fetcher", "scorer")]
+    return bool(encoders) and not any(entry["ready"] for entry in encoders)
+
+
+def wait_status(
+    url: str, status: int, timeout_s: float, until=lambda response: True
+) -> requests.Response:
     deadline = time.monotonic() + timeout_s
     last: requests.Response | str | None = None
     while time.monotonic() < deadline:
         try:
             last = requests.get(url, timeout=15)
-            if last.status_code == status:
+            if last.status_code == status and until(last):
                 return last
         except requests.RequestException as exc:
             last = repr(exc)
@@ -344,7 +352,9 @@ def test_encoders_on_worker_node_and_readiness_follows_it(cluster, tiny_args):
     lap("placement + requests")
 
     cluster.worker.kill()
-    not_ready = wait_status(f"{cluster.base_url}/readyz", 503, NOT_READY_S)
+    # /readyz reads Serve's replica states (refreshed every second); the controller notices
+    # each lost replica on its own health check, so wait until it has noticed all of them.
+    not_ready = wait_status(f"{cluster.base_url}/readyz", 503, NOT_READY_S, until=encoders_all_lost)
     body = not_ready.json()
     assert body["status"] == "not_ready"
     # what lives on the head still answers; what lived on the lost node does not

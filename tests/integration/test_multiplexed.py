@@ -47,7 +47,7 @@ def embed(url: str, model_id: str) -> requests.Response:
 
 
 def pool(url: str) -> dict:
-    models = requests.get(f"{url}/v1/models", timeout=30).json()
+    models = requests.get(f"{url}/v1/status", timeout=30).json()
     return models["multiplexed"][PROFILE]["replica"]
 
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import requests
 
-from clipfleet.config import AppArgs, ClipModelSpec, FetchLimits, ProfileSpec, ResNetSpec
+from clipfleet.config import AppArgs, ClipModelSpec, ProfileSpec, ResNetSpec
 from tests.integration.conftest import merge_deployments, small_deployments, wait_ready
+from tests.support.local_dag import loopback_fetch
 
 APP, PREFIX = "runtimes", "/runtimes"
 
@@ -32,7 +33,7 @@ def runtimes_url(serve_apps, model_dir, app_url, tmp_path_factory):
                 ),
             )
         },
-        fetch=FetchLimits(allow_private_networks=("127.0.0.1/32",), gpu_decode=True),
+        fetch=loopback_fetch(gpu_decode=True),
     )
     env = {"runtime_env": {"env_vars": {"CLIPFLEET_LEASE_DIR": lease_dir}}}
     encoders = [
@@ -52,7 +53,7 @@ def embed(base_url: str, url: str, encoder: str) -> np.ndarray:
 
 
 def test_models_report_runtime_precision_calibration_and_lease(runtimes_url):
-    profile = requests.get(f"{runtimes_url}/v1/models", timeout=10).json()["profiles"]["fast"]
+    profile = requests.get(f"{runtimes_url}/v1/status", timeout=10).json()["profiles"]["fast"]
     clip = profile["clip"]["stable"]
     assert (clip["runtime"], clip["precision"]) == ("onnx", "int8")
     calibration = clip["int8_cosine_vs_fp32"]

@@ -146,7 +146,7 @@ def test_failing_canary_is_rolled_back_while_stable_never_fails(
 
 
 def models_view(url: str) -> dict:
-    return requests.get(f"{url}/v1/models", timeout=30).json()
+    return requests.get(f"{url}/v1/status", timeout=30).json()
 
 
 def test_rollback_is_the_apps_and_survives_replicas_and_redeploys(

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,6 @@ from clipfleet.config import (
     AppArgs,
     ClipModelSpec,
     ResNetSpec,
-    clip_deployment_name,
-    multiplexed_deployment_name,
-    resnet_deployment_name,
 )
 from clipfleet.errors import InvalidRequestError, find_clipfleet_error
 from clipfleet.fanout import Judged, gather_items, raise_for
@@ -33,11 +30,11 @@ from clipfleet.fetch import ImageSource
 from clipfleet.multiplex import MultiplexedProfiles
 from clipfleet.readiness import ReadinessView
 from clipfleet.scoring import ScoreSemantics
+from clipfleet.service_views import ServiceViews
 from clipfleet.traffic import TrafficConfig, TrafficManager
 
 logger = logging.getLogger("ray.serve")
 
-READINESS_TIMEOUT_S = 5.0
 _NOT_THE_VARIANTS_FAULT = {502, 504}  # an image URL failing upstream says nothing of the model
 
 
@@ -82,7 +79,7 @@ def counts_against_variant(exc: BaseException) -> bool:
     return error.status >= 500 and error.status not in _NOT_THE_VARIANTS_FAULT
 
 
-class ClipfleetService:
+class ClipfleetService(ServiceViews):
     def __init__(
         self,
         args: AppArgs,
@@ -208,6 +205,18 @@ class ClipfleetService:
     def _fetch(self, source: ImageSource):
         return self.fetcher.fetch.remote(source)
 
+    async def _image_beside(self, clip: Any, source: ImageSource, other: Any, judged: Judged):
+        """The image's vector, timed by its encoder (what the canary guard judges), while
+        `other` (the text side, already sent) runs beside it; `other` is cancelled if the image
+        fails, so a failed request stops using encoder capacity."""
+        try:
+            image_vector, seconds = await clip.embed_image.remote(self._fetch(source), timed=True)
+        except BaseException:
+            other.cancel()
+            raise
+        judged.add(seconds)
+        return image_vector
+
     def _served(self, profile: Profile, variant: str, label: str, **body) -> dict:
         return {**body, "profile": profile.name, "variant": variant, "model": label}
 
@@ -284,14 +293,7 @@ class ClipfleetService:
             source: ImageSource, text: str, judged: Judged, extra: dict[str, Any]
         ) -> dict:
             text_vector = clip.embed_text.remote(text)
-            try:
-                image_vector, seconds = await clip.embed_image.remote(
-                    self._fetch(source), timed=True
-                )
-            except BaseException:
-                text_vector.cancel()
-                raise
-            judged.add(seconds)
+            image_vector = await self._image_beside(clip, source, text_vector, judged)
             return await self.scorer.score_pair.remote(image_vector, text_vector, **extra)
 
         async with self._observed(profile, variant, routing) as judged:
@@ -338,14 +340,7 @@ class ClipfleetService:
                 extra = {"activation": semantics.activation, "logit_bias": semantics.logit_bias}
                 extra["threshold"] = threshold
             label_vectors = clip.embed_texts.remote(prompts)
-            try:
-                image_vector, seconds = await clip.embed_image.remote(
-                    self._fetch(source), timed=True
-                )
-            except BaseException:
-                label_vectors.cancel()
-                raise
-            judged.add(seconds)
+            image_vector = await self._image_beside(clip, source, label_vectors, judged)
             return await self.scorer.tag.remote(
                 image_vector, label_vectors, labels, semantics.logit_scale, top_k, **extra
             )
@@ -358,123 +353,6 @@ class ClipfleetService:
                 raise_for(exc, "image")
         label = profile.clip_labels[variant]
         return self._served(profile, variant, label, tags=tags, activation=semantics.activation)
-
-    # -- introspection ----------------------------------------------------------------------
-    async def logit_scale(self, profile: Profile, variant: str) -> float:
-        """Fixed per loaded model: asked once per variant."""
-        key = (profile.name, variant)
-        if key not in self._logit_scales:
-            description = await profile.clip[variant].describe.remote()
-            self._logit_scales[key] = description["logit_scale"]
-        return self._logit_scales[key]
-
-    async def semantics(self, profile: Profile, variant: str) -> ScoreSemantics:
-        """The model's score semantics (fixed per loaded model): asked once per variant or
-        multiplexed model id."""
-        key = (profile.name, variant)
-        if key not in self._semantics:
-            if profile.name in self.multiplexed:
-                answer = await profile.clip[variant].scoring.remote()
-            else:
-                answer = (await profile.clip[variant].describe.remote()).get("semantics")
-                if answer is None:  # an encoder that predates score semantics: CLIP
-                    answer = {"logit_scale": await self.logit_scale(profile, variant)}
-            self._semantics[key] = ScoreSemantics(**answer)
-        return self._semantics[key]
-
-    async def multiplexed_models(self) -> dict:
-        """Multiplexed profiles: allow-lists, LRU sizes and one replica's pool each."""
-        return await self.multiplexed.details()
-
-    async def models(self) -> dict:
-        profiles = {}
-        for name, profile in self.profiles.items():
-            spec = self.args.profiles[name]
-            traffic = self.traffic_view()[name]
-            variants = dict(
-                zip(
-                    profile.clip,
-                    await asyncio.gather(*(h.describe.remote() for h in profile.clip.values())),
-                    strict=True,
-                )
-            )
-            resnet_info = await profile.resnet.describe.remote()
-            profiles[name] = {
-                "clip": {
-                    variant: {
-                        **spec.variants[variant].model_dump(),
-                        **info,
-                        "label": profile.clip_labels[variant],
-                        "traffic": traffic[variant],
-                    }
-                    for variant, info in variants.items()
-                },
-                "resnet": {
-                    **spec.resnet.model_dump(),
-                    **resnet_info,
-                    "label": profile.resnet_label,
-                },
-            }
-        random_flags = [
-            info["random_weights"]
-            for entry in profiles.values()
-            for info in [*entry["clip"].values(), entry["resnet"]]
-        ]
-        return {
-            "default_profile": self.args.default_profile,
-            "random_weights": any(random_flags),
-            "rollback_policy": self.traffic.policy.model_dump(),
-            "traffic_state": self.traffic.shared_state(),
-            "profiles": profiles,
-            **(
-                {"multiplexed": await self.multiplexed_models()} if self.multiplexed.handles else {}
-            ),
-        }
-
-    def deployment_checks(self) -> dict[str, tuple[str, Any]]:
-        """{readiness key: (deployment name, handle)} for every deployment."""
-        checks = {
-            "image_fetcher": ("ImageFetcher", self.fetcher),
-            "scorer": ("Scorer", self.scorer),
-        }
-        for name, profile in self.profiles.items():
-            for variant, handle in profile.clip.items():
-                suffix = "" if variant == STABLE_VARIANT else f".{variant}"
-                checks[f"{name}.clip{suffix}"] = (clip_deployment_name(name, variant), handle)
-            resnet = resnet_deployment_name(self.args.profiles[name].resnet)
-            checks[f"{name}.resnet"] = (resnet, profile.resnet)
-        for name, handle in self.multiplexed.items():
-            checks[f"{name}.multiplexed"] = (multiplexed_deployment_name(name), handle)
-        return checks
-
-    async def readiness(self) -> tuple[bool, dict]:
-        """Inside Serve: the background-refreshed view (ReadinessView). Elsewhere (the local
-        graph): ask every deployment to answer `describe` (encoders answer after warm-up)."""
-        if self.readiness_view is not None:
-            return self.readiness_view.current()
-        checks: dict[str, Awaitable] = {
-            key: handle.describe.remote() for key, (_, handle) in self.deployment_checks().items()
-        }
-        answers = await asyncio.gather(
-            *(asyncio.wait_for(_awaited(check), READINESS_TIMEOUT_S) for check in checks.values()),
-            return_exceptions=True,
-        )
-        status = {}
-        for key, answer in zip(checks, answers, strict=True):
-            if isinstance(answer, BaseException):
-                status[key] = {"ready": False, "reason": type(answer).__name__}
-            else:
-                status[key] = {"ready": True, **_summary(answer)}
-        return all(entry["ready"] for entry in status.values()), status
-
-
-async def _awaited(awaitable: Awaitable) -> Any:
-    return await awaitable
-
-
-def _summary(description: dict) -> dict:
-    keys = ("model", "weights", "random_weights", "device")
-    return {key: description[key] for key in keys if key in description}
 
 
 def _embedding_body(vectors: list[np.ndarray], encoder: str) -> dict:

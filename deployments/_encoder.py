@@ -7,6 +7,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,40 @@ MERGEABLE_BATCHES = 64
 # A JPEG shipped undecoded already passed the fetcher's limits; decoding it here on a CPU
 # only needs the shrink-before-shipping size (the default, as in the fetcher).
 JPEG_LIMITS = FetchLimits(max_pixels=2**62)
+
+# The encoders' @serve.batch: its sizes are replaced live by reconfigure().
+mergeable_batch = serve.batch(
+    max_batch_size=DEFAULT_CONFIG.max_batch_size,
+    batch_wait_timeout_s=DEFAULT_CONFIG.batch_wait_timeout_s,
+    max_concurrent_batches=MERGEABLE_BATCHES,
+)
+
+
+def apply_encoder_config(encoder: Any, user_config: dict | None, batched: list) -> EncoderConfig:
+    """Validate an encoder's user_config (EncoderConfig: unknown keys rejected) and apply it
+    live: the @serve.batch sizes, the scheduler's merge bound, the cache."""
+    config = EncoderConfig(**(user_config or {}))
+    for method in batched:
+        method.set_max_batch_size(config.max_batch_size)
+        method.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+    encoder.scheduler.max_batch_size = config.max_batch_size
+    if config.cache != encoder.cache.config:
+        encoder.cache = EmbeddingCache(config.cache)
+    encoder.config = config
+    return config
+
+
+async def cached_embedding(
+    cache: EmbeddingCache, key: bytes, kind: str, compute: Callable[[], Awaitable[np.ndarray]]
+) -> np.ndarray:
+    """The cached vector for `key`, or `compute()`'s, then cached; hits and misses counted."""
+    vector = cache.get(key)
+    if cache.config.enabled:
+        metrics.record_cache(vector is not None, kind)
+    if vector is None:
+        vector = await compute()
+        cache.put(key, vector)
+    return vector
 
 
 def prepare_replica() -> DevicePlan:
@@ -74,14 +109,7 @@ class BatchedImageEncoder:
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """user_config: EncoderConfig (batching, fault injection); unknown keys are rejected.
         Async: it runs on the event loop, never on a thread beside the requests."""
-        config = EncoderConfig(**(user_config or {}))
-        for batched in self._batched_methods():
-            batched.set_max_batch_size(config.max_batch_size)
-            batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
-        self.scheduler.max_batch_size = config.max_batch_size
-        if config.cache != self.cache.config:
-            self.cache = EmbeddingCache(config.cache)
-        self.config = config
+        config = apply_encoder_config(self, user_config, self._batched_methods())
         logger.info("encoder config set to %s", config.model_dump())
 
     async def _inject_faults(self) -> None:
@@ -106,13 +134,13 @@ class BatchedImageEncoder:
     async def _embed_image(self, image: np.ndarray | EncodedJpeg) -> np.ndarray:
         await self._inject_faults()
         key = image.key() if isinstance(image, EncodedJpeg) else image_key(image)
-        vector = self._cached(key, "image")
-        if vector is None:
+
+        async def compute() -> np.ndarray:
             with metrics.timed_stage("preprocess"):
                 pixels = await asyncio.to_thread(self._preprocess, image)
-            vector = await self._image_batch(pixels)
-            self.cache.put(key, vector)
-        return vector
+            return await self._image_batch(pixels)
+
+        return await cached_embedding(self.cache, key, "image", compute)
 
     def _preprocess(self, image: np.ndarray | EncodedJpeg) -> torch.Tensor:
         """Decoded pixels -> the model's input; a JPEG shipped undecoded (fetch.gpu_decode) is
@@ -125,17 +153,7 @@ class BatchedImageEncoder:
             return preprocess_on_device(self.model, decoded)
         return self.model.preprocess_image(image)
 
-    def _cached(self, key: bytes, kind: str) -> np.ndarray | None:
-        vector = self.cache.get(key)
-        if self.cache.config.enabled:
-            metrics.record_cache(vector is not None, kind)
-        return vector
-
-    @serve.batch(
-        max_batch_size=DEFAULT_CONFIG.max_batch_size,
-        batch_wait_timeout_s=DEFAULT_CONFIG.batch_wait_timeout_s,
-        max_concurrent_batches=MERGEABLE_BATCHES,
-    )
+    @mergeable_batch
     async def _image_batch(self, pixel_batch: list[torch.Tensor]) -> list[np.ndarray]:
         return await self.scheduler.run("image", pixel_batch)
 

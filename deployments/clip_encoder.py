@@ -14,8 +14,9 @@ from clipfleet.models.onnx_runtime import apply_runtime
 from clipfleet.observability.tracing import traced
 from deployments._encoder import (
     DEFAULT_CONFIG,
-    MERGEABLE_BATCHES,
     BatchedImageEncoder,
+    cached_embedding,
+    mergeable_batch,
     prepare_replica,
 )
 
@@ -50,18 +51,11 @@ class ClipEncoder(BatchedImageEncoder):
         return await asyncio.to_thread(self.model.count_tokens, texts)
 
     async def _embed_one_text(self, text: str) -> np.ndarray:
-        key = text_key(text)
-        vector = self._cached(key, "text")
-        if vector is None:
-            vector = await self._text_batch(text)
-            self.cache.put(key, vector)
-        return vector
+        return await cached_embedding(
+            self.cache, text_key(text), "text", lambda: self._text_batch(text)
+        )
 
-    @serve.batch(
-        max_batch_size=DEFAULT_CONFIG.max_batch_size,
-        batch_wait_timeout_s=DEFAULT_CONFIG.batch_wait_timeout_s,
-        max_concurrent_batches=MERGEABLE_BATCHES,
-    )
+    @mergeable_batch
     async def _text_batch(self, texts: list[str]) -> list[np.ndarray]:
         return await self.scheduler.run("text", texts)
 

@@ -20,14 +20,20 @@ from ray.serve.deployment import Deployment
 
 from clipfleet.batching import ForwardScheduler
 from clipfleet.cache import EmbeddingCache, image_key, text_key
-from clipfleet.config import EncoderConfig, MultiplexedProfileSpec, random_weights_enabled
+from clipfleet.config import MultiplexedProfileSpec, random_weights_enabled
 from clipfleet.errors import InvalidRequestError
 from clipfleet.models.clip import load_clip_model
 from clipfleet.multiplex import LoadedModel, ModelCatalog, ModelPool, ResolvedModel
 from clipfleet.observability import metrics
 from clipfleet.observability.resources import process_resources
 from clipfleet.observability.tracing import traced
-from deployments._encoder import DEFAULT_CONFIG, MERGEABLE_BATCHES, prepare_replica
+from deployments._encoder import (
+    DEFAULT_CONFIG,
+    apply_encoder_config,
+    cached_embedding,
+    mergeable_batch,
+    prepare_replica,
+)
 
 _RAY_WRAPPER_ATTR = "__serve_multiplex_wrapper"  # where @serve.multiplexed keeps its LRU
 
@@ -63,20 +69,7 @@ class MultiplexedClipEncoderBase:
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """user_config: EncoderConfig (batching, cache); unknown keys are rejected."""
-        config = EncoderConfig(**(user_config or {}))
-        for batched in (self._image_batch, self._text_batch):
-            batched.set_max_batch_size(config.max_batch_size)
-            batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
-        self.scheduler.max_batch_size = config.max_batch_size
-        if config.cache != self.cache.config:
-            self.cache = EmbeddingCache(config.cache)
-        self.config = config
-
-    def _cached(self, key: bytes, kind: str) -> np.ndarray | None:
-        vector = self.cache.get(key)
-        if self.cache.config.enabled:
-            metrics.record_cache(vector is not None, kind)
-        return vector
+        apply_encoder_config(self, user_config, [self._image_batch, self._text_batch])
 
     @traced("multiplexed.embed_image")
     async def embed_image(
@@ -90,13 +83,13 @@ class MultiplexedClipEncoderBase:
     async def _embed_image(self, image: np.ndarray) -> np.ndarray:
         loaded = await self._model()
         key = _model_key(loaded.model_id) + image_key(image)  # the same image, per model
-        vector = self._cached(key, "image")
-        if vector is None:
+
+        async def compute() -> np.ndarray:
             with metrics.timed_stage("preprocess"):
                 pixels = await asyncio.to_thread(loaded.model.preprocess_image, image)
-            vector = await self._image_batch(pixels)
-            self.cache.put(key, vector)
-        return vector
+            return await self._image_batch(pixels)
+
+        return await cached_embedding(self.cache, key, "image", compute)
 
     @traced("multiplexed.embed_text")
     async def embed_text(self, text: str) -> np.ndarray:
@@ -116,27 +109,15 @@ class MultiplexedClipEncoderBase:
 
     async def _embed_one_text(self, model_id: str, text: str) -> np.ndarray:
         key = _model_key(model_id) + text_key(text)
-        vector = self._cached(key, "text")
-        if vector is None:
-            vector = await self._text_batch(text)
-            self.cache.put(key, vector)
-        return vector
+        return await cached_embedding(self.cache, key, "text", lambda: self._text_batch(text))
 
-    @serve.batch(
-        max_batch_size=DEFAULT_CONFIG.max_batch_size,
-        batch_wait_timeout_s=DEFAULT_CONFIG.batch_wait_timeout_s,
-        max_concurrent_batches=MERGEABLE_BATCHES,
-    )
+    @mergeable_batch
     async def _image_batch(self, pixel_batch: list[torch.Tensor]) -> list[np.ndarray]:
         loaded = await self._model(count=False)  # Serve's batches hold one model id each
         forward = loaded.model.encode_images
         return await self.scheduler.run("image", pixel_batch, loaded.model_id, forward)
 
-    @serve.batch(
-        max_batch_size=DEFAULT_CONFIG.max_batch_size,
-        batch_wait_timeout_s=DEFAULT_CONFIG.batch_wait_timeout_s,
-        max_concurrent_batches=MERGEABLE_BATCHES,
-    )
+    @mergeable_batch
     async def _text_batch(self, texts: list[str]) -> list[np.ndarray]:
         loaded = await self._model(count=False)
         return await self.scheduler.run("text", texts, loaded.model_id, loaded.model.encode_texts)

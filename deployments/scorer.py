@@ -7,7 +7,7 @@ from ray import serve
 
 from clipfleet.observability import metrics
 from clipfleet.observability.tracing import traced
-from clipfleet.scoring import Activation, ScoreSemantics, clip_scores, zero_shot
+from clipfleet.scoring import ScoreSemantics, clip_scores, zero_shot
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
@@ -23,28 +23,10 @@ class Scorer:
             return clip_scores(image_embedding, text_embedding, semantics)[0]
 
     @traced("Scorer.tag")
-    def tag(
-        self,
-        image_embedding: np.ndarray,
-        label_embeddings: np.ndarray,
-        labels: list[str],
-        logit_scale: float,
-        top_k: int,
-        activation: Activation = "softmax",
-        logit_bias: float = 0.0,
-        threshold: float | None = None,
-    ) -> list[dict]:
+    def tag(self, image_embedding: np.ndarray, label_embeddings: np.ndarray, *args, **kwargs):
+        """clipfleet.scoring.zero_shot's tags (labels, logit_scale, top_k, activation, ...)."""
         with metrics.timed_stage("score"):
-            return zero_shot(
-                image_embedding,
-                label_embeddings,
-                labels,
-                logit_scale,
-                top_k,
-                activation,
-                logit_bias,
-                threshold,
-            )
+            return zero_shot(image_embedding, label_embeddings, *args, **kwargs)
 
     def describe(self) -> dict:
         return {"ready": True, "replica_id": serve.get_replica_context().replica_id.unique_id}

@@ -31,6 +31,7 @@ import aiohttp
 import yaml
 
 from loadtests.images import make_image
+from loadtests.wait_ready import wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["a photo of a cat", "a dog on a beach", "a red car", "a bowl of fruit"]
@@ -128,20 +129,6 @@ def start_app(config: Path, http_port: int) -> None:
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(document))
 
 
-def wait_ready(url: str, timeout_s: float = 600) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(2)
-    raise RuntimeError(f"not ready within {timeout_s} s")
-
-
 def run(config: Path, seconds: float) -> dict:
     import os
 
@@ -150,7 +137,8 @@ def run(config: Path, seconds: float) -> dict:
     try:
         start_app(config, http_port)
         url = f"http://127.0.0.1:{http_port}"
-        wait_ready(url)
+        if wait_ready([f"{url}/readyz"], timeout_s=600, interval_s=2):
+            raise RuntimeError(f"{url} not ready within 600 s")
         asyncio.run(closed_loop(url, CAPACITY_CLIENTS, 5))  # warm-up
         capacity = summarise(
             asyncio.run(closed_loop(url, CAPACITY_CLIENTS, seconds)),

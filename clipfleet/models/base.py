@@ -129,6 +129,30 @@ class ClipModel(ImageEncoderModel):
             return ScoreSemantics("softmax", self.logit_scale, 0.0)
         return ScoreSemantics("sigmoid", self.logit_scale, self.logit_bias)
 
+    def _finish_loading(
+        self,
+        model: torch.nn.Module,
+        backend: str,
+        spec: Any,
+        weights: str,
+        started: float,
+        **extra: Any,
+    ) -> None:
+        """Read the learned logit scale (and SigLIP's bias) and describe the loaded model."""
+        self.logit_scale = float(model.logit_scale.exp().item())
+        bias = getattr(model, "logit_bias", None)  # SigLIP's learned bias: sigmoid semantics
+        self.logit_bias = None if bias is None else float(bias.item())
+        self.info = ModelInfo(
+            family="clip",
+            backend=backend,
+            model=spec.model,
+            weights=weights,
+            embed_dim=int(self.encode_texts(["probe"]).shape[1]),
+            device=self.plan.name,
+            load_seconds=time.perf_counter() - started,
+            extra={**self.semantics_info(), **extra},
+        )
+
     def semantics_info(self) -> dict[str, Any]:
         semantics = self.semantics
         return {

@@ -30,7 +30,6 @@ from transformers import (
 from clipfleet.config import ClipModelSpec
 from clipfleet.models.base import (
     ClipModel,
-    ModelInfo,
     ModelLoadError,
     report_random_weights,
     to_pil,
@@ -140,23 +139,14 @@ class TransformersClipModel(ClipModel):
         self._model = model.eval().to(plan.device)
         self._model_type = config.model_type
         self._context_length = int(config.text_config.max_position_embeddings)
-        self.logit_scale = float(model.logit_scale.exp().item())
-        bias = getattr(model, "logit_bias", None)  # SigLIP's learned bias: sigmoid semantics
-        self.logit_bias = None if bias is None else float(bias.item())
-        embed_dim = int(self.encode_texts(["probe"]).shape[1])
-        self.info = ModelInfo(
-            family="clip",
-            backend="transformers",
-            model=spec.model,
-            weights=weights,
-            embed_dim=embed_dim,
-            device=plan.name,
-            load_seconds=time.perf_counter() - started,
-            extra={
-                **self.semantics_info(),
-                "model_type": self._model_type,
-                "tokenizer": tokenizer_note,
-            },
+        self._finish_loading(
+            model,
+            "transformers",
+            spec,
+            weights,
+            started,
+            model_type=self._model_type,
+            tokenizer=tokenizer_note,
         )
 
     def preprocess_image(self, image: np.ndarray | Image.Image) -> torch.Tensor | dict:

@@ -17,7 +17,6 @@ from PIL import Image
 from clipfleet.config import ClipModelSpec
 from clipfleet.models.base import (
     ClipModel,
-    ModelInfo,
     ModelLoadError,
     report_random_weights,
     to_pil,
@@ -84,20 +83,7 @@ class OpenClipModel(ClipModel):
             report_random_weights(f"open_clip {name}")
         self._model = model.eval()
         self._preprocess = preprocess
-        self.logit_scale = float(model.logit_scale.exp().item())
-        bias = getattr(model, "logit_bias", None)  # SigLIP's learned bias: sigmoid semantics
-        self.logit_bias = None if bias is None else float(bias.item())
-        embed_dim = int(self.encode_texts(["probe"]).shape[1])
-        self.info = ModelInfo(
-            family="clip",
-            backend="open_clip",
-            model=spec.model,
-            weights=weights,
-            embed_dim=embed_dim,
-            device=plan.name,
-            load_seconds=time.perf_counter() - started,
-            extra={**self.semantics_info(), "tokenizer": tokenizer_note},
-        )
+        self._finish_loading(model, "open_clip", spec, weights, started, tokenizer=tokenizer_note)
 
     def preprocess_image(self, image: np.ndarray | Image.Image) -> torch.Tensor:
         return self._preprocess(to_pil(image))

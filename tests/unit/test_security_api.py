@@ -270,7 +270,7 @@ def test_serves_own_plain_503_handlers_become_the_envelope(base_service, serve):
 
 
 def test_readiness_fails_while_a_deployment_hangs_and_recovers(client, serve, monkeypatch):
-    import clipfleet.service
+    import clipfleet.service_views
 
     class Hanging:
         class describe:  # mimics handle.describe.remote()
@@ -278,7 +278,7 @@ def test_readiness_fails_while_a_deployment_hangs_and_recovers(client, serve, mo
             def remote():
                 return asyncio.sleep(60)
 
-    monkeypatch.setattr(clipfleet.service, "READINESS_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(clipfleet.service_views, "READINESS_TIMEOUT_S", 0.2)
     service = serve()
     healthy_scorer, service.scorer = service.scorer, Hanging()
     not_ready = client.get("/readyz")

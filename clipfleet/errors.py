@@ -53,6 +53,18 @@ class InvalidImageError(ClipfleetError):
     type = "invalid_image"
 
 
+class ForbiddenError(ClipfleetError):
+    status = 403
+    type = "forbidden"
+
+
+class ModelLoadFailedError(ClipfleetError):
+    """One multiplexed model could not be loaded; the replica and its other models are fine."""
+
+    status = 500
+    type = "model_load_failed"
+
+
 class NotFoundError(ClipfleetError):
     status = 404
     type = "not_found"
@@ -102,15 +114,3 @@ def find_clipfleet_error(exc: BaseException) -> ClipfleetError | None:
         seen.add(id(current))
         current = getattr(current, "cause", None) or current.__cause__ or current.__context__
     return None
-
-
-class ForbiddenError(ClipfleetError):
-    status = 403
-    type = "forbidden"
-
-
-class ModelLoadFailedError(ClipfleetError):
-    """One multiplexed model could not be loaded; the replica and its other models are fine."""
-
-    status = 500
-    type = "model_load_failed"

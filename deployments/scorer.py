@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 from ray import serve
 
-from clipfleet.observability import metrics
-from clipfleet.observability.tracing import traced
-from clipfleet.scoring import ScoreSemantics, clip_scores, zero_shot
+from clipfleet.replicas import scorer
+from deployments._encoder import replica_id
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
-class Scorer:
-    @traced("Scorer.score_pair")
-    def score_pair(
-        self,
-        image_embedding: np.ndarray,
-        text_embedding: np.ndarray,
-        semantics: ScoreSemantics | None = None,
-    ) -> dict:
-        with metrics.timed_stage("score"):
-            return clip_scores(image_embedding, text_embedding, semantics)[0]
-
-    @traced("Scorer.tag")
-    def tag(self, image_embedding: np.ndarray, label_embeddings: np.ndarray, *args, **kwargs):
-        """clipfleet.scoring.zero_shot's tags (labels, logit_scale, top_k, activation, ...)."""
-        with metrics.timed_stage("score"):
-            return zero_shot(image_embedding, label_embeddings, *args, **kwargs)
-
-    def describe(self) -> dict:
-        return {"ready": True, "replica_id": serve.get_replica_context().replica_id.unique_id}
+class Scorer(scorer.Scorer):
+    def __init__(self) -> None:
+        super().__init__(replica_id())

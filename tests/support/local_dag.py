@@ -1,4 +1,5 @@
-"""The clipfleet DAG without Ray: the same service and plain classes, with in-process handles.
+"""The clipfleet DAG without Ray: the real graph (clipfleet.graph.wire) of the plain replica
+classes (clipfleet.replicas: cache and forward scheduler included), with in-process handles.
 
 Unit tests (v1 API, compat routes) drive the real FastAPI app over this; integration tests
 run the same app under a real Ray Serve.
@@ -8,18 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from clipfleet.config import AppArgs, ClipModelSpec, FetchLimits, ProfileSpec, ResNetSpec
-from clipfleet.fetch import ImageFetcher, ImageSource
-from clipfleet.models.clip import load_clip_model
+from clipfleet.config import (
+    AppArgs,
+    ClipModelSpec,
+    FetchLimits,
+    MultiplexedProfileSpec,
+    ProfileSpec,
+    ResNetSpec,
+)
+from clipfleet.graph import wire
 from clipfleet.models.device import choose_device
-from clipfleet.models.resnet import ResNetModel
-from clipfleet.scoring import clip_scores, zero_shot
+from clipfleet.replicas.clip import ClipEncoder
+from clipfleet.replicas.encoder import ResNetEncoder
+from clipfleet.replicas.fetcher import Fetcher
+from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
+from clipfleet.replicas.scorer import Scorer
 from clipfleet.service import ClipfleetService
 from tests.support.images import LOOPBACK_ALLOWED_PORTS
 
@@ -38,11 +46,14 @@ class LocalResponse:
 
 
 class LocalMethod:
-    def __init__(self, function) -> None:
+    def __init__(self, function, model_id: str | None = None) -> None:
         self._function = function
+        self._model_id = model_id
 
     def remote(self, *args, **kwargs) -> LocalResponse:
         async def run():
+            if self._model_id is not None:  # what Serve's multiplexed_model_id carries
+                REQUESTED_MODEL.set(self._model_id)  # in this task's own context
             resolved = [await arg if isinstance(arg, LocalResponse) else arg for arg in args]
             result = self._function(*resolved, **kwargs)
             return await result if inspect.isawaitable(result) else result
@@ -51,75 +62,22 @@ class LocalMethod:
 
 
 class LocalHandle:
-    """`handle.method.remote(...)` over a plain object, resolving LocalResponse arguments."""
+    """`handle.method.remote(...)` over a plain object, resolving LocalResponse arguments;
+    `.options(multiplexed_model_id=...)` picks the model, like a DeploymentHandle. `calls`:
+    every (method, model id) asked for, shared by the handles `options` derives."""
 
-    def __init__(self, target: Any) -> None:
+    def __init__(self, target: Any, model_id: str | None = None, calls: list | None = None) -> None:
         self._target = target
+        self._model_id = model_id
+        self.calls: list[tuple[str, str | None]] = [] if calls is None else calls
+
+    def options(self, multiplexed_model_id: str) -> LocalHandle:
+        return LocalHandle(self._target, multiplexed_model_id, self.calls)
 
     def __getattr__(self, name: str) -> LocalMethod:
-        return LocalMethod(getattr(self._target, name))
-
-
-class LocalClipEncoder:
-    def __init__(self, spec: ClipModelSpec) -> None:
-        self.model = load_clip_model(spec, choose_device("cpu"), random_weights=False)
-
-    def embed_image(self, image: np.ndarray, timed: bool = False):
-        started = time.perf_counter()
-        vector = self.model.embed_images([image])[0]
-        return (vector, time.perf_counter() - started) if timed else vector
-
-    def embed_text(self, text: str) -> np.ndarray:
-        return self.model.encode_texts([text])[0]
-
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode_texts(texts)
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return self.model.count_tokens(texts)
-
-    def describe(self) -> dict:
-        return {
-            **self.model.info.as_dict(),
-            "logit_scale": self.model.logit_scale,
-            "semantics": self.model.semantics.as_dict(),
-            "ready": True,
-        }
-
-
-class LocalResNetEncoder:
-    def __init__(self, spec: ResNetSpec) -> None:
-        self.model = ResNetModel(spec, choose_device("cpu"), random_weights=False)
-
-    def embed_image(self, image: np.ndarray, timed: bool = False):
-        started = time.perf_counter()
-        vector = self.model.embed_images([image])[0]
-        return (vector, time.perf_counter() - started) if timed else vector
-
-    def describe(self) -> dict:
-        return {**self.model.info.as_dict(), "ready": True}
-
-
-class LocalFetcher:
-    def __init__(self, args: AppArgs) -> None:
-        self._fetcher = ImageFetcher(args.fetch)
-
-    async def fetch(self, source: ImageSource) -> np.ndarray:
-        return await self._fetcher.load(source)
-
-    def describe(self) -> dict:
-        return {"ready": True}
-
-
-class LocalScorer:
-    def score_pair(self, image_embedding, text_embedding, semantics=None) -> dict:
-        return clip_scores(image_embedding, text_embedding, semantics)[0]
-
-    def tag(self, image_embedding, label_embeddings, labels, logit_scale, top_k, **kw) -> list:
-        return zero_shot(image_embedding, label_embeddings, labels, logit_scale, top_k, **kw)
-
-    def describe(self) -> dict:
-        return {"ready": True}
+        method = getattr(self._target, name)
+        self.calls.append((name, self._model_id))
+        return LocalMethod(method, self._model_id)
 
 
 def loopback_fetch(**overrides) -> FetchLimits:
@@ -148,30 +106,42 @@ def tiny_app_args(model_dir: Path, **overrides) -> AppArgs:
     return AppArgs(profiles=profiles, **overrides)
 
 
-def build_local_service(args: AppArgs) -> ClipfleetService:
-    resnets: dict[ResNetSpec, LocalHandle] = {}
-    for spec in args.profiles.values():
-        resnets.setdefault(spec.resnet, LocalHandle(LocalResNetEncoder(spec.resnet)))
-    return ClipfleetService(
-        args,
-        fetcher=LocalHandle(LocalFetcher(args)),
-        scorer=LocalHandle(LocalScorer()),
-        clip_encoders={
-            name: {
-                variant: LocalHandle(LocalClipEncoder(clip))
-                for variant, clip in spec.variants.items()
-            }
-            for name, spec in args.profiles.items()
-        },
-        resnet_encoders={name: resnets[spec.resnet] for name, spec in args.profiles.items()},
-        multiplexed_encoders=local_multiplexed(args),
-    )
+class LocalBinder:
+    """clipfleet.graph.Binder over the plain classes of clipfleet.replicas, on the CPU with the
+    models' own weights, each behind `handle(target)` (a LocalHandle unless told otherwise)."""
+
+    def __init__(self, handle: Callable[[Any], Any] = LocalHandle) -> None:
+        self.handle = handle
+        self.plan = choose_device("cpu")
+
+    def fetcher(self, limits: FetchLimits) -> Any:
+        return self.handle(Fetcher(limits))
+
+    def scorer(self) -> Any:
+        return self.handle(Scorer())
+
+    def clip_encoder(self, name: str, spec: ClipModelSpec) -> Any:
+        return self.handle(ClipEncoder(spec, self.plan))
+
+    def resnet_encoder(self, name: str, spec: ResNetSpec) -> Any:
+        return self.handle(ResNetEncoder(spec, self.plan))
+
+    def multiplexed_encoder(self, name: str, profile: str, spec: MultiplexedProfileSpec) -> Any:
+        return self.handle(MultiplexedClipEncoder(profile, spec, self.plan))
+
+    def ingress(self, args, fetcher, scorer, clip_encoders, resnet_encoders, multiplexed):
+        return ClipfleetService(
+            args,
+            fetcher=fetcher,
+            scorer=scorer,
+            clip_encoders=clip_encoders,
+            resnet_encoders=resnet_encoders,
+            multiplexed_encoders=multiplexed,
+        )
 
 
-def local_multiplexed(args: AppArgs) -> dict:
-    from tests.support.multiplexed import LocalMultiplexedEncoder, LocalMultiplexedHandle
-
-    return {
-        name: LocalMultiplexedHandle(LocalMultiplexedEncoder(name, spec))
-        for name, spec in args.multiplexed.items()
-    }
+def build_local_service(
+    args: AppArgs, handle: Callable[[Any], Any] = LocalHandle
+) -> ClipfleetService:
+    """The real graph (clipfleet.graph.wire) with in-process calls."""
+    return wire(args, LocalBinder(handle))

@@ -18,8 +18,8 @@ from clipfleet.config import AppArgs, ClipModelSpec, MultiplexedProfileSpec
 from clipfleet.errors import ForbiddenError, ModelLoadFailedError, ModelNotFoundError
 from clipfleet.models.clip import load_clip_model
 from clipfleet.multiplex import ModelCatalog
+from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
 from tests.support.local_dag import build_local_service, tiny_app_args
-from tests.support.multiplexed import LocalMultiplexedEncoder
 from tests.support.tiny_models import make_open_clip_dir
 from tests.unit.test_fidelity import CPU
 
@@ -86,7 +86,7 @@ def test_an_ingress_without_the_checkpoint_volume_leaves_files_to_the_encoder(tm
 
 def test_transformers_profiles_load_save_pretrained_folders(model_dir):
     spec = MultiplexedProfileSpec(backend="transformers", checkpoint_dir=str(model_dir))
-    encoder = LocalMultiplexedEncoder("hf", spec)
+    encoder = MultiplexedClipEncoder("hf", spec, CPU)
     loaded = asyncio.run(encoder.model("hf_clip"))
     assert loaded.model.info.backend == "transformers" and loaded.source == "local"
     with pytest.raises(ModelNotFoundError):  # an open_clip folder is not a transformers model
@@ -116,7 +116,7 @@ def test_config_rejects_clashing_or_bad_multiplexed_names(model_dir, checkpoints
 
 # -- the LRU, in Ray's order ---------------------------------------------------------------
 def test_lru_of_two_evicts_and_bad_ids_evict_nothing(checkpoints):
-    encoder = LocalMultiplexedEncoder("custom", spec_for(checkpoints))
+    encoder = MultiplexedClipEncoder("custom", spec_for(checkpoints), CPU)
 
     async def scenario():
         for model_id in ("alpha", "beta", "alpha"):
@@ -133,21 +133,26 @@ def test_lru_of_two_evicts_and_bad_ids_evict_nothing(checkpoints):
         assert list(encoder.lru.models) == ["alpha", "team/gamma"]
 
     asyncio.run(scenario())
-    details = encoder.describe()
+    details = asyncio.run(encoder.describe())
     assert details["loads"] == 3 and details["evictions"] == 1 and details["load_failures"] == 1
     assert [entry["id"] for entry in details["resident"]] == ["alpha", "team/gamma"]
     assert "broken" in details["last_failures"]
 
 
 def test_each_id_gets_its_own_checkpoints_vectors(checkpoints):
-    encoder = LocalMultiplexedEncoder("custom", spec_for(checkpoints))
+    encoder = MultiplexedClipEncoder("custom", spec_for(checkpoints), CPU)
     image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     for model_id in IDS:
-        ours = asyncio.run(encoder.embed_image(model_id, image))
+        ours = asyncio.run(embed_with(encoder, model_id, image))
         direct = load_clip_model(
             ClipModelSpec(model=f"local-dir:{checkpoints / model_id}"), CPU, random_weights=False
         )
         np.testing.assert_allclose(ours, direct.embed_images([image])[0], atol=1e-5)
+
+
+async def embed_with(encoder: MultiplexedClipEncoder, model_id: str, image: np.ndarray):
+    REQUESTED_MODEL.set(model_id)  # what Serve's multiplexed_model_id carries
+    return await encoder.embed_image(image)
 
 
 def test_concurrent_requests_for_a_new_id_load_it_once(checkpoints):
@@ -157,7 +162,7 @@ def test_concurrent_requests_for_a_new_id_load_it_once(checkpoints):
         loads.append(resolved.model_id)
         return load_clip_model(resolved.spec, CPU, False)
 
-    encoder = LocalMultiplexedEncoder("custom", spec_for(checkpoints), load=counting_load)
+    encoder = MultiplexedClipEncoder("custom", spec_for(checkpoints), CPU, load=counting_load)
 
     async def scenario():
         await asyncio.gather(*(encoder.model("beta") for _ in range(4)))
@@ -278,7 +283,7 @@ def test_make_weights_prefetches_allowed_hub_ids(model_dir):
 
 
 def test_a_copy_staged_by_a_racing_request_is_not_kept(checkpoints):
-    encoder = LocalMultiplexedEncoder("custom", spec_for(checkpoints))
+    encoder = MultiplexedClipEncoder("custom", spec_for(checkpoints), CPU)
 
     async def scenario():
         await encoder.model("alpha")

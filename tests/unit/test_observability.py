@@ -138,30 +138,10 @@ def test_exported_names_follow_rays_prometheus_naming():
 
 
 # -- tracing -------------------------------------------------------------------------------
-def traced_class(cls: type, *methods: str) -> type:
-    """A local-DAG class whose methods are decorated like the deployments' (tracing.traced)."""
-    wrapped = {
-        name: tracing.traced(f"{cls.__name__}.{name}")(getattr(cls, name)) for name in methods
-    }
-    return type(f"Traced{cls.__name__}", (cls,), wrapped)
-
-
 def traced_service(args) -> ClipfleetService:
-    handle = lambda target: tracing.TracedHandle(local_dag.LocalHandle(target))  # noqa: E731
-    clip = traced_class(local_dag.LocalClipEncoder, "embed_image", "embed_text", "embed_texts")
-    resnet = traced_class(local_dag.LocalResNetEncoder, "embed_image")
-    resnets = {}
-    for spec in args.profiles.values():
-        resnets.setdefault(spec.resnet, handle(resnet(spec.resnet)))
-    return ClipfleetService(
-        args,
-        fetcher=handle(traced_class(local_dag.LocalFetcher, "fetch")(args)),
-        scorer=handle(traced_class(local_dag.LocalScorer, "score_pair", "tag")()),
-        clip_encoders={
-            name: {variant: handle(clip(s)) for variant, s in spec.variants.items()}
-            for name, spec in args.profiles.items()
-        },
-        resnet_encoders={name: resnets[spec.resnet] for name, spec in args.profiles.items()},
+    """The local graph with its handles traced as the ingress's are (tracing.TracedHandle)."""
+    return local_dag.build_local_service(
+        args, handle=lambda target: tracing.TracedHandle(local_dag.LocalHandle(target))
     )
 
 
@@ -180,11 +160,11 @@ def test_one_request_yields_one_connected_trace(tiny_args, spans):
     finished = [span for span in spans.get_finished_spans() if span.context.trace_id == trace_id]
     names = sorted(span.name for span in finished)
     assert names == [
-        "LocalClipEncoder.embed_image",
-        "LocalClipEncoder.embed_text",
-        "LocalFetcher.fetch",
-        "LocalScorer.score_pair",
+        "ImageFetcher.fetch",
         "POST /v1/score",
+        "Scorer.score_pair",
+        "encoder.embed_image",
+        "encoder.embed_text",
     ]
     (root,) = [span for span in finished if span.name == "POST /v1/score"]
     assert root.parent.span_id == int(CLIENT_SPAN, 16) and root.parent.is_remote

@@ -1,0 +1,194 @@
+"""An image encoder replica without Ray: cache, ForwardScheduler, fault knobs, live config,
+stats and `describe`. ResNetEncoder is this over a torchvision classifier."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipfleet.batching import ForwardScheduler
+from clipfleet.cache import EmbeddingCache, image_key
+from clipfleet.config import EncoderConfig, FetchLimits, ResNetSpec
+from clipfleet.gpu_decode import EncodedJpeg, decode_on_cpu, decode_on_device, preprocess_on_device
+from clipfleet.models.base import ImageEncoderModel
+from clipfleet.models.device import DevicePlan
+from clipfleet.models.onnx_runtime import apply_runtime
+from clipfleet.models.resnet import ResNetModel
+from clipfleet.models.sizing import ForwardLease
+from clipfleet.observability import metrics
+from clipfleet.observability.resources import process_resources
+from clipfleet.observability.tracing import traced
+
+logger = logging.getLogger("ray.serve")
+
+DEFAULT_CONFIG = EncoderConfig()
+# A JPEG shipped undecoded already passed the fetcher's limits; decoding it here on a CPU
+# only needs the shrink-before-shipping size (the default, as in the fetcher).
+JPEG_LIMITS = FetchLimits(max_pixels=2**62)
+LOCAL_REPLICA = "local"
+
+
+def apply_encoder_config(
+    encoder: Any, user_config: dict | None, batched: Sequence
+) -> EncoderConfig:
+    """Validate an encoder's user_config (EncoderConfig: unknown keys rejected) and apply it
+    live: the batched methods' sizes (Serve's @serve.batch), the scheduler's merge bound, the
+    cache."""
+    config = EncoderConfig(**(user_config or {}))
+    for method in batched:
+        method.set_max_batch_size(config.max_batch_size)
+        method.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+    encoder.scheduler.max_batch_size = config.max_batch_size
+    if config.cache != encoder.cache.config:
+        encoder.cache = EmbeddingCache(config.cache)
+    encoder.config = config
+    return config
+
+
+async def cached_embedding(
+    cache: EmbeddingCache, key: bytes, kind: str, compute: Callable[[], Awaitable[np.ndarray]]
+) -> np.ndarray:
+    """The cached vector for `key`, or `compute()`'s, then cached; hits and misses counted."""
+    vector = cache.get(key)
+    if cache.config.enabled:
+        metrics.record_cache(vector is not None, kind)
+    if vector is None:
+        vector = await compute()
+        cache.put(key, vector)
+    return vector
+
+
+async def inject_faults(config: EncoderConfig) -> None:
+    """user_config's fault knobs (rollout drills): added latency, then a random error."""
+    if config.fault_latency_s:
+        await asyncio.sleep(config.fault_latency_s)
+    if config.fault_error_ratio and random.random() < config.fault_error_ratio:
+        raise RuntimeError("fault injected by user_config.fault_error_ratio")
+
+
+class ImageEncoder:
+    """Per item: preprocess on the event loop's thread pool; per batch: one forward pass.
+
+    `_batch_image(pixels)` is the per-item hook: here it hands the scheduler a one-item list
+    (concurrent items still merge there while a forward runs); a Serve shell replaces it with
+    its `@serve.batch` method, which takes a list."""
+
+    def __init__(
+        self,
+        model: ImageEncoderModel,
+        replica_id: str = LOCAL_REPLICA,
+        lease: ForwardLease | None = None,
+    ) -> None:
+        """lease: the node's CPU forward lease, shared with the other encoders on it."""
+        self.model = model
+        self.replica_id = replica_id
+        self.config = DEFAULT_CONFIG
+        self.cache = EmbeddingCache(self.config.cache)
+        self.lease = lease
+        forwards = self._forwards()
+        if lease is not None:
+            forwards = {kind: lease.wrap(forward) for kind, forward in forwards.items()}
+        self.batch_sizes: dict[str, Counter[int]] = {kind: Counter() for kind in forwards}
+        self.scheduler = ForwardScheduler(
+            forwards, self.config.max_batch_size, on_batch=self._count_batch
+        )
+        self.warmup_seconds = model.warmup()
+        process_resources()  # starts this process's CPU % window
+
+    def _forwards(self) -> dict:
+        return {"image": self.model.encode_images}
+
+    async def reconfigure(self, user_config: dict[str, Any], batched: Sequence = ()) -> None:
+        """user_config: EncoderConfig (batching, cache, fault injection); unknown keys are
+        rejected. `batched`: the shell's @serve.batch methods, resized live. Async: it runs on
+        the event loop, never on a thread beside the requests."""
+        config = apply_encoder_config(self, user_config, batched)
+        logger.info("encoder config set to %s", config.model_dump())
+
+    @traced("encoder.embed_image")
+    async def embed_image(
+        self, image: np.ndarray | EncodedJpeg, timed: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, float]:
+        """The embedding; with `timed`, (embedding, seconds this replica spent on it: queue,
+        preprocess and forward), the latency the ingress judges a canary on."""
+        started = time.perf_counter()
+        vector = await self._embed_image(image)
+        return (vector, time.perf_counter() - started) if timed else vector
+
+    async def _embed_image(self, image: np.ndarray | EncodedJpeg) -> np.ndarray:
+        await inject_faults(self.config)
+        key = image.key() if isinstance(image, EncodedJpeg) else image_key(image)
+
+        async def compute() -> np.ndarray:
+            with metrics.timed_stage("preprocess"):
+                pixels = await asyncio.to_thread(self._preprocess, image)
+            return await self._batch_image(pixels)
+
+        return await cached_embedding(self.cache, key, "image", compute)
+
+    def _preprocess(self, image: np.ndarray | EncodedJpeg) -> torch.Tensor:
+        """Decoded pixels -> the model's input; a JPEG shipped undecoded (fetch.gpu_decode) is
+        decoded on this replica's GPU, or on its CPU where it has none."""
+        if isinstance(image, EncodedJpeg):
+            device = self.model.plan.device
+            if device.type != "cuda":
+                return self.model.preprocess_image(decode_on_cpu(image, JPEG_LIMITS))
+            (decoded,) = decode_on_device([image], device)
+            return preprocess_on_device(self.model, decoded)
+        return self.model.preprocess_image(image)
+
+    async def _batch_image(self, pixels: torch.Tensor) -> np.ndarray:
+        (vector,) = await self._forward_images([pixels])
+        return vector
+
+    async def _forward_images(self, pixel_batch: list[torch.Tensor]) -> list[np.ndarray]:
+        return await self.scheduler.run("image", pixel_batch)
+
+    def _count_batch(self, kind: str, size: int, seconds: float) -> None:
+        """Sizes of the forwards that actually ran (after the scheduler's merging)."""
+        self.batch_sizes[kind][size] += 1
+        metrics.record_batch(kind, size)
+        metrics.record_stage("encode", seconds)
+
+    async def describe(self) -> dict[str, Any]:
+        return {
+            **self.model.info.as_dict(),
+            "replica_id": self.replica_id,
+            "ready": True,
+            "warmup_seconds": round(self.warmup_seconds, 3),
+            "config": self.config.model_dump(),
+            "batch_sizes": dict(sorted(self.batch_sizes["image"].items())),
+            **{
+                f"{kind}_batch_sizes": dict(sorted(sizes.items()))
+                for kind, sizes in self.batch_sizes.items()
+                if kind != "image"
+            },
+            "pending": self.scheduler.pending(),
+            "cache": self.cache.stats(),
+            "torch_threads": torch.get_num_threads(),
+            "forward_lease": self.lease.stats() if self.lease is not None else None,
+            "process": process_resources(self.model.info.device),
+        }
+
+
+class ResNetEncoder(ImageEncoder):
+    """Any torchvision classifier's features, on the spec's runtime."""
+
+    def __init__(
+        self,
+        spec: ResNetSpec,
+        plan: DevicePlan,
+        random_weights: bool = False,
+        replica_id: str = LOCAL_REPLICA,
+        lease: ForwardLease | None = None,
+    ) -> None:
+        model = apply_runtime(ResNetModel(spec, plan, random_weights), spec)
+        super().__init__(model, replica_id, lease)

@@ -1,0 +1,60 @@
+"""The image fetcher replica without Ray: clipfleet.fetch.ImageFetcher's two stages, each timed
+and its failures counted, and the process's memory figures."""
+
+from __future__ import annotations
+
+import os
+import resource
+
+import numpy as np
+import psutil
+
+from clipfleet.config import FetchLimits
+from clipfleet.fetch import ImageFetcher, ImageSource
+from clipfleet.gpu_decode import EncodedJpeg, jpeg_for_device
+from clipfleet.observability import metrics
+from clipfleet.observability.tracing import traced
+from clipfleet.replicas.encoder import LOCAL_REPLICA
+
+
+def source_kind(source: ImageSource) -> str:
+    return "url" if source.url is not None else "base64" if source.base64 is not None else "upload"
+
+
+class Fetcher:
+    def __init__(self, limits: FetchLimits, replica_id: str = LOCAL_REPLICA) -> None:
+        self._fetcher = ImageFetcher(limits)
+        self.replica_id = replica_id
+
+    @traced("ImageFetcher.fetch")
+    async def fetch(self, source: ImageSource) -> np.ndarray | EncodedJpeg:
+        """ImageFetcher.load, in its two stages, each timed and its failures counted.
+        With `gpu_decode`, a JPEG within the limits is shipped undecoded (EncodedJpeg)."""
+        with metrics.counting_failures("fetch"), metrics.timed_stage("fetch"):
+            data = await self._fetcher.read_bytes(source)
+        if self._fetcher.limits.gpu_decode:
+            jpeg = jpeg_for_device(data, self._fetcher.limits)
+            if jpeg is not None:
+                metrics.record_image(source_kind(source), len(data), jpeg.width * jpeg.height)
+                return jpeg
+        with metrics.counting_failures("decode"), metrics.timed_stage("decode"):
+            image = await self._fetcher.decode(data)
+        metrics.record_image(source_kind(source), len(data), image.shape[0] * image.shape[1])
+        return image
+
+    async def memory(self) -> dict:
+        """This replica's process: pid, resident memory now and at its peak, decode budget."""
+        budget = self._fetcher.decode_budget
+        return {
+            "pid": os.getpid(),
+            "rss_bytes": psutil.Process().memory_info().rss,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "decode_budget_bytes": budget.capacity,
+            "decode_bytes_in_use": budget.in_use,
+        }
+
+    def describe(self) -> dict:
+        return {"ready": True, "replica_id": self.replica_id}
+
+    async def close(self) -> None:
+        await self._fetcher.close()

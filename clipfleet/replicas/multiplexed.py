@@ -1,0 +1,203 @@
+"""A multiplexed CLIP encoder replica without Ray: many models of one backend, by id.
+
+Serve routes a request by its `multiplexed_model_id`, which the replica reads per request; here
+that is `_requested_model_id()` (a context variable; the shell reads Serve's). The LRU is
+`ModelLru`, Ray's order of work reduced to its essentials; the shell replaces it with
+`@serve.multiplexed`. Validation and loading live in clipfleet.multiplex (no bad id or failing
+checkpoint ever evicts a loaded model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipfleet.batching import ForwardScheduler
+from clipfleet.cache import EmbeddingCache, image_key, text_key
+from clipfleet.config import MultiplexedProfileSpec
+from clipfleet.errors import InvalidRequestError
+from clipfleet.models.clip import load_clip_model
+from clipfleet.models.device import DevicePlan
+from clipfleet.multiplex import LoadedModel, ModelCatalog, ModelPool, ResolvedModel
+from clipfleet.observability import metrics
+from clipfleet.observability.resources import process_resources
+from clipfleet.observability.tracing import traced
+from clipfleet.replicas.encoder import (
+    DEFAULT_CONFIG,
+    LOCAL_REPLICA,
+    apply_encoder_config,
+    cached_embedding,
+)
+
+# The model id of the request being served, where no Serve replica context provides one.
+REQUESTED_MODEL: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "clipfleet_multiplexed_model_id", default=""
+)
+
+
+class ModelLru:
+    """serve.multiplexed's _ModelMultiplexWrapper.load_model, reduced to its order of work: on a
+    miss with a full cache it evicts the least-recently-used model *before* calling the loader."""
+
+    def __init__(self, loader: Callable, capacity: int) -> None:
+        self.models: OrderedDict[str, Any] = OrderedDict()
+        self.loader_calls: list[str] = []
+        self._loader = loader
+        self._capacity = capacity
+
+    async def get(self, model_id: str) -> Any:
+        if model_id in self.models:
+            self.models.move_to_end(model_id)
+            return self.models[model_id]
+        if len(self.models) >= self._capacity:
+            self.models.popitem(last=False)
+        self.loader_calls.append(model_id)
+        self.models[model_id] = await self._loader(model_id)
+        return self.models[model_id]
+
+
+class MultiplexedClipEncoder:
+    """`_batch_image(pixels)` / `_batch_text(text)` are per-item hooks (see ImageEncoder)."""
+
+    def __init__(
+        self,
+        profile: str,
+        spec: MultiplexedProfileSpec,
+        plan: DevicePlan,
+        random_weights: bool = False,
+        replica_id: str = LOCAL_REPLICA,
+        load: Callable[[ResolvedModel], Any] | None = None,
+    ) -> None:
+        """load: blocking, resolved spec -> ClipModel (default: load and warm up on `plan`)."""
+        self.plan = plan
+        self.random_weights = random_weights
+        self.replica_id = replica_id
+        self.pool = ModelPool(ModelCatalog(profile, spec), load or self._build)
+        self.lru = ModelLru(self.pool.take, spec.max_models_per_replica)
+        self.config = DEFAULT_CONFIG
+        self.cache = EmbeddingCache(self.config.cache)
+        self.scheduler = ForwardScheduler({}, self.config.max_batch_size, self._count_batch)
+        process_resources()
+
+    def _build(self, resolved: ResolvedModel) -> Any:
+        model = load_clip_model(resolved.spec, self.plan, resolved.random_weights)
+        model.warmup()
+        return model
+
+    async def _lru_get(self, model_id: str) -> LoadedModel:
+        return await self.lru.get(model_id)
+
+    def _lru_models(self) -> dict[str, LoadedModel]:
+        return dict(self.lru.models)
+
+    def _requested_model_id(self) -> str:
+        return REQUESTED_MODEL.get()
+
+    async def model(self, model_id: str, count: bool = True) -> LoadedModel:
+        """The loaded model for `model_id`, through the LRU (hits counted unless `count` is
+        false: a batch or a side lookup of a request already counted)."""
+        return await self.pool.get(model_id, self._lru_get, self._lru_models, count=count)
+
+    async def _model(self, count: bool = True) -> LoadedModel:
+        model_id = self._requested_model_id()
+        if not model_id:
+            raise InvalidRequestError("name a model as <profile>:<model-id>", "model", status=422)
+        return await self.model(model_id, count)
+
+    async def reconfigure(self, user_config: dict[str, Any], batched: list | tuple = ()) -> None:
+        """user_config: EncoderConfig (batching, cache); unknown keys are rejected."""
+        apply_encoder_config(self, user_config, batched)
+
+    @traced("multiplexed.embed_image")
+    async def embed_image(
+        self, image: np.ndarray, timed: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, float]:
+        """As ClipEncoder.embed_image: with `timed`, also the seconds spent here."""
+        started = time.perf_counter()
+        vector = await self._embed_image(image)
+        return (vector, time.perf_counter() - started) if timed else vector
+
+    async def _embed_image(self, image: np.ndarray) -> np.ndarray:
+        loaded = await self._model()
+        key = _model_key(loaded.model_id) + image_key(image)  # the same image, per model
+
+        async def compute() -> np.ndarray:
+            with metrics.timed_stage("preprocess"):
+                pixels = await asyncio.to_thread(loaded.model.preprocess_image, image)
+            return await self._batch_image(pixels)
+
+        return await cached_embedding(self.cache, key, "image", compute)
+
+    @traced("multiplexed.embed_text")
+    async def embed_text(self, text: str) -> np.ndarray:
+        loaded = await self._model()
+        return await self._embed_one_text(loaded.model_id, text)
+
+    @traced("multiplexed.embed_texts")
+    async def embed_texts(self, texts: list[str]) -> np.ndarray:
+        loaded = await self._model()
+        vectors = [self._embed_one_text(loaded.model_id, text) for text in texts]
+        return np.stack(await asyncio.gather(*vectors))
+
+    async def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens per text with this model's own tokenizer: usage figures."""
+        loaded = await self._model(count=False)
+        return await asyncio.to_thread(loaded.model.count_tokens, texts)
+
+    async def _embed_one_text(self, model_id: str, text: str) -> np.ndarray:
+        key = _model_key(model_id) + text_key(text)
+        return await cached_embedding(self.cache, key, "text", lambda: self._batch_text(text))
+
+    async def _batch_image(self, pixels: torch.Tensor) -> np.ndarray:
+        (vector,) = await self._forward_images([pixels])
+        return vector
+
+    async def _batch_text(self, text: str) -> np.ndarray:
+        (vector,) = await self._forward_texts([text])
+        return vector
+
+    async def _forward_images(self, pixel_batch: list[torch.Tensor]) -> list[np.ndarray]:
+        loaded = await self._model(count=False)  # Serve's batches hold one model id each
+        forward = loaded.model.encode_images
+        return await self.scheduler.run("image", pixel_batch, loaded.model_id, forward)
+
+    async def _forward_texts(self, texts: list[str]) -> list[np.ndarray]:
+        loaded = await self._model(count=False)
+        return await self.scheduler.run("text", texts, loaded.model_id, loaded.model.encode_texts)
+
+    def _count_batch(self, kind: str, size: int, seconds: float) -> None:
+        metrics.record_batch(kind, size)
+        metrics.record_stage("encode", seconds)
+
+    async def scoring(self) -> dict:
+        """The requested model's score semantics (activation, logit_scale, logit_bias)."""
+        return (await self._model(count=False)).model.semantics.as_dict()
+
+    async def describe(self) -> dict[str, Any]:
+        """The replica's pool: resident models (LRU first), loads, hits, evictions, failures."""
+        return {
+            **self.pool.describe(self._lru_models()),
+            "family": "clip",
+            "multiplexed": True,
+            "profile": self.pool.profile,
+            # local checkpoints always load their weights; hub ids get random ones in that mode
+            "random_weights": self.random_weights and bool(self.pool.catalog.spec.allowed_hub_ids),
+            "device": self.plan.name,
+            "replica_id": self.replica_id,
+            "ready": True,
+            "config": self.config.model_dump(),
+            "pending": self.scheduler.pending(),
+            "cache": self.cache.stats(),
+            "process": process_resources(self.plan.name),
+        }
+
+
+def _model_key(model_id: str) -> bytes:
+    return b"m" + model_id.encode() + b"\x00"

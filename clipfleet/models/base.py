@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -55,13 +54,6 @@ class ModelInfo:
         }
 
 
-def _forward_lock(model: object) -> threading.Lock:
-    lock = model.__dict__.get("_forward_lock")
-    if lock is None:
-        lock = model.__dict__.setdefault("_forward_lock", threading.Lock())
-    return lock
-
-
 def to_pil(image: np.ndarray | Image.Image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
@@ -101,9 +93,10 @@ class ImageEncoderModel(ABC):
         return self.encode_images([self.preprocess_image(image) for image in images])
 
     def _run(self, forward: Callable[[Any], torch.Tensor], inputs: Any) -> np.ndarray:
-        # One forward at a time per model: image and text batches arrive on different threads,
-        # and two concurrent forwards would each spread over every core and thrash.
-        with _forward_lock(self), inference(self.plan):
+        # Not thread-safe by design: callers run one forward at a time per model. Serving goes
+        # through a ForwardScheduler (one drain task per replica, image and text alike); the
+        # batch job's Ray Data actors run their UDF single-threaded; the benchmarks are serial.
+        with inference(self.plan):
             features = forward(inputs)
         return l2_normalize(features).cpu().numpy().astype(np.float32, copy=False)
 

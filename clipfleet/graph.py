@@ -9,7 +9,7 @@ of clipfleet.replicas behind in-process handles. Both walk this one graph.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from clipfleet.config import (
     AppArgs,
@@ -21,6 +21,16 @@ from clipfleet.config import (
     multiplexed_deployment_name,
     resnet_deployment_name,
 )
+
+
+class Graph(NamedTuple):
+    """What the ingress is built over, in Ingress's and ClipfleetService's argument order."""
+
+    fetcher: Any
+    scorer: Any
+    clip_encoders: dict[str, dict[str, Any]]  # profile -> variant -> encoder
+    resnet_encoders: dict[str, Any]  # profile -> encoder (shared between profiles)
+    multiplexed_encoders: dict[str, Any]  # multiplexed profile -> encoder
 
 
 class Binder(Protocol):
@@ -36,15 +46,7 @@ class Binder(Protocol):
 
     def multiplexed_encoder(self, name: str, profile: str, spec: MultiplexedProfileSpec) -> Any: ...
 
-    def ingress(
-        self,
-        args: AppArgs,
-        fetcher: Any,
-        scorer: Any,
-        clip_encoders: dict[str, dict[str, Any]],
-        resnet_encoders: dict[str, Any],
-        multiplexed: dict[str, Any],
-    ) -> Any: ...
+    def ingress(self, args: AppArgs, graph: Graph) -> Any: ...
 
 
 def wire(args: AppArgs, binder: Binder) -> Any:
@@ -67,11 +69,7 @@ def wire(args: AppArgs, binder: Binder) -> Any:
         profile: binder.multiplexed_encoder(multiplexed_deployment_name(profile), profile, spec)
         for profile, spec in args.multiplexed.items()
     }
-    return binder.ingress(
-        args,
-        binder.fetcher(args.fetch),
-        binder.scorer(),
-        clip_encoders,
-        resnet_encoders,
-        multiplexed,
+    graph = Graph(
+        binder.fetcher(args.fetch), binder.scorer(), clip_encoders, resnet_encoders, multiplexed
     )
+    return binder.ingress(args, graph)

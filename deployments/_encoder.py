@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import ray
+import torch
 from ray import serve
 
 from clipfleet.models.device import DevicePlan, choose_device, set_torch_threads
@@ -37,3 +41,30 @@ def node_lease(plan: DevicePlan) -> ForwardLease | None:
 
 def replica_id() -> str:
     return serve.get_replica_context().replica_id.unique_id
+
+
+class BatchedImages:
+    """Mixed in before a plain encoder: its per-item image hook becomes Serve's batch queue
+    (list in, list out), resized live by reconfigure. Serve keeps one queue per decorated
+    function in the process, which holds one replica."""
+
+    def _batched(self) -> list:
+        return [self._batch_image]
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        await super().reconfigure(user_config, self._batched())
+
+    @mergeable_batch
+    async def _batch_image(self, pixel_batch: list[torch.Tensor]) -> list[np.ndarray]:
+        return await self._forward_images(pixel_batch)
+
+
+class BatchedImagesAndTexts(BatchedImages):
+    """BatchedImages, and the per-item text hook too."""
+
+    def _batched(self) -> list:
+        return [self._batch_image, self._batch_text]
+
+    @mergeable_batch
+    async def _batch_text(self, texts: list[str]) -> list[np.ndarray]:
+        return await self._forward_texts(texts)

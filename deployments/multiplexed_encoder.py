@@ -9,22 +9,18 @@ clipfleet.replicas.multiplexed's.
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-import torch
 from ray import serve
 from ray.serve.deployment import Deployment
 
 from clipfleet.config import MultiplexedProfileSpec, random_weights_enabled
 from clipfleet.multiplex import LoadedModel
 from clipfleet.replicas import multiplexed
-from deployments._encoder import mergeable_batch, prepare_replica, replica_id
+from deployments._encoder import BatchedImagesAndTexts, prepare_replica, replica_id
 
 _RAY_WRAPPER_ATTR = "__serve_multiplex_wrapper"  # where @serve.multiplexed keeps its LRU
 
 
-class MultiplexedClipEncoderBase(multiplexed.MultiplexedClipEncoder):
+class MultiplexedClipEncoderBase(BatchedImagesAndTexts, multiplexed.MultiplexedClipEncoder):
     """Everything but the loader, whose decoration depends on the profile's LRU size."""
 
     def __init__(self, profile: str, spec: MultiplexedProfileSpec) -> None:
@@ -36,17 +32,6 @@ class MultiplexedClipEncoderBase(multiplexed.MultiplexedClipEncoder):
 
     def _requested_model_id(self) -> str:
         return serve.get_multiplexed_model_id()
-
-    async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        await super().reconfigure(user_config, [self._batch_image, self._batch_text])
-
-    @mergeable_batch
-    async def _batch_image(self, pixel_batch: list[torch.Tensor]) -> list[np.ndarray]:
-        return await self._forward_images(pixel_batch)
-
-    @mergeable_batch
-    async def _batch_text(self, texts: list[str]) -> list[np.ndarray]:
-        return await self._forward_texts(texts)
 
 
 def multiplexed_encoder(spec: MultiplexedProfileSpec) -> Deployment:

@@ -44,8 +44,8 @@ class ServeBinder:
         # Built per profile: Ray fixes the LRU size when the loader is decorated.
         return multiplexed_encoder(spec).options(name=name).bind(profile, spec)
 
-    def ingress(self, args, fetcher, scorer, clip_encoders, resnet_encoders, multiplexed):
-        return Ingress.bind(args, fetcher, scorer, clip_encoders, resnet_encoders, multiplexed)
+    def ingress(self, args, graph):
+        return Ingress.bind(args, *graph)
 
 
 def build_app(args: AppArgs) -> Application:

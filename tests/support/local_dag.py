@@ -21,7 +21,7 @@ from clipfleet.config import (
     ProfileSpec,
     ResNetSpec,
 )
-from clipfleet.graph import wire
+from clipfleet.graph import Graph, wire
 from clipfleet.models.device import choose_device
 from clipfleet.replicas.clip import ClipEncoder
 from clipfleet.replicas.encoder import ResNetEncoder
@@ -129,15 +129,8 @@ class LocalBinder:
     def multiplexed_encoder(self, name: str, profile: str, spec: MultiplexedProfileSpec) -> Any:
         return self.handle(MultiplexedClipEncoder(profile, spec, self.plan))
 
-    def ingress(self, args, fetcher, scorer, clip_encoders, resnet_encoders, multiplexed):
-        return ClipfleetService(
-            args,
-            fetcher=fetcher,
-            scorer=scorer,
-            clip_encoders=clip_encoders,
-            resnet_encoders=resnet_encoders,
-            multiplexed_encoders=multiplexed,
-        )
+    def ingress(self, args: AppArgs, graph: Graph) -> ClipfleetService:
+        return ClipfleetService(args, **graph._asdict())
 
 
 def build_local_service(

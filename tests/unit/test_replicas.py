@@ -229,8 +229,8 @@ class RecordingBinder:
     def multiplexed_encoder(self, name, profile, spec):
         return self._node("multiplexed", name, profile)
 
-    def ingress(self, args, fetcher, scorer, clip_encoders, resnet_encoders, multiplexed):
-        return fetcher, scorer, clip_encoders, resnet_encoders, multiplexed
+    def ingress(self, args, graph):
+        return graph
 
 
 def test_wire_binds_each_node_once_and_shares_resnets(tiny_args, two_checkpoints):

@@ -109,7 +109,7 @@ def test_fault_knobs_fail_or_delay_requests(clip):
     asyncio.run(clip.reconfigure({"fault_latency_s": 0.2}))
     started = time.perf_counter()
     asyncio.run(clip.embed_texts(["a dog"]))
-    assert time.perf_counter() - started >= 0.2
+    assert time.perf_counter() - started >= 0.19  # the event loop may wake a tick early
 
 
 # -- the scheduler under the per-item hook ---------------------------------------------------

@@ -39,10 +39,6 @@ def node_lease(plan: DevicePlan) -> ForwardLease | None:
     return ForwardLease(slots) if plan.device.type == "cpu" and slots else None
 
 
-def replica_id() -> str:
-    return serve.get_replica_context().replica_id.unique_id
-
-
 class BatchedImages:
     """Mixed in before a plain encoder: its per-item image hook becomes Serve's batch queue
     (list in, list out), resized live by reconfigure. Serve keeps one queue per decorated

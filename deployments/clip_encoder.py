@@ -6,7 +6,8 @@ from ray import serve
 
 from clipfleet.config import ClipModelSpec, random_weights_enabled
 from clipfleet.replicas import clip
-from deployments._encoder import BatchedImagesAndTexts, node_lease, prepare_replica, replica_id
+from deployments._context import replica_id
+from deployments._encoder import BatchedImagesAndTexts, node_lease, prepare_replica
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)

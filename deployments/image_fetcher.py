@@ -6,7 +6,7 @@ from ray import serve
 
 from clipfleet.config import FetchLimits
 from clipfleet.replicas.fetcher import Fetcher
-from deployments._encoder import replica_id
+from deployments._context import replica_id
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)

@@ -15,7 +15,8 @@ from ray.serve.deployment import Deployment
 from clipfleet.config import MultiplexedProfileSpec, random_weights_enabled
 from clipfleet.multiplex import LoadedModel
 from clipfleet.replicas import multiplexed
-from deployments._encoder import BatchedImagesAndTexts, prepare_replica, replica_id
+from deployments._context import replica_id
+from deployments._encoder import BatchedImagesAndTexts, prepare_replica
 
 _RAY_WRAPPER_ATTR = "__serve_multiplex_wrapper"  # where @serve.multiplexed keeps its LRU
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ray import serve
 
 from clipfleet.replicas import scorer
-from deployments._encoder import replica_id
+from deployments._context import replica_id
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)

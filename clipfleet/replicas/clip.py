@@ -14,7 +14,8 @@ from clipfleet.models.device import DevicePlan
 from clipfleet.models.onnx_runtime import apply_runtime
 from clipfleet.models.sizing import ForwardLease
 from clipfleet.observability.tracing import traced
-from clipfleet.replicas.encoder import LOCAL_REPLICA, ImageEncoder, cached_embedding, inject_faults
+from clipfleet.replicas import LOCAL_REPLICA
+from clipfleet.replicas.encoder import ImageEncoder, cached_embedding, inject_faults
 
 
 class ClipEncoder(ImageEncoder):

@@ -26,6 +26,7 @@ from clipfleet.models.sizing import ForwardLease
 from clipfleet.observability import metrics
 from clipfleet.observability.resources import process_resources
 from clipfleet.observability.tracing import traced
+from clipfleet.replicas import LOCAL_REPLICA
 
 logger = logging.getLogger("ray.serve")
 
@@ -33,7 +34,6 @@ DEFAULT_CONFIG = EncoderConfig()
 # A JPEG shipped undecoded already passed the fetcher's limits; decoding it here on a CPU
 # only needs the shrink-before-shipping size (the default, as in the fetcher).
 JPEG_LIMITS = FetchLimits(max_pixels=2**62)
-LOCAL_REPLICA = "local"
 
 
 def apply_encoder_config(

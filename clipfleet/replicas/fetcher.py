@@ -14,7 +14,7 @@ from clipfleet.fetch import ImageFetcher, ImageSource
 from clipfleet.gpu_decode import EncodedJpeg, jpeg_for_device
 from clipfleet.observability import metrics
 from clipfleet.observability.tracing import traced
-from clipfleet.replicas.encoder import LOCAL_REPLICA
+from clipfleet.replicas import LOCAL_REPLICA
 
 
 def source_kind(source: ImageSource) -> str:

@@ -29,9 +29,9 @@ from clipfleet.multiplex import LoadedModel, ModelCatalog, ModelPool, ResolvedMo
 from clipfleet.observability import metrics
 from clipfleet.observability.resources import process_resources
 from clipfleet.observability.tracing import traced
+from clipfleet.replicas import LOCAL_REPLICA
 from clipfleet.replicas.encoder import (
     DEFAULT_CONFIG,
-    LOCAL_REPLICA,
     apply_encoder_config,
     cached_embedding,
 )

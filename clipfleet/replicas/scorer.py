@@ -6,7 +6,7 @@ import numpy as np
 
 from clipfleet.observability import metrics
 from clipfleet.observability.tracing import traced
-from clipfleet.replicas.encoder import LOCAL_REPLICA
+from clipfleet.replicas import LOCAL_REPLICA
 from clipfleet.scoring import ScoreSemantics, clip_scores, zero_shot
 
 

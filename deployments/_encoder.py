@@ -1,4 +1,4 @@
-"""What the encoder shells share: the replica's device and lease, its id, `@serve.batch`."""
+"""What the encoder shells share: the replica's device and forward lease, `@serve.batch`."""
 
 from __future__ import annotations
 

@@ -69,6 +69,9 @@ def merge(base, patch):
 
 
 def merge_named(base: list[dict], patch: list[dict]) -> list[dict]:
+    names = [entry["name"] for entry in patch]
+    if len(names) != len(set(names)):
+        raise ConfigError(f"an overlay lists a name twice in {names}")
     merged = {entry["name"]: entry for entry in base}
     for entry in patch:
         merged[entry["name"]] = merge(merged.get(entry["name"]), entry)
@@ -103,11 +106,13 @@ def prune(config: dict, overlay: dict, source: str) -> dict:
         app["name"]: {entry["name"] for entry in app.get("deployments") or []}
         for app in overlay.get("applications") or []
     }
+    apps = []
     for app in config.get("applications") or []:
         keep = app_names(app, source) | named_here.get(app["name"], set())
         if app.get("deployments"):
-            app["deployments"] = [d for d in app["deployments"] if d["name"] in keep]
-    return config
+            app = {**app, "deployments": [d for d in app["deployments"] if d["name"] in keep]}
+        apps.append(app)
+    return {**config, "applications": apps} if "applications" in config else config
 
 
 def load(relative: str) -> dict:

@@ -77,13 +77,14 @@ def test_an_entry_naming_no_deployment_is_refused(source):
         compose(GPU.overlays, read=reading(**{source: typo}))
 
 
-def test_a_deployment_listed_twice_is_refused():
-    def twice(base):
-        base["applications"][0]["deployments"].append({"name": "Scorer"})
-        return base
+@pytest.mark.parametrize("source", [configgen.BASE, GPU.overlays[0]])
+def test_a_deployment_listed_twice_is_refused(source):
+    def twice(config):
+        config["applications"][0]["deployments"].append({"name": "Scorer"})
+        return config
 
-    with pytest.raises(ConfigError, match="listed twice"):
-        compose((), read=reading(**{configgen.BASE: twice}))
+    with pytest.raises(ConfigError, match="twice"):
+        compose(GPU.overlays, read=reading(**{source: twice}))
 
 
 def test_args_batching_is_refused_with_where_it_moved():

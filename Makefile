@@ -79,9 +79,10 @@ overload: $(STAMP)
 	mkdir -p $(RESULTS)
 	$(BIN)/python -m loadtests.overload --out $(RESULTS)/overload.json
 
-# Copy serve_config.yaml / cluster/serve_config.gpu.yaml into the RayService manifests.
+# Generate the GPU, bench and fast-int8 configs and the RayServices' serveConfigV2 from
+# serve_config.yaml + cluster/overlays/*.yaml (clipfleet/configgen.py).
 cluster-sync: $(STAMP)
-	$(BIN)/python cluster/sync_manifests.py
+	$(BIN)/python -m clipfleet.configgen
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -135,7 +135,7 @@ class ProfileSpec(StrictModel):
 
 
 class BatchingConfig(StrictModel):
-    """Dynamic batching knobs; the defaults of the encoders' `user_config`."""
+    """Dynamic batching knobs, set per encoder deployment in its `user_config`."""
 
     max_batch_size: int = Field(16, ge=1, le=512)
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0)
@@ -150,7 +150,8 @@ class CacheConfig(StrictModel):
 
 
 class EncoderConfig(BatchingConfig):
-    """An encoder's `user_config`, applied live by `reconfigure()` (no replica restart).
+    """An encoder's `user_config`, applied live by `reconfigure()` (no replica restart); an
+    encoder without one runs on these defaults. The one home of its batching settings.
 
     The fault_* knobs inject failures or latency for rollout drills (e.g. proving that a bad
     canary is rolled back); leave them at 0 in production.
@@ -172,12 +173,7 @@ class FetchLimits(StrictModel):
     ship_shortest_side: int = Field(448, ge=64, le=4096)
     connection_limit: int = Field(64, ge=1)
     allowed_content_types: tuple[str, ...] = (
-        "image/jpeg",
-        "image/png",
-        "image/webp",
-        "image/gif",
-        "image/bmp",
-        "image/tiff",
+        *("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"),
         "application/octet-stream",
     )
     # SSRF allow-list (see clipfleet.netguard): internal networks (CIDRs) and host names
@@ -258,12 +254,8 @@ class CorsConfig(StrictModel):
     allow_origins: tuple[str, ...] = ()
     allow_methods: tuple[str, ...] = ("GET", "POST", "OPTIONS")
     allow_headers: tuple[str, ...] = (
-        "Authorization",
-        "Content-Type",
-        "X-API-Key",
-        "X-Clipfleet-Route-Key",
-        "X-Clipfleet-Variant",
-        "X-Request-ID",
+        *("Authorization", "Content-Type", "X-API-Key", "X-Clipfleet-Route-Key"),
+        *("X-Clipfleet-Variant", "X-Request-ID"),
     )
     allow_credentials: bool = False
     max_age_s: int = Field(600, ge=0)
@@ -271,18 +263,8 @@ class CorsConfig(StrictModel):
 
 DEFAULT_LABELS: tuple[str, ...] = (
     # seed 002's label sets: pet types and fur lengths
-    "cat",
-    "dog",
-    "hamster",
-    "rabbit",
-    "bird",
-    "fish",
-    "turtle",
-    "snake",
-    "lizard",
-    "long-hair",
-    "short-hair",
-    "medium-hair",
+    *("cat", "dog", "hamster", "rabbit", "bird", "fish", "turtle", "snake", "lizard"),
+    *("long-hair", "short-hair", "medium-hair"),
 )
 
 
@@ -314,7 +296,6 @@ class MultiplexedProfileSpec(StrictModel):
 class AppArgs(StrictModel):
     profiles: dict[str, ProfileSpec]
     default_profile: str = "fast"
-    batching: BatchingConfig = BatchingConfig()
     fetch: FetchLimits = FetchLimits()
     limits: ApiLimits = ApiLimits()
     auth: AuthConfig = AuthConfig()
@@ -323,6 +304,22 @@ class AppArgs(StrictModel):
     prompt_template: str = "a photo of a {label}."
     # Multiplexed profiles (requests name `<profile>:<model-id>`); see docs/models.md.
     multiplexed: dict[str, MultiplexedProfileSpec] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _batching_moved(cls, data):
+        if isinstance(data, dict) and "batching" in data:
+            raise ValueError(
+                "args.batching is gone: set max_batch_size / batch_wait_timeout_s in each "
+                "encoder deployment's user_config (EncoderConfig; unset: its defaults), "
+                "see docs/configuration.md"
+            )
+        return data
+
+    @property
+    def batching(self) -> BatchingConfig:
+        """Transitional, until pipelines/app.py stops passing it: EncoderConfig's defaults."""
+        return BatchingConfig()
 
     @field_validator("profiles")
     @classmethod
@@ -372,6 +369,12 @@ class AppArgs(StrictModel):
         return self
 
 
+INGRESS_DEPLOYMENT = "Ingress"
+FETCHER_DEPLOYMENT = "ImageFetcher"
+SCORER_DEPLOYMENT = "Scorer"
+FIXED_DEPLOYMENTS = (INGRESS_DEPLOYMENT, FETCHER_DEPLOYMENT, SCORER_DEPLOYMENT)
+
+
 def multiplexed_deployment_name(profile: str) -> str:
     return f"clip_{profile}_multiplexed"
 
@@ -383,3 +386,12 @@ def clip_deployment_name(profile: str, variant: str = STABLE_VARIANT) -> str:
 def resnet_deployment_name(spec: ResNetSpec) -> str:
     """Profiles that name the same ResNet share one deployment (one copy of the weights)."""
     return f"resnet_{spec.model}"
+
+
+def deployment_names(args: AppArgs) -> set[str]:
+    """Every deployment build_app binds for these args: the names a Serve config may configure."""
+    names = set(FIXED_DEPLOYMENTS)
+    for profile, spec in args.profiles.items():
+        names |= {clip_deployment_name(profile, variant) for variant in spec.variants}
+        names.add(resnet_deployment_name(spec.resnet))
+    return names | {multiplexed_deployment_name(profile) for profile in args.multiplexed}

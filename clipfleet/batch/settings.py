@@ -2,7 +2,8 @@
 
 The model spec is the profile/variant's `ClipModelSpec`; the forward batch size, the actor's
 CPUs / GPU fraction and the actor pool's bounds come from that encoder's `deployments` entry
-(user_config.max_batch_size, ray_actor_options, autoscaling_config), so one file sizes both.
+(user_config.max_batch_size, else EncoderConfig's default; ray_actor_options,
+autoscaling_config), so one file sizes both.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Literal
 
 import yaml
 
-from clipfleet.config import STABLE_VARIANT, AppArgs, ClipModelSpec
+from clipfleet.config import STABLE_VARIANT, AppArgs, ClipModelSpec, EncoderConfig
 from clipfleet.modelref import parse_model_ref
 from clipfleet.service import clip_model_label
 
@@ -141,10 +142,13 @@ def size_actors(
 
 
 def batch_size_for(app: dict, entry: dict, args: AppArgs, override: int | None) -> int:
+    """--batch-size, else the encoder's user_config (EncoderConfig; unset: its default)."""
     if override:
         return override
-    user_config = entry.get("user_config") or {}
-    return int(user_config.get("max_batch_size", args.batching.max_batch_size))
+    try:
+        return EncoderConfig(**(entry.get("user_config") or {})).max_batch_size
+    except ValueError as exc:
+        raise SettingsError(f"deployment {entry.get('name')!r} user_config: {exc}") from exc
 
 
 def read_labels(labels: str | None, labels_file: Path | None) -> tuple[str, ...] | None:

@@ -2,7 +2,7 @@
 port published, and a NetworkPolicy that admits only serve from outside the Ray pods.
 
 Schema-checked only (no Kubernetes here): the RayServices against the vendored KubeRay CRDs in
-test_cluster_manifests.py; the NetworkPolicy against a hand-written subset of its Kubernetes
+test_cluster_crds.py; the NetworkPolicy against a hand-written subset of its Kubernetes
 schema and by hand, with mutated policies showing that each check can fail.
 """
 
@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 
 from clipfleet.config import AppArgs
-from tests.unit.test_cluster_manifests import (
+from tests.support.manifests import (
     CLUSTER,
     EMBEDS,
     documents,

@@ -1,5 +1,5 @@
-"""cluster/rayjob.yaml: a valid KubeRay RayJob (its CRD schema is checked for every manifest by
-test_cluster_manifests) whose entrypoint is a real `clipfleet batch` command over a config the
+"""cluster/rayjob.yaml: a valid KubeRay RayJob (test_cluster_crds.py checks every manifest's CRD
+schema) whose entrypoint is a real `clipfleet batch` command over a config the
 image holds, on the RayService's image and Ray version, with somewhere to put the actors."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import yaml
 from clipfleet.batch.settings import deployment_entry, load_application, size_actors
 from clipfleet.cli import build_parser
 from clipfleet.config import AppArgs, clip_deployment_name
-from tests.unit.test_cluster_manifests import (
+from tests.support.manifests import (
     CLUSTER,
     ROOT,
     documents,

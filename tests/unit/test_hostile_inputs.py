@@ -11,7 +11,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clipfleet.api.app import create_app
-from clipfleet.api.deps import set_service
 from clipfleet.config import FetchLimits
 from clipfleet.errors import ClipfleetError
 from clipfleet.fetch import ImageFetcher, ImageSource
@@ -32,10 +31,9 @@ CASE_NAMES = sorted(all_cases(HostileServer()))
 
 @pytest.fixture(scope="module")
 def client(model_dir):
-    set_service(build_local_service(tiny_app_args(model_dir, fetch=LIMITS)))
-    with TestClient(create_app()) as test_client:
+    service = build_local_service(tiny_app_args(model_dir, fetch=LIMITS))
+    with TestClient(create_app(service)) as test_client:
         yield test_client
-    set_service(None)
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)

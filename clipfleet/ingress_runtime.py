@@ -6,6 +6,7 @@ the traffic gauge refresher, and the traffic sync that starts with the first use
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -21,18 +22,28 @@ GAUGE_REFRESH_S = 5.0  # Ray 2.60 drops a gauge series not set again within ~2 e
 
 
 def replica_service(
-    args: AppArgs, handles: list[Any], store: SharedStore, app: str, replica: str
+    args: AppArgs,
+    handles: tuple[Any, ...],
+    named_handles: dict[str, Any],
+    store: SharedStore,
+    app: str,
+    replica: str,
 ) -> ClipfleetService:
-    """The service over `handles` (fetcher, scorer, clip, resnet, multiplexed encoders), traced
-    when tracing is on. One traffic state per application, in the shared store: every replica
-    reads it before sending canary traffic, and it outlives any replica."""
-    traffic = TrafficManager(
+    """The service over the deployment handles, given as ClipfleetService takes them (fetcher,
+    scorer, clip_encoders, resnet_encoders, multiplexed_encoders=None), traced when tracing is
+    on. One traffic state per application, in the shared store: every replica reads it before
+    sending canary traffic, and it outlives any replica."""
+    bound = inspect.signature(ClipfleetService).bind(args, *handles, **named_handles)
+    for name, value in bound.arguments.items():
+        if name != "args" and value is not None:
+            bound.arguments[name] = trace_handles(value)
+    bound.arguments["traffic"] = TrafficManager(
         {name: list(spec.variants) for name, spec in args.profiles.items()},
         store=store,
         app=app,
         replica=replica,
     )
-    return ClipfleetService(args, *trace_handles(handles), traffic)
+    return ClipfleetService(*bound.args, **bound.kwargs)
 
 
 class IngressRuntime:

@@ -16,19 +16,17 @@ from clipfleet.ingress_runtime import IngressRuntime, replica_service
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
 @serve.ingress()
 class Ingress:
-    def __init__(
-        self,
-        args: AppArgs,
-        fetcher: DeploymentHandle,
-        scorer: DeploymentHandle,
-        clip_encoders: dict[str, dict[str, DeploymentHandle]],
-        resnet_encoders: dict[str, DeploymentHandle],
-        multiplexed_encoders: dict[str, DeploymentHandle] | None = None,
-    ) -> None:
+    def __init__(self, args: AppArgs, *handles: DeploymentHandle, **named_handles) -> None:
+        """`Ingress(args, fetcher, scorer, clip_encoders, resnet_encoders,
+        multiplexed_encoders=None)`: the handles as ClipfleetService takes them."""
         context = serve.get_replica_context()
-        handles = [fetcher, scorer, clip_encoders, resnet_encoders, multiplexed_encoders or {}]
         service = replica_service(
-            args, handles, RayKVStore(), context.app_name, context.replica_id.unique_id
+            args,
+            handles,
+            named_handles,
+            RayKVStore(),
+            context.app_name,
+            context.replica_id.unique_id,
         )
         self.runtime = IngressRuntime(service)
 

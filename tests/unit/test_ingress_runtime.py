@@ -10,7 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clipfleet.api.app import create_app
-from clipfleet.ingress_runtime import IngressRuntime
+from clipfleet.fleet_store import MemoryStore
+from clipfleet.ingress_runtime import IngressRuntime, replica_service
 from tests.support.local_dag import build_local_service
 
 
@@ -75,3 +76,21 @@ def test_readyz_reads_the_runtimes_view(runtime):
     assert body["status"] == "ready" and set(body["deployments"]) == set(
         runtime.service.readiness_view.checks
     )
+
+
+def test_replica_service_takes_the_handles_as_the_service_does(tiny_args):
+    local = build_local_service(tiny_args)
+    handles = (local.fetcher, local.scorer)
+    clip = {name: profile.clip for name, profile in local.profiles.items()}
+    resnet = {name: profile.resnet for name, profile in local.profiles.items()}
+    store = MemoryStore()
+    positional = replica_service(tiny_args, (*handles, clip, resnet), {}, store, "app", "r1")
+    named = replica_service(
+        tiny_args, handles, {"clip_encoders": clip, "resnet_encoders": resnet}, store, "app", "r2"
+    )
+    for service, replica in ((positional, "r1"), (named, "r2")):
+        assert service.fetcher is local.fetcher and not service.multiplexed.handles
+        assert service.profiles["fast"].clip == local.profiles["fast"].clip
+        assert service.traffic.shared_state()["replica"] == replica
+    with pytest.raises(TypeError):
+        replica_service(tiny_args, handles, {}, store, "app", "r3")

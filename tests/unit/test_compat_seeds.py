@@ -204,6 +204,7 @@ def test_local_path_escapes_are_refused(client, image_dir, reference):
     reference = reference.replace("SECRET_ABS", str(image_dir.parent / "secret.jpg"))
     response = single(client, reference)
     assert response.status_code == 403, response.text
+    assert response.json()["error"]["type"] == "forbidden"  # as every 403 but forbidden_url
 
 
 def test_local_symlink_escape_is_refused(client, image_dir):

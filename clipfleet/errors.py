@@ -1,10 +1,16 @@
-"""The one error type every layer raises; the ingress turns it into the v1 error envelope.
+"""Every error a client can see: one class per condition (its HTTP status and envelope `type`),
+the envelope they render to, and the one walk through wrapped exceptions.
 
 These exceptions cross Ray process boundaries (a fetcher's error reaches the ingress wrapped
 in a RayTaskError), so they pickle their own fields and `find_clipfleet_error` unwraps them.
+`clipfleet/api/errors.py` turns any exception into one of them and renders it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+
+RETRY_AFTER_S = 1  # the Retry-After of a 503 that names no better time
 
 
 class ClipfleetError(Exception):
@@ -35,8 +41,14 @@ class ClipfleetError(Exception):
         return _rebuild(type(self), self.message, param, self.status, self.retry_after_s)
 
     def envelope(self) -> dict:
+        """`{"error": {"type", "message", "param", "code"}}`: clipfleet's `type` values, and
+        OpenAI's `code` field (null unless a client can act on it, e.g. `model_not_found`)."""
         error = {"type": self.type, "message": self.message, "param": self.param}
         return {"error": {**error, "code": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        """Response headers the condition calls for (Retry-After, WWW-Authenticate)."""
+        return {}
 
 
 def _rebuild(cls, message, param, status, retry_after_s):
@@ -53,9 +65,34 @@ class InvalidImageError(ClipfleetError):
     type = "invalid_image"
 
 
+class InvalidJsonError(ClipfleetError):
+    status = 400
+    type = "invalid_json"
+
+
+class UnauthorizedError(ClipfleetError):
+    """No API key was sent."""
+
+    status = 401
+    type = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
 class ForbiddenError(ClipfleetError):
+    """A request for something this client may not have: a wrong API key, a model or local
+    file outside what is allowed."""
+
     status = 403
     type = "forbidden"
+
+
+class ForbiddenUrlError(ClipfleetError):
+    """The URL points at an address the fetcher must not reach (SSRF guard)."""
+
+    status = 403
+    type = "forbidden_url"
 
 
 class ModelLoadFailedError(ClipfleetError):
@@ -77,7 +114,14 @@ class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
 
+class MethodNotAllowedError(ClipfleetError):
+    status = 405
+    type = "method_not_allowed"
+
+
 class PayloadTooLargeError(ClipfleetError):
+    """Over a size limit: the body, an image (bytes or pixels), or the items in a request."""
+
     status = 413
     type = "payload_too_large"
 
@@ -93,24 +137,72 @@ class UpstreamError(ClipfleetError):
 
 
 class UpstreamTimeoutError(ClipfleetError):
+    """An image URL did not answer within `fetch.timeout_s` (the upstream's fault)."""
+
     status = 504
     type = "upstream_timeout"
 
 
+class RequestTimeoutError(ClipfleetError):
+    """The request itself ran past its deadline (`limits.request_timeout_s`, or a handle call
+    timing out): this service's fault."""
+
+    status = 504
+    type = "request_timeout"
+
+
 class ServiceUnavailableError(ClipfleetError):
+    """Retry shortly: always with Retry-After."""
+
     status = 503
     type = "service_unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s or RETRY_AFTER_S)}
+
+
+class HttpError(ClipfleetError):
+    """A status Starlette raised that no class above names."""
+
+    type = "http_error"
+
+
+_BY_STATUS: dict[int, type[ClipfleetError]] = {
+    cls.status: cls
+    for cls in (
+        InvalidRequestError,
+        UnauthorizedError,
+        ForbiddenError,
+        NotFoundError,
+        MethodNotAllowedError,
+        PayloadTooLargeError,
+        UnsupportedMediaTypeError,
+        ServiceUnavailableError,
+    )
+}
+
+
+def error_for_status(status: int, message: str) -> ClipfleetError:
+    """The error for an HTTP status raised without one of ours (Starlette's HTTPException)."""
+    cls = _BY_STATUS.get(status, HttpError)
+    return cls(message, status=None if cls is not HttpError else status)
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it wraps: Ray's RayTaskError `cause`, `__cause__`, `__context__`."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        yield current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
 
 
 def find_clipfleet_error(exc: BaseException) -> ClipfleetError | None:
     """The ClipfleetError behind `exc`, looking through Ray's wrappers and exception chains."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
+    for current in causes(exc):
         # Ray's RayTaskError subclasses the cause's type without its fields: look for the
         # instance that carries them.
         if isinstance(current, ClipfleetError) and "message" in vars(current):
             return current
-        seen.add(id(current))
-        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
     return None

@@ -33,6 +33,10 @@ logger = logging.getLogger("ray.serve")
 
 DECODABLE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
 # Decoders Image.open may try (MPO files open through the JPEG plugin).
+UNDECODABLE = (
+    "the image could not be decoded: send a complete, uncorrupted JPEG, PNG, WebP, GIF, BMP "
+    "or TIFF file"
+)
 _OPEN_FORMATS = sorted(DECODABLE_FORMATS - {"MPO"})
 _WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 _RESAMPLE = Image.Resampling.BICUBIC
@@ -102,11 +106,13 @@ def decoder_errors(limits: FetchLimits) -> Iterator[None]:
             "the data is not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF)"
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidImageError(f"the image could not be decoded: {exc}") from exc
+        # Pillow's own text stays in the log: it names internals, not what the client can fix.
+        logger.debug("image decoder refused the image: %r", exc)
+        raise InvalidImageError(UNDECODABLE) from exc
     except (ArithmeticError, IndexError, KeyError, TypeError, struct.error) as exc:
         # Malformed metadata (EXIF, palettes) can trip other errors inside Pillow.
         logger.warning("image decoder failed: %r", exc)
-        raise InvalidImageError("the image could not be decoded: malformed image data") from exc
+        raise InvalidImageError(UNDECODABLE) from exc
 
 
 def _check_header(image: Image.Image, limits: FetchLimits) -> None:

@@ -27,7 +27,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from clipfleet.errors import ClipfleetError, InvalidRequestError
+from clipfleet.errors import ForbiddenUrlError, InvalidRequestError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -46,13 +46,6 @@ METADATA_ADDRESSES = frozenset(
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 DEFAULT_PORTS = frozenset({80, 443})
-
-
-class ForbiddenUrlError(ClipfleetError):
-    """The URL points at an address the fetcher must not reach (SSRF guard)."""
-
-    status = 403
-    type = "forbidden_url"
 
 
 def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:

@@ -23,7 +23,7 @@ from clipfleet.config import (
     ClipModelSpec,
     ResNetSpec,
 )
-from clipfleet.errors import InvalidRequestError, find_clipfleet_error
+from clipfleet.errors import InvalidRequestError, PayloadTooLargeError, find_clipfleet_error
 from clipfleet.fanout import Judged, gather_items, raise_for
 from clipfleet.fanout import once_more_if_replica_lost as again
 from clipfleet.fetch import ImageSource
@@ -156,10 +156,9 @@ class ClipfleetService(ServiceViews):
 
     def check_count(self, count: int, field: str) -> None:
         if count > self.args.limits.max_items:
-            raise InvalidRequestError(
+            raise PayloadTooLargeError(
                 f"{count} {field} in one request; the limit is {self.args.limits.max_items}",
                 field,
-                status=413,
             )
 
     def check_texts(self, texts: Sequence[str], field: str) -> None:
@@ -319,10 +318,8 @@ class ClipfleetService(ServiceViews):
     ) -> dict:
         labels = list(labels or self.args.default_labels)
         if len(labels) > self.args.limits.max_labels:
-            raise InvalidRequestError(
-                f"{len(labels)} labels; the limit is {self.args.limits.max_labels}",
-                "labels",
-                status=413,
+            raise PayloadTooLargeError(
+                f"{len(labels)} labels; the limit is {self.args.limits.max_labels}", "labels"
             )
         template = prompt_template or self.args.prompt_template
         if "{label}" not in template:

@@ -2,33 +2,32 @@
 
 from __future__ import annotations
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clipfleet.admission import Admission
-from clipfleet.api.errors import envelope
-from clipfleet.api.middleware import api_limits
+from clipfleet.api.errors import render
 from clipfleet.asgi import HttpMiddleware
+from clipfleet.config import ApiLimits
+from clipfleet.errors import ServiceUnavailableError
 
 
 class AdmissionMiddleware(HttpMiddleware):
     """Health, status and model listings (GET) are never shed."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app: ASGIApp, limits: ApiLimits) -> None:
         super().__init__(app)
         self.admission = Admission()
+        self.max_wait_s = limits.admission_wait_s
 
     def passes_through(self, scope: Scope) -> bool:
         return scope.get("method") != "POST"
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limits = api_limits()
-        retry_after = self.admission.admit(limits.admission_wait_s)
+        retry_after = self.admission.admit(self.max_wait_s)
         if retry_after is not None:
             message = "the service is at capacity; retry shortly"
-            headers = {"Retry-After": str(int(retry_after))}
-            await envelope(503, "service_unavailable", message, headers=headers)(
-                scope, receive, send
-            )
+            error = ServiceUnavailableError(message, retry_after_s=int(retry_after))
+            await render(error)(scope, receive, send)
             return
         started = self.admission.started()
         status = 500

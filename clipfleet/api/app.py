@@ -1,4 +1,4 @@
-"""The FastAPI app served by the ingress deployment."""
+"""The FastAPI app served by the ingress deployment, built on its replica with its service."""
 
 from __future__ import annotations
 
@@ -12,16 +12,17 @@ from starlette.types import Message, Receive, Scope, Send
 
 from clipfleet.api import compat, routes_health, routes_openai, routes_status, routes_v1
 from clipfleet.api.admission import AdmissionMiddleware
-from clipfleet.api.auth import AuthMiddleware, declared_api_key
+from clipfleet.api.auth import AuthMiddleware, KeyStore, declared_api_key
 from clipfleet.api.errors import error_response, handle_exception
 from clipfleet.api.middleware import (
     BodyLimitMiddleware,
-    ConfiguredCorsMiddleware,
     DeadlineMiddleware,
     ServeRejectionMiddleware,
+    cors_middleware,
 )
 from clipfleet.asgi import HttpMiddleware
 from clipfleet.observability.http import ObservabilityMiddleware
+from clipfleet.service import ClipfleetService
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _MAX_REQUEST_ID = 128
@@ -57,12 +58,17 @@ class RequestContextMiddleware(HttpMiddleware):
             await error_response(Request(scope, receive), exc)(scope, receive, send_with_id)
 
 
-def create_app() -> FastAPI:
+def create_app(service: ClipfleetService) -> FastAPI:
+    """The app for `service`: routes read it (and the key store) from `app.state`; middleware
+    is given its settings from `service.args` here."""
     app = FastAPI(
         title="clipfleet",
         version="0.1.0",
         description="CLIP and ResNet embeddings, CLIP scores and zero-shot tags on Ray Serve.",
     )
+    args = service.args
+    app.state.service = service
+    app.state.key_store = KeyStore(args.auth)
     keyed = [Depends(declared_api_key)]  # declares the API key schemes in the OpenAPI schema
     app.include_router(routes_health.router)
     app.include_router(routes_v1.router, dependencies=keyed)
@@ -75,12 +81,11 @@ def create_app() -> FastAPI:
     # Innermost first: Serve's plain 503s as envelopes, body limit, API keys, deadline, request
     # context (ids, errors), and CORS outermost so preflights and errors carry its headers.
     app.add_middleware(ServeRejectionMiddleware)
-    app.add_middleware(BodyLimitMiddleware)
-    app.add_middleware(AdmissionMiddleware)  # shed work that could not finish in time
-    app.add_middleware(AuthMiddleware)
-    app.add_middleware(DeadlineMiddleware)
-
+    app.add_middleware(BodyLimitMiddleware, args.limits)
+    app.add_middleware(AdmissionMiddleware, args.limits)  # shed what could not finish in time
+    app.add_middleware(AuthMiddleware, app.state.key_store)
+    app.add_middleware(DeadlineMiddleware, args.limits)
     app.add_middleware(RequestContextMiddleware)
-    app.add_middleware(ConfiguredCorsMiddleware)
+    app.add_middleware(cors_middleware, args.cors)
     app.add_middleware(ObservabilityMiddleware)  # outermost: metrics, request span, log line
     return app

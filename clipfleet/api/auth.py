@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 from fastapi import Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from clipfleet.api import deps
-from clipfleet.api.errors import envelope
+from clipfleet.api.errors import render
 from clipfleet.asgi import HttpMiddleware
 from clipfleet.config import AuthConfig
+from clipfleet.errors import ForbiddenError, UnauthorizedError
 
 logger = logging.getLogger("ray.serve")
 
@@ -89,15 +89,6 @@ class KeyStore:
         return matched
 
 
-_stores: dict[AuthConfig, KeyStore] = {}
-
-
-def key_store() -> KeyStore:
-    service = deps.current_service()
-    config = service.args.auth if service is not None else AuthConfig()
-    return _stores.setdefault(config, KeyStore(config))
-
-
 def presented_key(headers: dict[bytes, bytes]) -> str | None:
     authorization = headers.get(b"authorization", b"").decode("latin-1").strip()
     scheme, _, token = authorization.partition(" ")
@@ -118,30 +109,30 @@ def app_path(scope: Scope) -> str:
 class AuthMiddleware(HttpMiddleware):
     """401 without a key, 403 with a wrong one, on every route but OPEN_PATHS."""
 
+    def __init__(self, app: ASGIApp, store: KeyStore) -> None:
+        super().__init__(app)
+        self.store = store
+
     def passes_through(self, scope: Scope) -> bool:
         return app_path(scope) in OPEN_PATHS
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        store = key_store()
-        digests = store.digests()
+        digests = self.store.digests()
         if digests is None:
             await self.app(scope, receive, send)
             return
         key = presented_key(dict(scope.get("headers", ())))
         if key is None:
-            response = envelope(
-                401,
-                "unauthorized",
-                "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key`",
-                headers={"WWW-Authenticate": "Bearer"},
+            error = UnauthorizedError(
+                "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key`"
             )
-        elif not store.matches(key, digests):
-            response = envelope(403, "forbidden", "the API key is not valid")
+        elif not self.store.matches(key, digests):
+            error = ForbiddenError("the API key is not valid")
         else:
             scope.setdefault("state", {})[STATE_KEY_ID] = key_id(key)
             await self.app(scope, receive, send)
             return
-        await response(scope, receive, send)
+        await render(error)(scope, receive, send)
 
 
 # The schemes as the OpenAPI schema declares them, so /docs has an Authorize button and

@@ -1,33 +1,19 @@
-"""The ingress replica's service object, for routes declared outside the deployment class.
-
-The ingress sets it in its constructor; routes get it with `Depends(get_service)`. One ingress
-replica per process, so a process-wide slot is enough (and it survives Serve pickling the app).
-"""
+"""What routes get from the app they are served by: `create_app(service)` keeps the service
+and the API key store in `app.state`."""
 
 from __future__ import annotations
 
-from clipfleet.errors import ServiceUnavailableError
+from fastapi import Request
+
+from clipfleet.api.auth import KeyStore
 from clipfleet.service import ClipfleetService
 
-_service: ClipfleetService | None = None
 
-
-def set_service(service: ClipfleetService | None) -> None:
-    global _service
-    _service = service
-
-
-async def get_service() -> ClipfleetService:
+async def get_service(request: Request) -> ClipfleetService:
     """A coroutine, so FastAPI resolves it on the event loop (a plain function would be run in
     its thread pool on every request)."""
-    return service_or_unavailable()
+    return request.app.state.service
 
 
-def service_or_unavailable() -> ClipfleetService:
-    if _service is None:
-        raise ServiceUnavailableError("the service is starting; retry shortly")
-    return _service
-
-
-def current_service() -> ClipfleetService | None:
-    return _service
+def key_store(request: Request) -> KeyStore:
+    return request.app.state.key_store

@@ -1,26 +1,26 @@
-"""ASGI middleware configured from the live AppArgs: body limit, request deadline, CORS.
-
-The FastAPI app is built when the ingress module is imported, before the application's args
-are known, so these read their settings from the ingress's service on each request.
+"""ASGI middleware, each given its settings from the service's AppArgs when the app is built:
+body limit, request deadline, Serve's plain 503s, CORS. (The args are fixed for a replica's
+life; only traffic weights change live, and no middleware reads them.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clipfleet.api import deps
-from clipfleet.api.errors import RETRY_AFTER_S, envelope
+from clipfleet.api.errors import render
 from clipfleet.asgi import HttpMiddleware
 from clipfleet.config import ApiLimits, CorsConfig
-
-
-def api_limits() -> ApiLimits:
-    service = deps.current_service()
-    return service.args.limits if service is not None else ApiLimits()
+from clipfleet.errors import (
+    RETRY_AFTER_S,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    ServiceUnavailableError,
+)
 
 
 def _too_large(size: str, limit: int) -> str:
@@ -31,12 +31,16 @@ class BodyLimitMiddleware(HttpMiddleware):
     """413 for a body over `limits.max_body_bytes`: up front from Content-Length, and while
     streaming for chunked bodies (or lying Content-Lengths) by counting what `receive` yields."""
 
+    def __init__(self, app: ASGIApp, limits: ApiLimits) -> None:
+        super().__init__(app)
+        self.limit = limits.max_body_bytes
+
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = api_limits().max_body_bytes
+        limit = self.limit
         declared = dict(scope.get("headers", ())).get(b"content-length", b"").decode("latin-1")
         if declared.isdigit() and int(declared) > limit:
-            response = envelope(413, "payload_too_large", _too_large(declared, limit))
-            await response(scope, receive, send)
+            error = PayloadTooLargeError(_too_large(declared, limit))
+            await render(error)(scope, receive, send)
             return
         await self.app(scope, _counting(receive, limit), send)
 
@@ -69,17 +73,21 @@ class ServeRejectionMiddleware(HttpMiddleware):
             nonlocal replaced
             if message["type"] == "http.response.start" and _plain_503(message):
                 replaced = True
-                headers = dict(message.get("headers", ()))
-                retry = headers.get(b"retry-after", str(RETRY_AFTER_S).encode()).decode()
                 text = "the service is at capacity or a deployment is unavailable; retry shortly"
-                response = envelope(
-                    503, "service_unavailable", text, headers={"Retry-After": retry}
-                )
-                await response(scope, receive, send)
+                error = ServiceUnavailableError(text, retry_after_s=_retry_after(message))
+                await render(error)(scope, receive, send)
             elif not replaced:
                 await send(message)
 
         await self.app(scope, receive, guarded_send)
+
+
+def _retry_after(message: Message) -> int:
+    headers = dict(message.get("headers", ()))
+    try:
+        return max(1, math.ceil(float(headers[b"retry-after"])))
+    except (KeyError, ValueError):
+        return RETRY_AFTER_S
 
 
 def _plain_503(message: Message) -> bool:
@@ -92,8 +100,12 @@ class DeadlineMiddleware(HttpMiddleware):
     with it the downstream deployment calls). Runs the app itself, with no task in between,
     so the cancellation reaches it."""
 
+    def __init__(self, app: ASGIApp, limits: ApiLimits) -> None:
+        super().__init__(app)
+        self.timeout_s = limits.request_timeout_s
+
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        timeout_s = api_limits().request_timeout_s
+        timeout_s = self.timeout_s
         started = False
 
         async def tracking_send(message: Message) -> None:
@@ -108,37 +120,21 @@ class DeadlineMiddleware(HttpMiddleware):
         except TimeoutError:
             if not deadline.expired() or started:
                 raise
-            message = f"the request did not complete within {timeout_s} s"
-            await envelope(504, "request_timeout", message)(scope, receive, send)
+            error = RequestTimeoutError(f"the request did not complete within {timeout_s} s")
+            await render(error)(scope, receive, send)
 
 
-class ConfiguredCorsMiddleware(HttpMiddleware):
-    """Starlette's CORSMiddleware with the service's `cors` settings; off without origins."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        super().__init__(app)
-        self._built: dict[CorsConfig, ASGIApp] = {}
-
-    def _for(self, config: CorsConfig) -> ASGIApp:
-        if config not in self._built:
-            self._built[config] = CORSMiddleware(
-                self.app,
-                allow_origins=list(config.allow_origins),
-                allow_methods=list(config.allow_methods),
-                allow_headers=list(config.allow_headers),
-                allow_credentials=config.allow_credentials,
-                expose_headers=["X-Request-ID", "X-Clipfleet-Profile", "X-Clipfleet-Variant"],
-                max_age=config.max_age_s,
-            )
-        return self._built[config]
-
-    @staticmethod
-    def _config() -> CorsConfig:
-        service = deps.current_service()
-        return service.args.cors if service is not None else CorsConfig()
-
-    def passes_through(self, scope: Scope) -> bool:
-        return not self._config().allow_origins
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._for(self._config())(scope, receive, send)
+def cors_middleware(app: ASGIApp, config: CorsConfig) -> ASGIApp:
+    """Starlette's CORSMiddleware with the `cors` settings; none (the app itself) without
+    origins."""
+    if not config.allow_origins:
+        return app
+    return CORSMiddleware(
+        app,
+        allow_origins=list(config.allow_origins),
+        allow_methods=list(config.allow_methods),
+        allow_headers=list(config.allow_headers),
+        allow_credentials=config.allow_credentials,
+        expose_headers=["X-Request-ID", "X-Clipfleet-Profile", "X-Clipfleet-Variant"],
+        max_age=config.max_age_s,
+    )

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from clipfleet.api.auth import key_store, presented_key
-from clipfleet.api.deps import get_service
+from clipfleet.api.auth import presented_key
+from clipfleet.api.deps import get_service, key_store
 from clipfleet.service import ClipfleetService
 
 router = APIRouter(tags=["health"])
@@ -22,7 +22,7 @@ async def healthz() -> dict:
 
 def may_see_details(request: Request) -> bool:
     """With API keys configured, only a caller with a valid key sees what is deployed."""
-    store = key_store()
+    store = key_store(request)
     digests = store.digests()
     if digests is None:
         return True

@@ -1,19 +1,24 @@
-"""Unit-tier fixtures."""
+"""Unit-tier fixtures: the real FastAPI app over the Ray-free local DAG (tiny models)."""
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 from fastapi.testclient import TestClient
 
 from clipfleet.api.app import create_app
-from clipfleet.api.deps import set_service
 from tests.support.local_dag import build_local_service
 
 
 @pytest.fixture(scope="module")
 def client(tiny_args):
-    """The real FastAPI app over the Ray-free local DAG (tiny models)."""
-    set_service(build_local_service(tiny_args))
-    with TestClient(create_app()) as test_client:
+    with TestClient(create_app(build_local_service(tiny_args))) as test_client:
         yield test_client
-    set_service(None)
+
+
+@pytest.fixture
+def client_for():
+    """`client_for(service)`: a TestClient over `create_app(service)`, closed after the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda service: stack.enter_context(TestClient(create_app(service)))

@@ -3,36 +3,21 @@
 from __future__ import annotations
 
 import csv
-import threading
-import time
 
 import pytest
-import uvicorn
 
 from clipfleet.api.app import create_app
-from clipfleet.api.deps import set_service
 from clipfleet.cli import main
 from tests.support.images import image_bytes
 from tests.support.local_dag import build_local_service
 from tests.support.servers import ThreadedImageServer, free_port
+from tests.support.uvicorn_thread import serve_in_thread
 
 
 @pytest.fixture(scope="module")
 def server_url(tiny_args):
-    set_service(build_local_service(tiny_args))
-    port = free_port()
-    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    set_service(None)
+    with serve_in_thread(create_app(build_local_service(tiny_args))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

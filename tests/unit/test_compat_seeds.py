@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from clipfleet.api.compat.common import LOCAL_IMAGE_DIR_ENV
-from clipfleet.api.deps import service_or_unavailable
 from tests.support.images import image_bytes
 from tests.support.servers import ThreadedImageServer
 
@@ -87,7 +86,7 @@ def test_health_warns_about_random_weights(client, monkeypatch):
     async def readiness():
         return True, answer
 
-    monkeypatch.setattr(service_or_unavailable(), "readiness", readiness)
+    monkeypatch.setattr(client.app.state.service, "readiness", readiness)
     body = client.get("/health").json()
     assert any("random weights" in warning for warning in body["warnings"])
     assert body["models"]["resnet_model_loaded"] is False  # not in the patched answer
@@ -97,7 +96,7 @@ def test_health_is_503_when_not_ready(client, monkeypatch):
     async def readiness():
         return False, {"fast.clip": {"ready": False, "reason": "TimeoutError"}}
 
-    monkeypatch.setattr(service_or_unavailable(), "readiness", readiness)
+    monkeypatch.setattr(client.app.state.service, "readiness", readiness)
     for path in ("/health", "/evaluator/health"):
         response = client.get(path)
         assert response.status_code == 503 and response.json()["status"] == "unhealthy"
@@ -205,6 +204,7 @@ def test_local_path_escapes_are_refused(client, image_dir, reference):
     reference = reference.replace("SECRET_ABS", str(image_dir.parent / "secret.jpg"))
     response = single(client, reference)
     assert response.status_code == 403, response.text
+    assert response.json()["error"]["type"] == "forbidden"  # as every 403 but forbidden_url
 
 
 def test_local_symlink_escape_is_refused(client, image_dir):

@@ -4,13 +4,15 @@ process (the fetcher's downloads are replaced by an upstream error)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from clipfleet.api.app import create_app
-from clipfleet.api.deps import set_service
+from clipfleet.config import ApiLimits, AuthConfig, CorsConfig
 from clipfleet.errors import UpstreamError
 from clipfleet.fetch import ImageFetcher
 from tests.support.local_dag import LocalHandle, build_local_service
@@ -18,7 +20,6 @@ from tests.support.local_dag import LocalHandle, build_local_service
 MAX_EXAMPLES = 25
 # seed routes keep their seed's own error bodies where the seed had one (issue 8)
 COMPAT_PREFIXES = ("/embed", "/get_", "/evaluator", "/system", "/tag")
-APP = create_app()
 
 
 class OfflineFetcher(ImageFetcher):
@@ -28,19 +29,26 @@ class OfflineFetcher(ImageFetcher):
         raise UpstreamError("downloads are disabled in the fuzz test")
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def offline_service(tiny_args):
     service = build_local_service(tiny_args)
     local_fetcher = service.fetcher._target
     local_fetcher._fetcher = OfflineFetcher(tiny_args.fetch)
     service.fetcher = LocalHandle(local_fetcher)
-    set_service(service)
-    yield service
-    set_service(None)
+    return service
 
 
-# The schema needs no service: it is read from the app when the module is collected.
-schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+@pytest.fixture(scope="module")
+def fuzzed_app(offline_service):
+    return create_app(offline_service)
+
+
+# The schema needs no service: it is read when the module is collected, from an app built with
+# the default settings and no handles. The cases are sent to `fuzzed_app`.
+SETTINGS_ONLY = SimpleNamespace(
+    args=SimpleNamespace(limits=ApiLimits(), auth=AuthConfig(), cors=CorsConfig())
+)
+schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(SETTINGS_ONLY))
 
 
 @pytest.mark.timeout(240)
@@ -51,8 +59,8 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
     suppress_health_check=list(HealthCheck),
     phases=[Phase.explicit, Phase.generate],
 )
-def test_no_input_gets_a_server_error(case):
-    case.call_and_validate(checks=[no_internal_error, response_schema_conformance])
+def test_no_input_gets_a_server_error(case, fuzzed_app):
+    case.call_and_validate(app=fuzzed_app, checks=[no_internal_error, response_schema_conformance])
 
 
 def no_internal_error(ctx, response, case) -> None:

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from clipfleet.api.app import create_app
-from clipfleet.api.deps import set_service
 from clipfleet.config import FetchLimits
 from clipfleet.errors import ClipfleetError
 from clipfleet.fetch import ImageFetcher, ImageSource
-from clipfleet.imaging import decode_image
+from clipfleet.imaging import UNDECODABLE, decode_image
 from tests.support.hostile import (
     GIANTS,
     HostileServer,
@@ -23,7 +24,7 @@ from tests.support.hostile import (
     declared_png,
     gray16_png,
 )
-from tests.support.images import image_base64
+from tests.support.images import image_base64, image_bytes
 from tests.support.local_dag import build_local_service, loopback_fetch, tiny_app_args
 
 LIMITS = loopback_fetch(timeout_s=1.5)
@@ -32,10 +33,9 @@ CASE_NAMES = sorted(all_cases(HostileServer()))
 
 @pytest.fixture(scope="module")
 def client(model_dir):
-    set_service(build_local_service(tiny_app_args(model_dir, fetch=LIMITS)))
-    with TestClient(create_app()) as test_client:
+    service = build_local_service(tiny_app_args(model_dir, fetch=LIMITS))
+    with TestClient(create_app(service)) as test_client:
         yield test_client
-    set_service(None)
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
@@ -102,3 +102,41 @@ def test_pixel_limit_is_ours_not_pillows():
     with pytest.raises(ClipfleetError) as caught:
         decode_image(declared_png(300, 300), FetchLimits(max_pixels=10_000))
     assert caught.value.status == 413
+
+
+def corrupt_images() -> dict[str, bytes]:
+    """Images Pillow opens but cannot decode, each with its own error text."""
+    jpeg, png = image_bytes(fmt="JPEG"), image_bytes(fmt="PNG")
+    idat = png.index(b"IDAT") + 8
+    return {
+        "truncated_jpeg": jpeg[: len(jpeg) // 2],
+        "scrambled_png": png[:idat]
+        + bytes(255 - b for b in png[idat : idat + 64])
+        + png[idat + 64 :],
+    }
+
+
+def pillow_text(data: bytes) -> str:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except Exception as exc:
+        return str(exc)
+    raise AssertionError("Pillow decoded the corrupt image")
+
+
+@pytest.mark.parametrize("name", sorted(corrupt_images()))
+def test_pillows_error_text_never_reaches_the_client(client, name):
+    data = corrupt_images()[name]
+    library_text = pillow_text(data)
+    answers = [
+        client.post(
+            "/v1/embed/image", json={"images": [{"base64": base64.b64encode(data).decode()}]}
+        ),
+        client.post("/v1/embed/image/upload", files={"image": ("x", data, "image/png")}),
+    ]
+    for response in answers:
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["type"] == "invalid_image" and error["message"] == UNDECODABLE
+        assert library_text not in response.text and "PIL" not in response.text

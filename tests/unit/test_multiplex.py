@@ -12,7 +12,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clipfleet.api.app import create_app
-from clipfleet.api.deps import set_service
 from clipfleet.batching import ForwardScheduler
 from clipfleet.config import AppArgs, ClipModelSpec, MultiplexedProfileSpec
 from clipfleet.errors import ForbiddenError, ModelLoadFailedError, ModelNotFoundError
@@ -205,10 +204,8 @@ def mux(model_dir, checkpoints):
         **{**args.model_dump(), "multiplexed": {"custom": spec_for(checkpoints).model_dump()}}
     )
     service = build_local_service(args)
-    set_service(service)
-    with TestClient(create_app()) as client:
+    with TestClient(create_app(service)) as client:
         yield client, service.multiplexed["custom"]
-    set_service(None)
 
 
 def test_model_field_and_header_pick_a_model(mux):

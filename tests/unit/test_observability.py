@@ -10,11 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from clipfleet.api.app import create_app
-from clipfleet.api.deps import current_service, set_service
 from clipfleet.errors import UpstreamError, UpstreamTimeoutError
 from clipfleet.observability import metrics, tracing
 from clipfleet.service import ClipfleetService
@@ -145,15 +142,12 @@ def traced_service(args) -> ClipfleetService:
     )
 
 
-def test_one_request_yields_one_connected_trace(tiny_args, spans):
-    previous = current_service()  # the module's `client` fixture's service
-    set_service(traced_service(tiny_args))
+def test_one_request_yields_one_connected_trace(tiny_args, spans, client_for):
     headers = {"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01", "X-Request-ID": "req-42"}
     body = {"pairs": [{"image": {"base64": image_base64()}, "text": "a cat"}]}
-    with TestClient(create_app()) as client:
-        response = client.post("/v1/score", json=body, headers=headers)
-        ready = client.get("/readyz")  # describe() is called without a traceparent
-    set_service(previous)
+    client = client_for(traced_service(tiny_args))
+    response = client.post("/v1/score", json=body, headers=headers)
+    ready = client.get("/readyz")  # describe() is called without a traceparent
     assert ready.status_code == 200, ready.text
     assert response.status_code == 200, response.text
     trace_id = int(CLIENT_TRACE, 16)

@@ -1,5 +1,6 @@
 """The OpenAI-compatible routes through the official `openai` SDK, over the Ray-free local DAG
-served by uvicorn: the SDK's defaults (base64), its options, its errors, its model list."""
+(the SDK sends through the unit tier's TestClient): the SDK's defaults (base64), its options,
+its errors, its model list."""
 
 from __future__ import annotations
 
@@ -11,35 +12,28 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from clipfleet.api.app import create_app
-from clipfleet.api.deps import current_service, set_service
 from clipfleet.config import AuthConfig
 from tests.support.images import image_base64
 from tests.support.local_dag import build_local_service
 from tests.support.servers import ThreadedImageServer
-from tests.support.uvicorn_thread import serve_in_thread
 
 TEXTS = ["a photo of a cat", "a red dress"]
 
 
-@pytest.fixture(scope="module")
-def base_url(tiny_args):
-    set_service(build_local_service(tiny_args))
-    with serve_in_thread(create_app()) as url:
-        yield url
-    set_service(None)
+def sdk_over(client: httpx.Client, api_key: str = "unused") -> openai.OpenAI:
+    """The SDK sending through `client` (a TestClient: the app, with no socket between)."""
+    base_url = f"{client.base_url}/v1"
+    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, http_client=client)
 
 
 @pytest.fixture(scope="module")
-def sdk(base_url):
-    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0) as client:
-        yield client
+def sdk(client):
+    return sdk_over(client)  # not closed here: that would close the module's client
 
 
 @pytest.fixture(scope="module")
-def http(base_url):
-    with httpx.Client(base_url=base_url, timeout=60) as client:
-        yield client
+def http(client):
+    return client
 
 
 @pytest.fixture(scope="module")
@@ -196,41 +190,33 @@ def test_openapi_declares_the_api_key_schemes(http):
     assert "security" not in schema["paths"]["/healthz"]["get"]
 
 
-def test_sdk_sends_its_api_key(base_url, tiny_args, monkeypatch):
+def test_sdk_sends_its_api_key(client_for, tiny_args, monkeypatch):
     monkeypatch.setenv("CLIPFLEET_TEST_OPENAI_KEYS", "sdk-key")
-    previous = current_service()
     auth = AuthConfig(api_keys_env="CLIPFLEET_TEST_OPENAI_KEYS")
-    set_service(build_local_service(tiny_args.model_copy(update={"auth": auth})))
-    try:
-        keyed = openai.OpenAI(base_url=f"{base_url}/v1", api_key="sdk-key", max_retries=0)
-        assert keyed.embeddings.create(model="fast", input="a cat").data
-        wrong = openai.OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0)
-        with pytest.raises(openai.PermissionDeniedError):
-            wrong.models.list()
-    finally:
-        set_service(previous)
+    keyed_client = client_for(build_local_service(tiny_args.model_copy(update={"auth": auth})))
+    keyed = sdk_over(keyed_client, api_key="sdk-key")
+    assert keyed.embeddings.create(model="fast", input="a cat").data
+    wrong = sdk_over(keyed_client, api_key="wrong")
+    with pytest.raises(openai.PermissionDeniedError):
+        wrong.models.list()
 
 
-def test_model_variant_pins_like_the_header(base_url, tiny_args, http):
+def test_model_variant_pins_like_the_header(client_for, tiny_args):
     fast = tiny_args.profiles["fast"]
     canary = tiny_args.profiles["accurate"].clip  # a different model as the canary
     variants = {"stable": fast.clip, "canary": canary}
     profiles = {**tiny_args.profiles, "fast": fast.model_copy(update={"variants": variants})}
-    previous = current_service()
-    set_service(build_local_service(tiny_args.model_copy(update={"profiles": profiles})))
-    try:
-        sdk = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
-        raw = sdk.embeddings.with_raw_response.create(model="fast/canary", input=TEXTS)
-        assert raw.headers["X-Clipfleet-Variant"] == "canary"
-        assert raw.parse().model == "fast/canary"
-        pinned = http.post(
-            "/v1/embed/text", json={"texts": TEXTS}, headers={"X-Clipfleet-Variant": "canary"}
-        )
-        expected = np.asarray(pinned.json()["embeddings"], dtype=np.float32)
-        np.testing.assert_allclose(vectors(raw.parse()), expected, atol=1e-6)
-        stable = native(http, "/v1/embed/text", {"texts": TEXTS})
-        assert not np.allclose(expected, stable, atol=1e-3)  # the pin made a difference
-        ids = [model.id for model in sdk.models.list()]
-        assert ids[:3] == ["fast", "fast/stable", "fast/canary"]
-    finally:
-        set_service(previous)
+    http = client_for(build_local_service(tiny_args.model_copy(update={"profiles": profiles})))
+    sdk = sdk_over(http)
+    raw = sdk.embeddings.with_raw_response.create(model="fast/canary", input=TEXTS)
+    assert raw.headers["X-Clipfleet-Variant"] == "canary"
+    assert raw.parse().model == "fast/canary"
+    pinned = http.post(
+        "/v1/embed/text", json={"texts": TEXTS}, headers={"X-Clipfleet-Variant": "canary"}
+    )
+    expected = np.asarray(pinned.json()["embeddings"], dtype=np.float32)
+    np.testing.assert_allclose(vectors(raw.parse()), expected, atol=1e-6)
+    stable = native(http, "/v1/embed/text", {"texts": TEXTS})
+    assert not np.allclose(expected, stable, atol=1e-3)  # the pin made a difference
+    ids = [model.id for model in sdk.models.list()]
+    assert ids[:3] == ["fast", "fast/stable", "fast/canary"]

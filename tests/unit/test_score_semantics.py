@@ -8,7 +8,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clipfleet.api.app import create_app
-from clipfleet.api.deps import set_service
 from clipfleet.config import ClipModelSpec, ProfileSpec
 from clipfleet.scoring import ScoreSemantics, clip_scores, zero_shot
 from tests.support.images import image_base64, image_bytes
@@ -80,10 +79,8 @@ def siglip_client(model_dir, tmp_path_factory):
     )
     # seed 002 maps to `fast`: make it the SigLIP one here
     args = args.model_copy(update={"profiles": {**args.profiles, "fast": siglip}})
-    set_service(build_local_service(args))
-    with TestClient(create_app()) as client:
+    with TestClient(create_app(build_local_service(args))) as client:
         yield client
-    set_service(None)
 
 
 def test_v1_tag_says_sigmoid(siglip_client):

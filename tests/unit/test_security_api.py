@@ -17,9 +17,9 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from clipfleet import errors
 from clipfleet.api.app import create_app
-from clipfleet.api.deps import set_service
 from clipfleet.config import ApiLimits, AuthConfig, CorsConfig
-from clipfleet.netguard import ForbiddenUrlError
+from clipfleet.service import ClipfleetService
+from tests.support.images import image_base64
 from tests.support.local_dag import build_local_service
 
 KEYS_ENV = "CLIPFLEET_TEST_API_KEYS"
@@ -31,25 +31,16 @@ def base_service(tiny_args):
     return build_local_service(tiny_args)
 
 
-@pytest.fixture(scope="module")
-def client():
-    with TestClient(create_app()) as test_client:
-        yield test_client
-    set_service(None)
-
-
 @pytest.fixture
-def serve(base_service):
-    """Install the local service with some AppArgs fields replaced; returns it."""
+def serve(base_service, client_for):
+    """The local service with some AppArgs fields replaced, and a client of its own app."""
 
-    def install(**fields):
+    def install(**fields) -> tuple[ClipfleetService, TestClient]:
         service = copy.copy(base_service)
         service.args = base_service.args.model_copy(update=fields)
-        set_service(service)
-        return service
+        return service, client_for(service)
 
-    yield install
-    set_service(base_service)
+    return install
 
 
 def failing(service, exc: BaseException, delay_s: float = 0.0):
@@ -70,7 +61,7 @@ def downstream(error: BaseException) -> BaseException:
 CLIPFLEET_ERRORS = [
     (errors.InvalidRequestError, 400),
     (errors.InvalidImageError, 400),
-    (ForbiddenUrlError, 403),
+    (errors.ForbiddenUrlError, 403),
     (errors.NotFoundError, 404),
     (errors.PayloadTooLargeError, 413),
     (errors.UnsupportedMediaTypeError, 415),
@@ -81,8 +72,9 @@ CLIPFLEET_ERRORS = [
 
 
 @pytest.mark.parametrize(("cls", "status"), CLIPFLEET_ERRORS)
-def test_downstream_errors_keep_their_status(client, serve, cls, status):
-    failing(serve(), downstream(cls("what went wrong", "images[2]")))
+def test_downstream_errors_keep_their_status(serve, cls, status):
+    service, client = serve()
+    failing(service, downstream(cls("what went wrong", "images[2]")))
     response = client.post("/v1/embed/text", json=TEXT)
     assert response.status_code == status
     assert response.json() == {
@@ -107,16 +99,18 @@ def test_downstream_errors_keep_their_status(client, serve, cls, status):
         (TimeoutError(), 504, None),
     ],
 )
-def test_ray_failures_are_503_or_504(client, serve, exc, status, retry_after):
-    failing(serve(), exc)
+def test_ray_failures_are_503_or_504(serve, exc, status, retry_after):
+    service, client = serve()
+    failing(service, exc)
     response = client.post("/v1/embed/text", json=TEXT)
     assert response.status_code == status, response.text
     assert response.headers.get("Retry-After") == retry_after
     assert response.json()["error"]["type"] in {"service_unavailable", "request_timeout"}
 
 
-def test_bugs_are_a_generic_500_with_the_request_id(client, serve):
-    failing(serve(), downstream(KeyError("/secret/path")))
+def test_bugs_are_a_generic_500_with_the_request_id(serve):
+    service, client = serve()
+    failing(service, downstream(KeyError("/secret/path")))
     response = client.post("/v1/embed/text", json=TEXT, headers={"X-Request-ID": "req-42"})
     assert response.status_code == 500
     assert response.json()["error"]["type"] == "internal_error"
@@ -124,10 +118,11 @@ def test_bugs_are_a_generic_500_with_the_request_id(client, serve):
     assert "secret" not in response.text and "Traceback" not in response.text
 
 
-def test_requests_without_an_id_get_one_on_success_and_on_errors(client, serve):
-    serve()
+def test_requests_without_an_id_get_one_on_success_and_on_errors(serve):
+    _, client = serve()
     ok = client.post("/v1/embed/text", json=TEXT)
-    failing(serve(), downstream(KeyError("boom")))
+    service, client = serve()
+    failing(service, downstream(KeyError("boom")))
     failed = client.post("/v1/embed/text", json=TEXT)
     assert ok.status_code == 200 and failed.status_code == 500
     for response in (ok, failed):
@@ -137,20 +132,21 @@ def test_requests_without_an_id_get_one_on_success_and_on_errors(client, serve):
     assert failed.headers["X-Request-ID"] in failed.json()["error"]["message"]
 
 
-def test_a_client_request_id_is_not_echoed_twice(client, serve):
-    serve()
+def test_a_client_request_id_is_not_echoed_twice(serve):
+    _, client = serve()
     response = client.post("/v1/embed/text", json=TEXT, headers={"X-Request-ID": "req-7"})
     assert response.headers.get_list("X-Request-ID") == []  # Ray's proxy echoes it, not the app
 
 
-def test_request_deadline_gives_504(client, serve):
-    failing(serve(limits=ApiLimits(request_timeout_s=0.3)), RuntimeError("late"), delay_s=5)
+def test_request_deadline_gives_504(serve):
+    service, client = serve(limits=ApiLimits(request_timeout_s=0.3))
+    failing(service, RuntimeError("late"), delay_s=5)
     response = client.post("/v1/embed/text", json=TEXT)
     assert response.status_code == 504 and response.json()["error"]["type"] == "request_timeout"
 
 
-def test_body_limit_declared_and_chunked(client, serve):
-    serve(limits=ApiLimits(max_body_bytes=2048))
+def test_body_limit_declared_and_chunked(serve):
+    _, client = serve(limits=ApiLimits(max_body_bytes=2048))
     body = b'{"texts": ["' + b"x" * 4096 + b'"]}'
     declared = client.post(
         "/v1/embed/text", content=body, headers={"content-type": "application/json"}
@@ -172,11 +168,13 @@ def test_body_limit_declared_and_chunked(client, serve):
 
 @pytest.fixture
 def keys(monkeypatch, serve):
+    """(service, client) with API keys from the environment."""
     monkeypatch.setenv(KEYS_ENV, " key-one , key-two ")
     return serve(auth=AuthConfig(api_keys_env=KEYS_ENV))
 
 
-def test_api_keys_from_the_environment(client, keys):
+def test_api_keys_from_the_environment(keys):
+    _, client = keys
     missing = client.post("/v1/embed/text", json=TEXT)
     assert missing.status_code == 401 and missing.json()["error"]["type"] == "unauthorized"
     assert missing.headers["WWW-Authenticate"] == "Bearer"
@@ -190,7 +188,8 @@ def test_api_keys_from_the_environment(client, keys):
         assert client.get(path).status_code == 200, path
 
 
-def test_readyz_shows_details_only_to_valid_keys(client, keys):
+def test_readyz_shows_details_only_to_valid_keys(keys):
+    _, client = keys
     for headers in ({}, {"X-API-Key": "nope"}):
         anonymous = client.get("/readyz", headers=headers)
         assert anonymous.status_code == 200
@@ -199,14 +198,15 @@ def test_readyz_shows_details_only_to_valid_keys(client, keys):
     assert full["status"] == "ready" and "fast.clip" in full["deployments"]
 
 
-def test_api_key_is_the_sticky_routing_key(client, keys):
+def test_api_key_is_the_sticky_routing_key(keys):
+    service, client = keys
     seen = []
 
     async def embed_texts(texts, profile, routing):
         seen.append(routing)
         raise errors.InvalidRequestError("stop here")
 
-    keys.embed_texts = embed_texts
+    service.embed_texts = embed_texts
     for key in ("key-one", "key-one", "key-two"):
         client.post("/v1/embed/text", json=TEXT, headers={"X-API-Key": key})
     client.post(
@@ -218,10 +218,10 @@ def test_api_key_is_the_sticky_routing_key(client, keys):
     assert "key-one" not in seen[0].key and seen[3].key == "mine"
 
 
-def test_api_keys_from_a_rotated_file(client, serve, tmp_path):
+def test_api_keys_from_a_rotated_file(serve, tmp_path):
     secret = tmp_path / "api-keys"
     secret.write_text("# rotated monthly\nfile-key-1\n")
-    serve(auth=AuthConfig(api_keys_env=KEYS_ENV, api_keys_file=str(secret)))
+    _, client = serve(auth=AuthConfig(api_keys_env=KEYS_ENV, api_keys_file=str(secret)))
     assert client.get("/v1/models", headers={"X-API-Key": "file-key-1"}).status_code == 200
     secret.write_text("file-key-2\n")
     os.utime(secret, (1, 1))  # a new mtime even within the filesystem's time resolution
@@ -231,13 +231,13 @@ def test_api_keys_from_a_rotated_file(client, serve, tmp_path):
     assert client.get("/v1/models", headers={"X-API-Key": "file-key-2"}).status_code == 403
 
 
-def test_cors_off_by_default_and_configurable(client, serve, monkeypatch):
+def test_cors_off_by_default_and_configurable(serve, monkeypatch):
     origin = {"Origin": "https://app.example"}
     preflight = {**origin, "Access-Control-Request-Method": "POST"}
-    serve()
+    _, client = serve()
     assert "access-control-allow-origin" not in client.get("/healthz", headers=origin).headers
     monkeypatch.setenv(KEYS_ENV, "k")
-    serve(
+    _, client = serve(
         cors=CorsConfig(allow_origins=("https://app.example",)),
         auth=AuthConfig(api_keys_env=KEYS_ENV),
     )
@@ -253,23 +253,24 @@ def test_cors_off_by_default_and_configurable(client, serve, monkeypatch):
     assert "access-control-allow-origin" not in other.headers
 
 
-def test_serves_own_plain_503_handlers_become_the_envelope(base_service, serve):
+def test_serves_own_plain_503_handlers_become_the_envelope(base_service):
     """Ray Serve adds FastAPI handlers for its back-pressure errors that answer plain text."""
     from starlette.responses import Response
 
-    app = create_app()
+    service = copy.copy(base_service)
+    app = create_app(service)
     app.add_exception_handler(  # what Ray's replica does to an ingress app
         BackPressureError,
         lambda request, exc: Response(exc.message, 503, headers={"Retry-After": "3"}),
     )
-    failing(serve(), BackPressureError(8, 8))
+    failing(service, BackPressureError(8, 8))
     with TestClient(app) as ray_like:
         response = ray_like.post("/v1/embed/text", json=TEXT)
     assert response.status_code == 503 and response.headers["Retry-After"] == "3"
     assert response.json()["error"]["type"] == "service_unavailable"
 
 
-def test_readiness_fails_while_a_deployment_hangs_and_recovers(client, serve, monkeypatch):
+def test_readiness_fails_while_a_deployment_hangs_and_recovers(serve, monkeypatch):
     import clipfleet.service_views
 
     class Hanging:
@@ -279,10 +280,32 @@ def test_readiness_fails_while_a_deployment_hangs_and_recovers(client, serve, mo
                 return asyncio.sleep(60)
 
     monkeypatch.setattr(clipfleet.service_views, "READINESS_TIMEOUT_S", 0.2)
-    service = serve()
+    service, client = serve()
     healthy_scorer, service.scorer = service.scorer, Hanging()
     not_ready = client.get("/readyz")
     assert not_ready.status_code == 503 and not_ready.headers["Retry-After"]
     assert not_ready.json()["deployments"]["scorer"]["ready"] is False
     service.scorer = healthy_scorer
     assert client.get("/readyz").status_code == 200
+
+
+def test_every_size_limit_is_payload_too_large(client):
+    """Too many items is the same condition as too large a body or image: one type."""
+    too_many_texts = client.post("/v1/embed/text", json={"texts": ["x"] * 65})
+    image = {"base64": image_base64()}
+    too_many_labels = client.post("/v1/tag", json={"image": image, "labels": ["a"] * 257})
+    for response, param in ((too_many_texts, "texts"), (too_many_labels, "labels")):
+        assert response.status_code == 413, response.text
+        assert response.json()["error"]["type"] == "payload_too_large"
+        assert response.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 413, 415, 503, 418])
+def test_framework_statuses_map_to_the_classes_types(status):
+    error = errors.error_for_status(status, "detail")
+    assert error.status == status and error.message == "detail"
+    expected = {400: "invalid_request", 418: "http_error"}.get(status)
+    if expected is None:
+        assert type(error).status == status and error.type != "http_error"
+    else:
+        assert error.type == expected

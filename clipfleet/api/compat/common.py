@@ -15,7 +15,12 @@ from typing import Annotated, Any
 from fastapi import Depends, UploadFile
 
 from clipfleet.api.deps import get_service
-from clipfleet.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from clipfleet.errors import (
+    ForbiddenError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
 from clipfleet.fetch import ImageSource
 from clipfleet.observability.resources import system_resources  # noqa: F401 (re-exported)
 from clipfleet.service import ClipfleetService
@@ -69,12 +74,10 @@ def resolve_local_image(reference: str, settings: CompatSettings, param: str) ->
         )
     candidate = Path(reference)
     if ".." in candidate.parts:
-        raise InvalidRequestError("'..' is not allowed in a local image path", param, status=403)
+        raise ForbiddenError("'..' is not allowed in a local image path", param)
     resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
     if not resolved.is_relative_to(root):
-        raise InvalidRequestError(
-            "the local image path is outside the allowed directory", param, status=403
-        )
+        raise ForbiddenError("the local image path is outside the allowed directory", param)
     if not resolved.is_file():
         raise NotFoundError("no such local image file", param)
     return resolved

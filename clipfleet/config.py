@@ -316,11 +316,6 @@ class AppArgs(StrictModel):
             )
         return data
 
-    @property
-    def batching(self) -> BatchingConfig:
-        """Transitional, until pipelines/app.py stops passing it: EncoderConfig's defaults."""
-        return BatchingConfig()
-
     @field_validator("profiles")
     @classmethod
     def _profile_names(cls, profiles: dict[str, ProfileSpec]) -> dict[str, ProfileSpec]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from clipfleet.errors import ClipfleetError, InvalidRequestError
-from clipfleet.fetch import ImageFetcher, ImageSource
-from tests.support.images import ImageServer, image_base64, image_bytes
+from clipfleet.fetch import CONNECTIONS_PER_HOST, ImageFetcher, ImageSource
+from tests.support.images import ImageServer, LoopbackServer, image_base64, image_bytes
 from tests.support.local_dag import loopback_fetch
 
 
@@ -60,3 +62,39 @@ def test_exactly_one_source():
         ImageSource()
     with pytest.raises(InvalidRequestError):
         ImageSource(url="http://a/b.jpg", data=b"x")
+
+
+class CountingServer(LoopbackServer):
+    """Serves /img.jpg a little slowly and records the most requests it had in flight at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = self.peak = 0
+
+    def build_app(self):
+        from aiohttp import web
+
+        async def image(request):
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            try:
+                await asyncio.sleep(0.05)
+                return web.Response(body=image_bytes(), content_type="image/jpeg")
+            finally:
+                self.in_flight -= 1
+
+        app = web.Application()
+        app.router.add_get("/img.jpg", image)
+        return app
+
+
+async def test_connections_to_one_host_are_capped(fetcher):
+    server = await CountingServer().start()
+    try:
+        url = f"{server.base_url}/img.jpg"
+        sources = [ImageSource(url=url) for _ in range(3 * CONNECTIONS_PER_HOST)]
+        await asyncio.gather(*(fetcher.read_bytes(source) for source in sources))
+    finally:
+        await server.stop()
+    assert fetcher.limits.connection_limit > CONNECTIONS_PER_HOST  # the per-host cap binds
+    assert server.peak == CONNECTIONS_PER_HOST

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -65,20 +66,28 @@ def test_exactly_one_source():
 
 
 class CountingServer(LoopbackServer):
-    """Serves /img.jpg a little slowly and records the most requests it had in flight at once."""
+    """Holds each /img.jpg request until `full` are in flight (or 10 s passed), and records the
+    most it had in flight at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, full: int) -> None:
         super().__init__()
+        self.full = full
         self.in_flight = self.peak = 0
 
     def build_app(self):
         from aiohttp import web
 
+        released = asyncio.Event()
+
         async def image(request):
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
             try:
-                await asyncio.sleep(0.05)
+                if self.in_flight >= self.full:
+                    released.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(released.wait(), 10)
+                await asyncio.sleep(0.05)  # the rest arrive now, if nothing holds them back
                 return web.Response(body=image_bytes(), content_type="image/jpeg")
             finally:
                 self.in_flight -= 1
@@ -88,13 +97,16 @@ class CountingServer(LoopbackServer):
         return app
 
 
-async def test_connections_to_one_host_are_capped(fetcher):
-    server = await CountingServer().start()
+async def test_connections_to_one_host_are_capped():
+    limits = loopback_fetch(timeout_s=60.0)  # waiting for a connection counts against it
+    assert limits.connection_limit > CONNECTIONS_PER_HOST  # the per-host cap is what binds
+    fetcher = ImageFetcher(limits)
+    server = await CountingServer(full=CONNECTIONS_PER_HOST).start()
     try:
         url = f"{server.base_url}/img.jpg"
         sources = [ImageSource(url=url) for _ in range(3 * CONNECTIONS_PER_HOST)]
         await asyncio.gather(*(fetcher.read_bytes(source) for source in sources))
     finally:
         await server.stop()
-    assert fetcher.limits.connection_limit > CONNECTIONS_PER_HOST  # the per-host cap binds
+        await fetcher.close()
     assert server.peak == CONNECTIONS_PER_HOST

@@ -62,6 +62,11 @@ def decode_base64(text: str, limits: FetchLimits) -> bytes:
         raise InvalidRequestError("`base64` is not valid base64 data") from exc
 
 
+# One host's share of the connection pool: a batch of urls on one slow host can't take every
+# connection from requests to other hosts, nor open dozens of sockets at once to one origin.
+CONNECTIONS_PER_HOST = 16
+
+
 class ImageFetcher:
     """Resolve an ImageSource to pixels. One instance per process; call `close()` at the end."""
 
@@ -82,6 +87,7 @@ class ImageFetcher:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
                     limit=self.limits.connection_limit,
+                    limit_per_host=CONNECTIONS_PER_HOST,
                     resolver=GuardedResolver(self.policy, self._resolver),
                 ),
                 timeout=aiohttp.ClientTimeout(total=self.limits.timeout_s),

@@ -41,10 +41,10 @@ from clipfleet.config import ClipModelSpec, FetchLimits
 from clipfleet.imaging import decode_image
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device, set_torch_threads
+from clipfleet.processes import stop_tree
 from loadtests.client import run_load
 from loadtests.images import make_library
 from loadtests.naive import measure_naive
-from loadtests.processes import stop
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_PORT, BASELINE_PORT, CLIPFLEET_URL = 8091, 8095, "http://127.0.0.1:8000"
@@ -96,7 +96,7 @@ def start(command: list[str], ready_url: str, timeout_s: float, env: dict | None
         if process.poll() is not None:
             raise RuntimeError(f"{command[0]} exited with {process.returncode}")
         time.sleep(1)
-    stop(process)
+    stop_tree(process)
     raise RuntimeError(f"{' '.join(command)} not ready within {timeout_s} s")
 
 
@@ -197,7 +197,7 @@ def measure_config(config: Path, levels: list[int], seconds: float) -> list[dict
             results.append(result)
         return results
     finally:
-        stop(serve)
+        stop_tree(serve)
 
 
 def at_clients(results: list[dict], clients: int) -> dict:
@@ -281,7 +281,7 @@ def run(
                     f"http://127.0.0.1:{BASELINE_PORT}/score", baseline_body, 32, seconds
                 )
             finally:
-                stop(baseline)
+                stop_tree(baseline)
         systems = [("make-run", SERVE_CONFIG, [32]), ("bench", config, levels)]
         systems.append(("fast-int8", INT8_CONFIG, [32]))
         for name, system_config, system_levels in systems:
@@ -294,9 +294,9 @@ def run(
                     f"{CLIPFLEET_URL}/v1/score", repeated_body, 32, seconds
                 )
             finally:
-                stop(serve)
+                stop_tree(serve)
     finally:
-        stop(images)
+        stop_tree(images)
     report["clipfleet"] = report["systems"].get("bench", [])  # the key earlier runs used
     report["ratios"] = ratios(report)
     return report

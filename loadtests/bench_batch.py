@@ -31,8 +31,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from clipfleet.processes import stop_tree
 from loadtests.images import SIZES
-from loadtests.processes import stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_CONFIG = ROOT / "loadtests" / "bench_config.yaml"
@@ -171,7 +171,7 @@ def run_score_csv(pairs_csv: Path, config: Path, port: int) -> dict:
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         finished = time.perf_counter()
     finally:
-        stop(service)
+        stop_tree(service)
     if result.returncode not in (0, 1):
         raise RuntimeError(f"score-csv failed:\n{result.stderr[-3000:]}")
     rows = len(read_pairs(pairs_csv))

@@ -68,15 +68,18 @@ def openai_clip_tokenizer() -> CLIPTokenizerFast:
     """OpenAI CLIP's BPE tokenizer built from the vocabulary open_clip ships (no download)."""
     simple = open_clip.SimpleTokenizer()
     merges = sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)
-    folder = Path(tempfile.mkdtemp(prefix="clipfleet-tokenizer-"))
-    (folder / "vocab.json").write_text(json.dumps(simple.encoder), encoding="utf-8")
-    merge_lines = "\n".join(" ".join(pair) for pair in merges)
-    (folder / "merges.txt").write_text("#version: 0.2\n" + merge_lines + "\n", encoding="utf-8")
-    return CLIPTokenizerFast(
-        vocab_file=str(folder / "vocab.json"),
-        merges_file=str(folder / "merges.txt"),
-        model_max_length=77,
-    )
+    # The files are read once, into the fast tokenizer; the folder goes when it is built.
+    with tempfile.TemporaryDirectory(prefix="clipfleet-tokenizer-") as tmp:
+        folder = Path(tmp)
+        (folder / "vocab.json").write_text(json.dumps(simple.encoder), encoding="utf-8")
+        merge_lines = "\n".join(" ".join(pair) for pair in merges)
+        merges_text = "#version: 0.2\n" + merge_lines + "\n"
+        (folder / "merges.txt").write_text(merges_text, encoding="utf-8")
+        return CLIPTokenizerFast(
+            vocab_file=str(folder / "vocab.json"),
+            merges_file=str(folder / "merges.txt"),
+            model_max_length=77,
+        )
 
 
 def random_clip_config(spec: ClipModelSpec) -> CLIPConfig:

@@ -1,7 +1,9 @@
 """Per-request observability in the ingress: one ASGI middleware (the outermost) that
 
-- opens the request's server span, child of the client's W3C `traceparent` header if any;
 - binds the request id (Ray Serve's `X-Request-ID`) for spans and log lines;
+- runs the app under OpenTelemetry's ASGI instrumentation when tracing is on (the request's
+  server span, child of the client's W3C `traceparent` header if any), naming the span by route
+  template and tagging it with the status, profile and variant;
 - records clipfleet_requests / _request_errors / _request_seconds by route template, profile,
   variant and status;
 - writes one structured log line per request (`extra` fields become JSON keys under Ray
@@ -59,11 +61,6 @@ def request_id_of(scope: dict) -> str:
     return request_id if request_id.isprintable() and request_id else uuid.uuid4().hex
 
 
-def traceparent_of(scope: dict) -> str | None:
-    value = dict(scope.get("headers") or ()).get(tracing.TRACEPARENT.encode())
-    return value.decode("latin-1") if value else None
-
-
 class ObservabilityMiddleware(HttpMiddleware):
     async def handle(self, scope, receive, send) -> None:
         outcome = Outcome()
@@ -71,20 +68,20 @@ class ObservabilityMiddleware(HttpMiddleware):
         async def send_observed(message: dict) -> None:
             if message["type"] == "http.response.start":
                 outcome.capture(message)
+                _finish_span(scope, outcome)  # routed by now: the route template is known
             await send(message)
 
         token = tracing.bind_request_id(request_id_of(scope))
         started = time.perf_counter()
         try:
-            with tracing.span("http", traceparent_of(scope), server=True) as span:
-                await self.app(scope, receive, send_observed)
-                _finish_span(span, scope, outcome)
+            await tracing.asgi_app(self.app)(scope, receive, send_observed)
         finally:
             _observe(scope, outcome, time.perf_counter() - started)
             tracing.reset_request_id(token)
 
 
-def _finish_span(span, scope: dict, outcome: Outcome) -> None:
+def _finish_span(scope: dict, outcome: Outcome) -> None:
+    span = tracing.current_span()
     if span is None:
         return
     outcome.trace_id = tracing.trace_id_hex()

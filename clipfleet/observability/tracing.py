@@ -10,11 +10,13 @@
   `opentelemetry-exporter-otlp` installed, otherwise tracing stays off with a warning.
 - `file`: one JSON object per span appended to `CLIPFLEET_TRACING_FILE`.
 
-Deployments are separate processes, so the context crosses each handle call explicitly: the
-ingress wraps its handles in `TracedHandle`, which adds a W3C `traceparent` keyword argument,
-and each deployment method decorated with `@traced(...)` starts its span under it. A client's
-own `traceparent` header is the parent of the ingress's request span. Every span carries the
-request id (`clipfleet.request_id`).
+The ingress's request span is OpenTelemetry's ASGI instrumentation (`asgi_app`), which makes a
+client's own `traceparent` header its parent. Deployments are separate processes, so the context
+crosses each handle call explicitly: the ingress wraps its handles in `TracedHandle`, which adds
+a W3C `traceparent` keyword argument, and each deployment method decorated with `@traced(...)`
+starts its span under it. (Ray Serve 2.60 propagates context across handle calls only while
+its own Serve-wide tracing is on, proxy included; see docs/observability.md.) Every span
+carries the request id (`clipfleet.request_id`).
 """
 
 from __future__ import annotations
@@ -170,6 +172,41 @@ def span(name: str, traceparent: str | None = None, server: bool = False, **attr
     attributes[REQUEST_ID_ATTRIBUTE] = current_request_id()
     kind = SpanKind.SERVER if server else SpanKind.INTERNAL
     return active.start_as_current_span(name, context=parent, kind=kind, attributes=attributes)
+
+
+def current_span() -> Any:
+    """The span open in this context, or None (tracing off, or no span open)."""
+    if tracer() is None:
+        return None
+    from opentelemetry import trace
+
+    active = trace.get_current_span()
+    return active if active.is_recording() else None
+
+
+def asgi_app(app: Any) -> Any:
+    """`app` inside OpenTelemetry's ASGI middleware while tracing is on (one server span per
+    request, child of the client's `traceparent`); `app` itself when it is off."""
+    if tracer() is None:
+        return app
+    return _instrumented(app, _provider)
+
+
+@functools.lru_cache(maxsize=8)
+def _instrumented(app: Any, provider: Any) -> Any:
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    return OpenTelemetryMiddleware(
+        app,
+        tracer_provider=provider,
+        server_request_hook=_tag_request,
+        exclude_spans=["receive", "send"],  # one span per request, not one per ASGI message
+    )
+
+
+def _tag_request(span: Any, scope: dict) -> None:
+    if span.is_recording():
+        span.set_attribute(REQUEST_ID_ATTRIBUTE, current_request_id())
 
 
 def current_traceparent() -> str | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from loadtests.processes import stop
+from clipfleet.processes import stop_tree
 from tests.support.images import image_base64
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def served():
         print(f"\nserve run ready after {time.monotonic() - started:.1f} s")
         yield BASE_URL
     finally:
-        stop(process)
+        stop_tree(process)
         log.close()
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 
 from clipfleet.errors import ClipfleetError, InvalidRequestError
-from clipfleet.fetch import ImageFetcher, ImageSource
-from tests.support.images import ImageServer, image_base64, image_bytes
+from clipfleet.fetch import CONNECTIONS_PER_HOST, ImageFetcher, ImageSource
+from tests.support.images import ImageServer, LoopbackServer, image_base64, image_bytes
 from tests.support.local_dag import loopback_fetch
 
 
@@ -60,3 +63,50 @@ def test_exactly_one_source():
         ImageSource()
     with pytest.raises(InvalidRequestError):
         ImageSource(url="http://a/b.jpg", data=b"x")
+
+
+class CountingServer(LoopbackServer):
+    """Holds each /img.jpg request until `full` are in flight (or 10 s passed), and records the
+    most it had in flight at once."""
+
+    def __init__(self, full: int) -> None:
+        super().__init__()
+        self.full = full
+        self.in_flight = self.peak = 0
+
+    def build_app(self):
+        from aiohttp import web
+
+        released = asyncio.Event()
+
+        async def image(request):
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            try:
+                if self.in_flight >= self.full:
+                    released.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(released.wait(), 10)
+                await asyncio.sleep(0.05)  # the rest arrive now, if nothing holds them back
+                return web.Response(body=image_bytes(), content_type="image/jpeg")
+            finally:
+                self.in_flight -= 1
+
+        app = web.Application()
+        app.router.add_get("/img.jpg", image)
+        return app
+
+
+async def test_connections_to_one_host_are_capped():
+    limits = loopback_fetch(timeout_s=60.0)  # waiting for a connection counts against it
+    assert limits.connection_limit > CONNECTIONS_PER_HOST  # the per-host cap is what binds
+    fetcher = ImageFetcher(limits)
+    server = await CountingServer(full=CONNECTIONS_PER_HOST).start()
+    try:
+        url = f"{server.base_url}/img.jpg"
+        sources = [ImageSource(url=url) for _ in range(3 * CONNECTIONS_PER_HOST)]
+        await asyncio.gather(*(fetcher.read_bytes(source) for source in sources))
+    finally:
+        await server.stop()
+        await fetcher.close()
+    assert server.peak == CONNECTIONS_PER_HOST

@@ -162,6 +162,7 @@ def test_one_request_yields_one_connected_trace(tiny_args, spans, client_for):
     ]
     (root,) = [span for span in finished if span.name == "POST /v1/score"]
     assert root.parent.span_id == int(CLIENT_SPAN, 16) and root.parent.is_remote
+    assert root.instrumentation_scope.name == "opentelemetry.instrumentation.asgi"
     assert {span.parent.span_id for span in finished if span is not root} == {root.context.span_id}
     assert {span.attributes[tracing.REQUEST_ID_ATTRIBUTE] for span in finished} == {"req-42"}
     assert root.attributes["http.route"] == "/v1/score"
@@ -172,6 +173,8 @@ def test_tracing_off_costs_nothing():
     tracing.configure("off")
     handles = {"fast": {"stable": object()}}
     assert tracing.trace_handles(handles) is handles  # handles are not even wrapped
+    app = object()
+    assert tracing.asgi_app(app) is app  # nor is the ingress's ASGI app
     assert tracing.span("anything") is tracing.span("else")  # one shared null context
     assert tracing.current_traceparent() is None and tracing.trace_id_hex() is None
 

@@ -11,8 +11,15 @@ defaults.
 import logging
 
 from ray.serve import Application
+from ray.serve.deployment import Deployment
 
-from clipfleet.config import AppArgs, random_weights_enabled
+from clipfleet.config import (
+    FETCHER_DEPLOYMENT,
+    INGRESS_DEPLOYMENT,
+    SCORER_DEPLOYMENT,
+    AppArgs,
+    random_weights_enabled,
+)
 from clipfleet.graph import wire
 from deployments.clip_encoder import ClipEncoder
 from deployments.image_fetcher import ImageFetcher
@@ -25,27 +32,31 @@ logger = logging.getLogger("ray.serve")
 
 
 class ServeBinder:
-    """clipfleet.graph.Binder over Serve: each node a bound deployment, named as config.py
-    names it (the fetcher, scorer and ingress keep their class names)."""
+    """clipfleet.graph.Binder over Serve: each node a bound deployment, named as
+    clipfleet.config names it."""
+
+    def deploy(self, deployment: Deployment, name: str | None = None) -> Deployment:
+        """The deployment a node is bound from (a subclass may add options, e.g. placement)."""
+        return deployment.options(name=name) if name else deployment
 
     def fetcher(self, limits):
-        return ImageFetcher.bind(limits)
+        return self.deploy(ImageFetcher, FETCHER_DEPLOYMENT).bind(limits)
 
     def scorer(self):
-        return Scorer.bind()
+        return self.deploy(Scorer, SCORER_DEPLOYMENT).bind()
 
     def clip_encoder(self, name, spec):
-        return ClipEncoder.options(name=name).bind(spec)
+        return self.deploy(ClipEncoder, name).bind(spec)
 
     def resnet_encoder(self, name, spec):
-        return ResNetEncoder.options(name=name).bind(spec)
+        return self.deploy(ResNetEncoder, name).bind(spec)
 
     def multiplexed_encoder(self, name, profile, spec):
         # Built per profile: Ray fixes the LRU size when the loader is decorated.
-        return multiplexed_encoder(spec).options(name=name).bind(profile, spec)
+        return self.deploy(multiplexed_encoder(spec), name).bind(profile, spec)
 
     def ingress(self, args, graph):
-        return Ingress.bind(args, *graph)
+        return self.deploy(Ingress, INGRESS_DEPLOYMENT).bind(args, *graph)
 
 
 def build_app(args: AppArgs) -> Application:

@@ -29,10 +29,9 @@ import time
 import pytest
 import requests
 
-from clipfleet.config import AppArgs
+from clipfleet.config import FIXED_DEPLOYMENTS, AppArgs, deployment_names
 from tests.support.images import image_base64
 from tests.support.ray_cluster import HEAD_IP, WORKER_IP, TwoNodeCluster, tagged_processes
-from tests.unit.test_serve_config import FIXED_DEPLOYMENTS, deployment_names
 
 pytestmark = [
     pytest.mark.timeout(400),

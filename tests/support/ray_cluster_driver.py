@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from clipfleet.config import AppArgs
+from clipfleet.config import FIXED_DEPLOYMENTS, AppArgs
 from tests.support.ray_cluster import (
     APP_NAME,
     ENCODER_OPTIONS,
@@ -30,25 +30,31 @@ def _connect(address: str) -> None:
     ray.init(address=address, _node_ip_address=HEAD_IP, log_to_driver=False, logging_level="ERROR")
 
 
+def pinned_binder():
+    """The shipped graph with the placement a serve config's `deployments:` would give:
+    encoders on the worker node, the rest on the head."""
+    from pipelines.app import ServeBinder
+
+    class PinnedBinder(ServeBinder):
+        def deploy(self, deployment, name=None):
+            on_head = deployment.name in FIXED_DEPLOYMENTS
+            options = HEAD_OPTIONS if on_head else ENCODER_OPTIONS
+            return super().deploy(deployment, name).options(ray_actor_options=options)
+
+    return PinnedBinder()
+
+
 def _deploy(address: str, http_port: str, args_json: str) -> dict:
     """serve.run(build_app(args)) with the deployments pinned: encoders to the worker node."""
     from ray import serve
 
-    import pipelines.app as app_module
+    from clipfleet.graph import wire
 
     _connect(address)
     serve.start(
         proxy_location="HeadOnly", http_options={"host": PROXY_HOST, "port": int(http_port)}
     )
-    # build_app binds these module globals; pinned copies make it build the same graph with the
-    # placement options (as a serve config's `deployments:` overrides would).
-    for name in ("ClipEncoder", "ResNetEncoder"):
-        setattr(
-            app_module, name, getattr(app_module, name).options(ray_actor_options=ENCODER_OPTIONS)
-        )
-    for name in ("Ingress", "ImageFetcher", "Scorer"):
-        setattr(app_module, name, getattr(app_module, name).options(ray_actor_options=HEAD_OPTIONS))
-    app = app_module.build_app(AppArgs(**json.loads(args_json)))
+    app = wire(AppArgs(**json.loads(args_json)), pinned_binder())
     serve.run(app, name=APP_NAME, route_prefix="/")
     return {"deployed": APP_NAME}
 

@@ -235,7 +235,8 @@ class ModelPool:
             model = await asyncio.to_thread(self._load_model, resolved)
         except Exception as exc:
             self.load_failures += 1
-            self.last_failures[resolved.model_id] = f"{type(exc).__name__}: {exc}"[:500]
+            # The library's text (paths, internals) stays in the operator's logs.
+            self.last_failures[resolved.model_id] = f"{type(exc).__name__}; see the replica's log"
             metrics.record_multiplexed("load_failure", self.profile)
             logger.exception("multiplexed model %s:%s failed to load", self.profile, resolved)
             raise ModelLoadFailedError(

@@ -206,7 +206,8 @@ def _instrumented(app: Any, provider: Any) -> Any:
     )
 
 
-def _tag_request(span: Any, scope: dict) -> None:
+def _tag_request(span: Any, request: Any) -> None:
+    """The instrumentations' request hook (`request`: the ASGI scope, or aiohttp's params)."""
     if span.is_recording():
         span.set_attribute(REQUEST_ID_ATTRIBUTE, current_request_id())
 
@@ -222,7 +223,7 @@ def http_client_traces() -> list:
 
     config = create_trace_config(
         url_filter=_without_query,
-        request_hook=_tag_request_span,
+        request_hook=_tag_request,
         tracer_provider=_provider,
         meter_provider=NoOpMeterProvider(),  # clipfleet's own fetch metrics time these
         sem_conv_opt_in_mode=_http_semconv_mode(),
@@ -237,11 +238,6 @@ def http_client_traces() -> list:
 def _without_query(url: Any) -> str:
     # Signed image URLs carry their credentials in the query.
     return str(url.with_query(None).with_fragment(None))
-
-
-def _tag_request_span(span: Any, params: Any) -> None:
-    if span.is_recording():
-        span.set_attribute(REQUEST_ID_ATTRIBUTE, current_request_id())
 
 
 async def _strip_trace_context(session: Any, context: Any, params: Any) -> None:

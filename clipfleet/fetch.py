@@ -2,7 +2,8 @@
 
 URLs go through the SSRF guard (clipfleet.netguard): every hop's host is checked, every
 resolved address is checked and connected to as checked, and redirects are followed here, one
-checked hop at a time. The whole download (all hops, body included) shares one deadline.
+checked hop at a time. The whole download (all hops, body included) shares one deadline. With
+tracing on, each hop is an HTTP client span (clipfleet.observability.tracing.http_client_traces).
 Decodes run on a small thread pool of their own, at most `fetch.decode_budget_bytes` of
 estimated decode memory at a time (clipfleet.imaging.DecodePlan.cost_bytes).
 """
@@ -32,6 +33,7 @@ from clipfleet.errors import (
 )
 from clipfleet.imaging import DecodePlan, open_image
 from clipfleet.netguard import AddressPolicy, GuardedResolver
+from clipfleet.observability import tracing
 
 _CHUNK_BYTES = 64 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -93,6 +95,7 @@ class ImageFetcher:
                 timeout=aiohttp.ClientTimeout(total=self.limits.timeout_s),
                 headers={"User-Agent": "clipfleet-image-fetcher/0.1"},
                 trust_env=False,  # no proxies from the environment: we connect where we checked
+                trace_configs=tracing.http_client_traces(),
             )
         return self._session
 

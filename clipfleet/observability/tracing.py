@@ -11,12 +11,14 @@
 - `file`: one JSON object per span appended to `CLIPFLEET_TRACING_FILE`.
 
 The ingress's request span is OpenTelemetry's ASGI instrumentation (`asgi_app`), which makes a
-client's own `traceparent` header its parent. Deployments are separate processes, so the context
-crosses each handle call explicitly: the ingress wraps its handles in `TracedHandle`, which adds
-a W3C `traceparent` keyword argument, and each deployment method decorated with `@traced(...)`
-starts its span under it. (Ray Serve 2.60 propagates context across handle calls only while
-its own Serve-wide tracing is on, proxy included; see docs/observability.md.) Every span
-carries the request id (`clipfleet.request_id`).
+client's own `traceparent` header its parent; the image fetcher's HTTP client spans are its
+aiohttp-client instrumentation (`http_client_traces`, on the fetcher's session only).
+Deployments are separate processes, so the context crosses each handle call explicitly: the
+ingress wraps its handles in `TracedHandle`, which adds a W3C `traceparent` keyword argument,
+and each deployment method decorated with `@traced(...)` starts its span under it. (Ray Serve
+2.60 propagates context across handle calls only while its own Serve-wide tracing is on, proxy
+included; see docs/observability.md.) Every span carries the request id
+(`clipfleet.request_id`).
 """
 
 from __future__ import annotations
@@ -204,9 +206,59 @@ def _instrumented(app: Any, provider: Any) -> Any:
     )
 
 
-def _tag_request(span: Any, scope: dict) -> None:
+def _tag_request(span: Any, request: Any) -> None:
+    """The instrumentations' request hook (`request`: the ASGI scope, or aiohttp's params)."""
     if span.is_recording():
         span.set_attribute(REQUEST_ID_ATTRIBUTE, current_request_id())
+
+
+def http_client_traces() -> list:
+    """`trace_configs=` for an aiohttp ClientSession: while tracing is on, OpenTelemetry's
+    aiohttp-client instrumentation (one CLIENT span per HTTP request, child of the current span;
+    the URL without its query), sending no trace context to the server; none when it is off."""
+    if tracer() is None:
+        return []
+    from opentelemetry.instrumentation.aiohttp_client import create_trace_config
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    config = create_trace_config(
+        url_filter=_without_query,
+        request_hook=_tag_request,
+        tracer_provider=_provider,
+        meter_provider=NoOpMeterProvider(),  # clipfleet's own fetch metrics time these
+        sem_conv_opt_in_mode=_http_semconv_mode(),
+    )
+    # The instrumentation always injects the context into the request's headers (there is no
+    # switch), but image URLs name arbitrary third-party hosts: our trace ids are not theirs to
+    # see. This runs after its injection, before the request is built.
+    config.on_request_start.append(_strip_trace_context)
+    return [config]
+
+
+def _without_query(url: Any) -> str:
+    # Signed image URLs carry their credentials in the query.
+    return str(url.with_query(None).with_fragment(None))
+
+
+async def _strip_trace_context(session: Any, context: Any, params: Any) -> None:
+    from opentelemetry import propagate
+
+    for field in propagate.get_global_textmap().fields:
+        params.headers.popall(field, None)
+
+
+def _http_semconv_mode() -> Any:
+    """The HTTP attribute names $OTEL_SEMCONV_STABILITY_OPT_IN picks, as the ASGI
+    instrumentation reads them (and AioHttpClientInstrumentor would)."""
+    from opentelemetry.instrumentation._semconv import (
+        _OpenTelemetrySemanticConventionStability as Stability,
+    )
+    from opentelemetry.instrumentation._semconv import _OpenTelemetryStabilitySignalType
+
+    Stability._initialize()
+    return Stability._get_opentelemetry_stability_opt_in_mode(
+        _OpenTelemetryStabilitySignalType.HTTP
+    )
 
 
 def current_traceparent() -> str | None:

@@ -20,6 +20,7 @@ from clipfleet.observability.tracing import TRACING_ENV, TRACING_FILE_ENV
 from tests.integration.conftest import small_deployments, wait_for, wait_ready
 from tests.support.images import image_base64
 from tests.support.local_dag import tiny_app_args
+from tests.support.servers import ThreadedImageServer
 
 APP = "obs"
 PREFIX = "/obs"
@@ -197,3 +198,31 @@ def test_ingress_logs_one_json_line_per_request(traffic):
     assert line["profile"] == "fast" and line["variant"] == "stable"
     assert line["route"].endswith("/v1/score") and line["latency_ms"] > 0
     assert line["trace_id"] == CLIENT_TRACE
+
+
+def test_image_url_fetch_is_a_client_span_in_the_fetcher(obs_url, spans_file):
+    trace = "5cf92f3577b34da6a3ce929d0e0e4737"
+    server = ThreadedImageServer().start()
+    try:
+        embedded = requests.post(
+            f"{obs_url}/v1/embed/image",
+            json={"images": [{"url": f"{server.base_url}/img.jpg"}]},
+            headers={"traceparent": f"00-{trace}-{CLIENT_SPAN}-01"},
+            timeout=60,
+        )
+    finally:
+        server.stop()
+    assert embedded.status_code == 200, embedded.text
+
+    def fetch_spans():
+        spans = [s for s in read_spans(spans_file) if s["trace_id"] == trace]
+        names = {s["name"] for s in spans}
+        return spans if {"ImageFetcher.fetch", "GET"} <= names else None
+
+    spans = wait_for(fetch_spans, 30, message="the fetcher's spans")
+    (fetch,) = [s for s in spans if s["name"] == "ImageFetcher.fetch"]
+    (get,) = [s for s in spans if s["name"] == "GET"]
+    assert get["kind"] == "CLIENT" and get["parent_span_id"] == fetch["span_id"]
+    assert get["pid"] == fetch["pid"]  # made in the fetcher's process
+    attributes = get["attributes"]
+    assert attributes.get("http.response.status_code", attributes.get("http.status_code")) == 200

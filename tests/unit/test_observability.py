@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from clipfleet.errors import UpstreamError, UpstreamTimeoutError
 from clipfleet.observability import metrics, tracing
 from clipfleet.service import ClipfleetService
 from tests.support import local_dag
-from tests.support.images import image_base64
+from tests.support.images import LoopbackServer, image_base64, image_bytes
+from tests.support.servers import ThreadedImageServer
 
 DASHBOARD = Path(__file__).parents[2] / "cluster" / "grafana" / "clipfleet.json"
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -169,12 +171,75 @@ def test_one_request_yields_one_connected_trace(tiny_args, spans, client_for):
     assert root.attributes["clipfleet.variant"] == "stable"
 
 
+class HopServer(LoopbackServer):
+    """/hop redirects to /img.jpg (a signed-looking query on both); keeps each request's
+    headers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headers: list[dict[str, str]] = []
+
+    def build_app(self):
+        from aiohttp import web
+
+        async def hop(request):
+            self.headers.append(dict(request.headers))
+            raise web.HTTPFound("/img.jpg?sig=secret")
+
+        async def image(request):
+            self.headers.append(dict(request.headers))
+            return web.Response(body=image_bytes(), content_type="image/jpeg")
+
+        app = web.Application()
+        app.router.add_get("/hop", hop)
+        app.router.add_get("/img.jpg", image)
+        return app
+
+
+def _http_attribute(span, stable: str, old: str):
+    # $OTEL_SEMCONV_STABILITY_OPT_IN picks the stable names, the old ones, or both.
+    return span.attributes.get(stable, span.attributes.get(old))
+
+
+def test_image_url_fetches_are_client_spans_inside_the_request_trace(tiny_args, spans, client_for):
+    hop = HopServer()
+    server = ThreadedImageServer(hop).start()
+    try:
+        pair = {"image": {"url": f"{server.base_url}/hop?sig=secret"}, "text": "a cat"}
+        headers = {"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01", "X-Request-ID": "req-7"}
+        client = client_for(traced_service(tiny_args))
+        response = client.post("/v1/score", json={"pairs": [pair]}, headers=headers)
+    finally:
+        server.stop()
+    assert response.status_code == 200, response.text
+    trace_id = int(CLIENT_TRACE, 16)
+    finished = [s for s in spans.get_finished_spans() if s.context.trace_id == trace_id]
+    (fetch,) = [span for span in finished if span.name == "ImageFetcher.fetch"]
+    hops = [span for span in finished if span.kind is SpanKind.CLIENT]
+    assert [span.name for span in hops] == ["GET", "GET"]  # the redirect and its target
+    assert {span.parent.span_id for span in hops} == {fetch.context.span_id}
+    assert {span.instrumentation_scope.name for span in hops} == {
+        "opentelemetry.instrumentation.aiohttp_client"
+    }
+    assert [_http_attribute(s, "http.request.method", "http.method") for s in hops] == ["GET"] * 2
+    statuses = [_http_attribute(s, "http.response.status_code", "http.status_code") for s in hops]
+    assert statuses == [302, 200]
+    urls = [_http_attribute(s, "url.full", "http.url") for s in hops]
+    assert urls == [f"{server.base_url}/hop", f"{server.base_url}/img.jpg"]  # no query
+    assert {span.attributes[tracing.REQUEST_ID_ATTRIBUTE] for span in hops} == {"req-7"}
+    # The image host never sees our trace context.
+    assert len(hop.headers) == 2
+    for sent in hop.headers:
+        assert not {"traceparent", "tracestate", "baggage"} & {k.lower() for k in sent}
+
+
 def test_tracing_off_costs_nothing():
     tracing.configure("off")
     handles = {"fast": {"stable": object()}}
     assert tracing.trace_handles(handles) is handles  # handles are not even wrapped
     app = object()
     assert tracing.asgi_app(app) is app  # nor is the ingress's ASGI app
+    assert tracing.http_client_traces() == []  # nor the fetcher's aiohttp session
     assert tracing.span("anything") is tracing.span("else")  # one shared null context
     assert tracing.current_traceparent() is None and tracing.trace_id_hex() is None
 

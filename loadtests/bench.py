@@ -37,7 +37,15 @@ import requests
 import torch
 import yaml
 
-from clipfleet.config import ClipModelSpec, FetchLimits
+from clipfleet.config import (
+    FIXED_DEPLOYMENTS,
+    AppArgs,
+    ClipModelSpec,
+    EncoderConfig,
+    FetchLimits,
+    clip_deployment_name,
+    deployment_names,
+)
 from clipfleet.imaging import decode_image
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device, set_torch_threads
@@ -119,10 +127,15 @@ def prepared(config: Path, cache: bool = False) -> Path:
     app = document["applications"][0]
     fetch = app["args"].setdefault("fetch", {})
     fetch["allow_private_networks"] = [*fetch.get("allow_private_networks", []), "127.0.0.1/32"]
-    fetch["allowed_ports"] = sorted({*fetch.get("allowed_ports", [80, 443]), IMAGE_PORT})
-    for deployment in app.get("deployments", []):
-        if deployment["name"].startswith(("clip_", "resnet_")):
-            deployment.setdefault("user_config", {})["cache"] = {"enabled": cache}
+    allowed = fetch.get("allowed_ports", FetchLimits().allowed_ports)
+    fetch["allowed_ports"] = sorted({*allowed, IMAGE_PORT})
+    # every encoder the args produce, listed in the config or running on the code's defaults
+    entries = {entry["name"]: entry for entry in app.setdefault("deployments", [])}
+    for name in sorted(deployment_names(app_args(config)) - set(FIXED_DEPLOYMENTS)):
+        if name not in entries:
+            entries[name] = {"name": name}
+            app["deployments"].append(entries[name])
+        entries[name].setdefault("user_config", {})["cache"] = {"enabled": cache}
     folder = Path(tempfile.mkdtemp(prefix="clipfleet-bench-"))
     prepared_config = folder / f"{config.stem}{'_cache' if cache else ''}.yaml"
     prepared_config.write_text(yaml.safe_dump(document))
@@ -151,8 +164,13 @@ def baseline_body(n: int) -> dict:
     return {"image_url": image_url(n), "text": TEXTS[n % len(TEXTS)]}
 
 
+def app_args(config: Path) -> AppArgs:
+    """The config's validated args (what it leaves out: the code's defaults)."""
+    return AppArgs(**yaml.safe_load(config.read_text())["applications"][0]["args"])
+
+
 def default_profile(config: Path) -> str:
-    return yaml.safe_load(config.read_text())["applications"][0]["args"].get("default_profile")
+    return app_args(config).default_profile
 
 
 def batch_counts(profile: str = "fast") -> dict[str, dict[str, int]]:
@@ -163,11 +181,12 @@ def batch_counts(profile: str = "fast") -> dict[str, dict[str, int]]:
 
 
 def configured_max_batch(config: Path) -> int:
+    """The default profile's stable CLIP batch size: its user_config, else EncoderConfig's."""
     document = yaml.safe_load(config.read_text())
-    deployments = document["applications"][0]["deployments"]
-    name = f"clip_{default_profile(config)}"
-    clip = next(d for d in deployments if d["name"] == name)
-    return clip["user_config"]["max_batch_size"]
+    deployments = document["applications"][0].get("deployments") or []
+    name = clip_deployment_name(default_profile(config), "stable")
+    clip = next((d for d in deployments if d["name"] == name), {})
+    return EncoderConfig(**(clip.get("user_config") or {})).max_batch_size
 
 
 def mean_batch(before: dict[str, int], after: dict[str, int]) -> float:

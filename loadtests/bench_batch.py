@@ -31,6 +31,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from clipfleet.config import AppArgs
 from clipfleet.processes import stop_tree
 from loadtests.images import SIZES
 
@@ -146,7 +147,7 @@ def run_batch(pairs_csv: Path, config: Path, output: Path, batch_size: int | Non
 
 def service_config(config: Path, port: int) -> Path:
     document = yaml.safe_load(config.read_text())
-    document["http_options"]["port"] = port
+    document.setdefault("http_options", {})["port"] = port
     path = Path(tempfile.mkdtemp(prefix="clipfleet-bench-batch-")) / "config.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
@@ -211,8 +212,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     options = parser.parse_args()
     os.environ["CLIPFLEET_RANDOM_WEIGHTS"] = "1"
-    app = yaml.safe_load(options.config.read_text())["applications"][0]
-    model = app["args"]["profiles"][app["args"].get("default_profile", "fast")]["clip"]["model"]
+    args = AppArgs(**yaml.safe_load(options.config.read_text())["applications"][0]["args"])
+    model = args.profiles[args.default_profile].clip.model
     work = Path(tempfile.mkdtemp(prefix="clipfleet-bench-batch-"))
     pairs_csv = make_pairs(work, options.pairs)
     report = {"pairs": options.pairs, "model": model, "cpus": os.cpu_count()}

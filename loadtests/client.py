@@ -3,25 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import aiohttp
 
 
 async def _client(session, url, make_body, deadline, latencies, errors, worker) -> None:
+    """`errors` counts failures by what they were: an HTTP status and the envelope's error
+    type (`503 service_unavailable`), or the client-side exception's name."""
     n = worker
     while time.monotonic() < deadline:
         started = time.monotonic()
         try:
             async with session.post(url, json=make_body(n)) as response:
-                await response.read()
-                ok = response.status == 200
-        except (aiohttp.ClientError, TimeoutError):  # a timed-out request is a failed one
-            ok = False
-        (latencies.append(time.monotonic() - started) if ok else errors.append(1))
+                body = await response.read()
+                failure = None if response.status == 200 else _failure(response.status, body)
+        except (aiohttp.ClientError, TimeoutError) as exc:  # a timed-out request is a failed one
+            failure = type(exc).__name__
+        if failure is None:
+            latencies.append(time.monotonic() - started)
+        else:
+            errors[failure] += 1
         n += 7
+
+
+def _failure(status: int, body: bytes) -> str:
+    try:
+        return f"{status} {json.loads(body)['error']['type']}"
+    except (ValueError, KeyError, TypeError):
+        return str(status)
 
 
 async def run_load(
@@ -33,10 +47,13 @@ async def run_load(
         if warmup_s:
             deadline = time.monotonic() + warmup_s
             await asyncio.gather(
-                *(_client(session, url, make_body, deadline, [], [], i) for i in range(clients))
+                *(
+                    _client(session, url, make_body, deadline, [], Counter(), i)
+                    for i in range(clients)
+                )
             )
         latencies: list[float] = []
-        errors: list[int] = []
+        errors: Counter[str] = Counter()
         started = time.monotonic()
         await asyncio.gather(
             *(
@@ -49,7 +66,8 @@ async def run_load(
     return {
         "clients": clients,
         "requests": len(latencies),
-        "errors": len(errors),
+        "errors": sum(errors.values()),
+        "errors_by_kind": dict(errors),
         "throughput_rps": len(latencies) / elapsed,
         "p50_ms": cuts[49] * 1000,
         "p95_ms": cuts[94] * 1000,

@@ -345,6 +345,8 @@ def print_table(report: dict) -> None:
             f"{r['p95_ms']:>9.0f}{r['p99_ms']:>9.0f}{r.get('mean_batch_size', 1):>7.1f}"
             f"{r['cpu_percent']:>7.0f}{r['errors']:>8}"
         )
+        if r.get("errors_by_kind"):
+            print(f"{'':<26}errors: {r['errors_by_kind']}")
     if "clipfleet_repeats_32" in report:
         repeats = report["clipfleet_repeats_32"]
         print(

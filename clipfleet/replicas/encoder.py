@@ -66,6 +66,16 @@ async def cached_embedding(
     return vector
 
 
+async def embed_timed(
+    embedding: Awaitable[np.ndarray], timed: bool
+) -> np.ndarray | tuple[np.ndarray, float]:
+    """`embedding`'s vector; with `timed`, (vector, seconds this replica spent on it: queue,
+    preprocess and forward), the latency the ingress judges a canary on."""
+    started = time.perf_counter()
+    vector = await embedding
+    return (vector, time.perf_counter() - started) if timed else vector
+
+
 async def inject_faults(config: EncoderConfig) -> None:
     """user_config's fault knobs (rollout drills): added latency, then a random error."""
     if config.fault_latency_s:
@@ -117,11 +127,8 @@ class ImageEncoder:
     async def embed_image(
         self, image: np.ndarray | EncodedJpeg, timed: bool = False
     ) -> np.ndarray | tuple[np.ndarray, float]:
-        """The embedding; with `timed`, (embedding, seconds this replica spent on it: queue,
-        preprocess and forward), the latency the ingress judges a canary on."""
-        started = time.perf_counter()
-        vector = await self._embed_image(image)
-        return (vector, time.perf_counter() - started) if timed else vector
+        """The embedding; with `timed`, also the seconds spent here (see `embed_timed`)."""
+        return await embed_timed(self._embed_image(image), timed)
 
     async def _embed_image(self, image: np.ndarray | EncodedJpeg) -> np.ndarray:
         await inject_faults(self.config)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +33,7 @@ from clipfleet.replicas.encoder import (
     DEFAULT_CONFIG,
     apply_encoder_config,
     cached_embedding,
+    embed_timed,
 )
 
 # The model id of the request being served, where no Serve replica context provides one.
@@ -120,9 +120,7 @@ class MultiplexedClipEncoder:
         self, image: np.ndarray, timed: bool = False
     ) -> np.ndarray | tuple[np.ndarray, float]:
         """As ClipEncoder.embed_image: with `timed`, also the seconds spent here."""
-        started = time.perf_counter()
-        vector = await self._embed_image(image)
-        return (vector, time.perf_counter() - started) if timed else vector
+        return await embed_timed(self._embed_image(image), timed)
 
     async def _embed_image(self, image: np.ndarray) -> np.ndarray:
         loaded = await self._model()

@@ -61,6 +61,16 @@ def clip_scores(
     return results
 
 
+def relevance_scores(
+    first: np.ndarray, second: np.ndarray, semantics: ScoreSemantics
+) -> list[float]:
+    """Row i of each -> the model's own score of the pair, from the /v1/score maths: the
+    cosine for softmax (CLIP) models, sigmoid(logit_scale * cosine + logit_bias) for sigmoid
+    (SigLIP) ones. Either way it orders pairs as the cosine does."""
+    key = "probability" if semantics.activation == "sigmoid" else "cosine"
+    return [row[key] for row in clip_scores(first, second, semantics)]
+
+
 def zero_shot(
     image_embedding: np.ndarray,
     label_embeddings: np.ndarray,

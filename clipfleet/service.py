@@ -30,6 +30,7 @@ from clipfleet.fetch import ImageSource
 from clipfleet.multiplex import MultiplexedProfiles
 from clipfleet.readiness import ReadinessView
 from clipfleet.scoring import ScoreSemantics
+from clipfleet.service_mixed import MixedOperations
 from clipfleet.service_views import ServiceViews
 from clipfleet.traffic import TrafficConfig, TrafficManager
 
@@ -79,7 +80,7 @@ def counts_against_variant(exc: BaseException) -> bool:
     return error.status >= 500 and error.status not in _NOT_THE_VARIANTS_FAULT
 
 
-class ClipfleetService(ServiceViews):
+class ClipfleetService(ServiceViews, MixedOperations):
     def __init__(
         self,
         args: AppArgs,
@@ -108,6 +109,7 @@ class ClipfleetService(ServiceViews):
         )
         self._logit_scales: dict[tuple[str, str], float] = {}
         self._semantics: dict[tuple[str, str], ScoreSemantics] = {}
+        self._spaces: dict[tuple[str, str, str], Any] = {}  # (profile, variant, encoder)
         self.multiplexed = MultiplexedProfiles(args.multiplexed, multiplexed_encoders or {})
         self.readiness_view: ReadinessView | None = None
 
@@ -244,16 +246,33 @@ class ClipfleetService(ServiceViews):
         profile, variant = self.route(profile_name, routing)
         clip = profile.clip[variant]
         async with self._observed(profile, variant, routing) as judged:
-            responses = [
-                again(lambda s=source: clip.embed_image.remote(self._fetch(s), timed=True))
-                for source in sources
-            ]
-            vectors = []
-            for vector, seconds in await gather_items(responses, "images"):
-                vectors.append(vector)
-                judged.add(seconds)
+            vectors = await self._image_vectors(clip, sources, judged)
         body = _embedding_body(vectors, encoder)
         return self._served(profile, variant, profile.clip_labels[variant], **body)
+
+    async def _image_vectors(
+        self, clip: Any, sources: Sequence[ImageSource], judged: Judged, field: str = "images"
+    ) -> list[np.ndarray]:
+        """One vector per image from `clip` (a variant's encoder), each timed for the guard."""
+        responses = [
+            again(lambda s=source: clip.embed_image.remote(self._fetch(s), timed=True))
+            for source in sources
+        ]
+        vectors = []
+        for vector, seconds in await gather_items(responses, field):
+            vectors.append(vector)
+            judged.add(seconds)
+        return vectors
+
+    async def _text_vectors(
+        self, clip: Any, texts: Sequence[str], count_tokens: bool
+    ) -> tuple[list[np.ndarray], list[int] | None]:
+        """The texts' vectors from `clip` in one call (and their token counts, when asked)."""
+        calls = [again(lambda: clip.embed_texts.remote(list(texts)))]
+        if count_tokens:
+            calls.append(again(lambda: clip.count_tokens.remote(list(texts))))
+        matrix, *token_counts = await asyncio.gather(*calls)
+        return list(matrix), (list(token_counts[0]) if count_tokens else None)
 
     async def embed_texts(
         self,
@@ -268,13 +287,10 @@ class ClipfleetService(ServiceViews):
         profile, variant = self.route(profile_name, routing)
         clip = profile.clip[variant]
         async with self._observed(profile, variant, routing):
-            calls = [again(lambda: clip.embed_texts.remote(list(texts)))]
-            if count_tokens:
-                calls.append(again(lambda: clip.count_tokens.remote(list(texts))))
-            matrix, *token_counts = await asyncio.gather(*calls)
-        body = _embedding_body(list(matrix), "clip")
+            vectors, token_counts = await self._text_vectors(clip, texts, count_tokens)
+        body = _embedding_body(vectors, "clip")
         if count_tokens:
-            body["token_counts"] = list(token_counts[0])
+            body["token_counts"] = token_counts
         return self._served(profile, variant, profile.clip_labels[variant], **body)
 
     async def score(

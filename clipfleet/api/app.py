@@ -10,7 +10,15 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
-from clipfleet.api import compat, routes_health, routes_openai, routes_status, routes_v1
+from clipfleet.api import (
+    compat,
+    routes_cohere,
+    routes_health,
+    routes_openai,
+    routes_rerank,
+    routes_status,
+    routes_v1,
+)
 from clipfleet.api.admission import AdmissionMiddleware
 from clipfleet.api.auth import AuthMiddleware, KeyStore, declared_api_key
 from clipfleet.api.errors import error_response, handle_exception
@@ -73,6 +81,8 @@ def create_app(service: ClipfleetService) -> FastAPI:
     app.include_router(routes_health.router)
     app.include_router(routes_v1.router, dependencies=keyed)
     app.include_router(routes_openai.router, dependencies=keyed)
+    app.include_router(routes_cohere.router, dependencies=keyed)  # the peers' shapes (issue 24)
+    app.include_router(routes_rerank.router, dependencies=keyed)
     app.include_router(routes_status.router, dependencies=keyed)
     for compat_router in compat.routers:  # the five seeds' drop-in routes (issue 8)
         app.include_router(compat_router, dependencies=keyed)

@@ -1,17 +1,25 @@
 """OpenAI's embeddings and models bodies (`POST /v1/embeddings`, `GET /v1/models`).
 
 Kept apart from schemas.py: these follow OpenAI's field names and shapes, not clipfleet's.
-`modality` is infinity's extension (SDKs send it with `extra_body`).
+`modality` is infinity's extension (SDKs send it with `extra_body`), with `auto` for NV-CLIP's
+mixed lists; `messages` and content parts in `input` are vLLM's.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from clipfleet.api.schemas import HARD_MAX_BASE64, HARD_MAX_ITEMS, Dimensions, EncodingFormat
+from clipfleet.api.content_parts import ContentPart, Modality, Parts
+from clipfleet.api.schemas import (
+    HARD_MAX_BASE64,
+    HARD_MAX_ITEMS,
+    Dimensions,
+    EncodingFormat,
+    Text,
+)
 from clipfleet.modelref import MAX_MODEL_REF_CHARS
 
 # A text, an http(s) URL or a data: URL; the service's limits (max_text_chars, fetch.max_bytes)
@@ -19,10 +27,31 @@ from clipfleet.modelref import MAX_MODEL_REF_CHARS
 InputItem = Annotated[str, Field(min_length=1, max_length=HARD_MAX_BASE64)]
 
 
+class ChatMessage(BaseModel):
+    """vLLM's chat-style embedding input: the content of every message makes one vector."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"] = "user"
+    content: Text | Parts
+    name: str | None = Field(None, max_length=256)
+
+
 class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: InputItem | Annotated[list[InputItem], Field(min_length=1, max_length=HARD_MAX_ITEMS)]
+    input: (
+        InputItem
+        | Annotated[list[InputItem | ContentPart], Field(min_length=1, max_length=HARD_MAX_ITEMS)]
+        | None
+    ) = Field(
+        None,
+        description="strings (see `modality`) and/or content parts (`{type: text | image_url}`),"
+        " one vector each",
+    )
+    messages: (
+        Annotated[list[ChatMessage], Field(min_length=1, max_length=HARD_MAX_ITEMS)] | None
+    ) = Field(None, description="vLLM's chat form: one vector for all the messages' content")
     model: str = Field(
         min_length=1,
         max_length=MAX_MODEL_REF_CHARS,
@@ -30,10 +59,19 @@ class EmbeddingsRequest(BaseModel):
     )
     encoding_format: EncodingFormat = "float"
     dimensions: Dimensions = None
-    modality: Literal["text", "image"] = Field(
-        "text", description="`image`: each input is an http(s) URL or a data: URL"
+    modality: Modality = Field(
+        "text",
+        description="how string inputs are read: `image`: each is an http(s) URL or a data: URL;"
+        " `auto`: data:image/ URLs and http(s) URLs ending in an image type are images, the rest"
+        " text (docs/clients.md)",
     )
     user: str | None = Field(None, max_length=256, description="accepted and ignored")
+
+    @model_validator(mode="after")
+    def _input_or_messages(self):
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("give either `input` or `messages`")
+        return self
 
     @field_validator("input", mode="before")
     @classmethod
@@ -46,9 +84,15 @@ class EmbeddingsRequest(BaseModel):
                 "token arrays aren't supported: send `input` as a string or a list of strings "
                 "(LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))",
             )
-        if not items or not all(isinstance(item, str) and item for item in items):
+        if value is None:
+            return value
+        if not items or not all(
+            (isinstance(item, str) and item) or isinstance(item, dict) for item in items
+        ):
             raise PydanticCustomError(
-                "input_strings", "`input` must be a non-empty string or list of non-empty strings"
+                "input_strings",
+                "`input` must be a non-empty string, or a list of non-empty strings and content "
+                "parts",
             )
         return value
 
@@ -69,6 +113,7 @@ class EmbeddingsResponse(BaseModel):
     data: list[EmbeddingObject]
     model: str
     usage: Usage
+    embedding_space: str = Field(description="the space of every vector here (docs/models.md)")
 
 
 class ModelCard(BaseModel):
@@ -94,4 +139,7 @@ class ModelDetail(ModelCard):
     resnet: dict[str, Any] | None = None
     multiplexed: dict[str, Any] | None = Field(
         None, description="a multiplexed profile's pool (for `<profile>:<model-id>` ids)"
+    )
+    embedding_space: str | None = Field(
+        None, description="a multiplexed model's space (null until a replica has loaded it)"
     )

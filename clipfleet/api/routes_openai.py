@@ -7,13 +7,12 @@ the one grammar of clipfleet.modelref; an unknown one is a 404 with `code: model
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
+from clipfleet.api.content_parts import TextPart, part_item, parts_item, string_item
 from clipfleet.api.deps import get_service
 from clipfleet.api.openai_schemas import (
     EmbeddingsRequest,
@@ -23,10 +22,11 @@ from clipfleet.api.openai_schemas import (
 )
 from clipfleet.api.routes_v1 import ERRORS, PROFILE_HEADER, VARIANT_HEADER, Route
 from clipfleet.api.schemas import ErrorResponse
-from clipfleet.errors import ClipfleetError, InvalidRequestError, ModelNotFoundError
-from clipfleet.fetch import ImageSource
+from clipfleet.embedding_space import embedding_space
+from clipfleet.errors import ModelNotFoundError
 from clipfleet.modelref import ModelRef, parse_model_ref
 from clipfleet.service import ClipfleetService, Routing
+from clipfleet.service_mixed import Item
 from clipfleet.vectors import shape_embeddings
 
 router = APIRouter(
@@ -73,6 +73,24 @@ def model_ref(service: ClipfleetService, text: str, param: str | None = "model")
     return ref
 
 
+def pinned(
+    service: ClipfleetService, model: str | None, routing: Routing
+) -> tuple[str | None, Routing]:
+    """The profile and routing a body's `model` names (a variant or model id pins it, like the
+    X-Clipfleet-Variant / -Model headers); no model: the default profile."""
+    if model is None:
+        return None, routing
+    ref = model_ref(service, model)
+    if ref.variant is not None or ref.model_id is not None:
+        routing = Routing(key=routing.key, variant=ref.variant, model_id=ref.model_id)
+    return ref.profile, routing
+
+
+def served_headers(response: Response, result: dict) -> None:
+    response.headers[PROFILE_HEADER] = result["profile"]
+    response.headers[VARIANT_HEADER] = result["variant"]
+
+
 def model_ids(service: ClipfleetService) -> list[str]:
     """Every servable id: each profile (traffic split decides) and each profile/variant."""
     ids = []
@@ -81,52 +99,34 @@ def model_ids(service: ClipfleetService) -> list[str]:
     return ids
 
 
-def image_source(item: str, index: int) -> ImageSource:
-    if item.startswith(("http://", "https://")):
-        return ImageSource(url=item)
-    if item.startswith("data:"):
-        return ImageSource(base64=item)
-    raise InvalidRequestError(
-        "with modality=image each input is an http(s) URL or a data: URL",
-        f"input[{index}]",
-        status=422,
-    )
-
-
-@contextlib.contextmanager
-def params_named_input() -> Iterator[None]:
-    """The service names its fields `texts[i]` / `images[i]`; here the field is `input[i]`."""
-    try:
-        yield
-    except ClipfleetError as exc:
-        if not (exc.param or "").startswith(("texts", "images")):
-            raise
-        index = exc.param.removeprefix("texts").removeprefix("images")
-        renamed = exc.at_param(f"input{index}")
-        if hasattr(exc, "clipfleet_served"):
-            renamed.clipfleet_served = exc.clipfleet_served
-        raise renamed from exc
+def embedding_items(body: EmbeddingsRequest) -> tuple[list[Item], str]:
+    """The request's texts and images, one item per vector, and the field they came from."""
+    if body.messages is not None:
+        parts = []
+        for message in body.messages:
+            content = message.content
+            parts += [TextPart(type="text", text=content)] if isinstance(content, str) else content
+        return [parts_item(parts, "messages")], "messages"
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    items = [
+        string_item(item, body.modality, f"input[{index}]")
+        if isinstance(item, str)
+        else part_item(item, f"input[{index}]")
+        for index, item in enumerate(inputs)
+    ]
+    return items, "input"
 
 
 @router.post("/embeddings", response_model=EmbeddingsResponse)
 async def embeddings(body: EmbeddingsRequest, service: Service, response: Response, routing: Route):
-    ref = model_ref(service, body.model)
-    if ref.variant is not None or ref.model_id is not None:  # like X-Clipfleet-Variant / -Model
-        routing = Routing(key=routing.key, variant=ref.variant, model_id=ref.model_id)
-    inputs = [body.input] if isinstance(body.input, str) else body.input
-    with params_named_input():
-        if body.modality == "image":
-            service.check_count(len(inputs), "images")
-            sources = [image_source(item, index) for index, item in enumerate(inputs)]
-            result = await service.embed_images(sources, "clip", ref.profile, routing)
-            token_counts = [0] * len(inputs)
-        else:
-            result = await service.embed_texts(inputs, ref.profile, routing, count_tokens=True)
-            token_counts = result["token_counts"]
-    response.headers[PROFILE_HEADER] = result["profile"]
-    response.headers[VARIANT_HEADER] = result["variant"]
+    profile, routing = pinned(service, body.model, routing)
+    if isinstance(body.input, list):
+        service.check_count(len(body.input), "input")  # before any item is looked at
+    items, field = embedding_items(body)
+    result = await service.embed_items(items, profile, routing, field, count_tokens=True)
+    served_headers(response, result)
     rows, _ = shape_embeddings(result["embeddings"], body.dimensions, body.encoding_format)
-    tokens = sum(token_counts)
+    tokens = sum(result["token_counts"])
     return {
         "object": "list",
         "data": [
@@ -135,6 +135,7 @@ async def embeddings(body: EmbeddingsRequest, service: Service, response: Respon
         ],
         "model": f"{result['profile']}/{result['variant']}",
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "embedding_space": result["space"].embedding_space,
     }
 
 
@@ -156,14 +157,33 @@ async def retrieve_model(model_id: str, service: Service):
     if ref.model_id is not None:  # one model of a multiplexed profile
         service.route(ref.profile, Routing(model_id=ref.model_id))  # 403/404 for a bad id
         pool = document.get("multiplexed", {}).get(ref.profile, {})
-        return {**_card(str(ref)), "profile": ref.profile, "variant": None, "multiplexed": pool}
+        return {
+            **_card(str(ref)),
+            "profile": ref.profile,
+            "variant": None,
+            "multiplexed": pool,
+            "embedding_space": resident_space(service, ref, pool),
+        }
     entry = document["profiles"][ref.profile]
     clip = entry["clip"] if ref.variant is None else {ref.variant: entry["clip"][ref.variant]}
+    for variant, detail in clip.items():
+        detail.update((await service.vector_space(ref.profile, variant)).card())
+    resnet = entry["resnet"]
+    resnet.update((await service.vector_space(ref.profile, "stable", "resnet")).card())
     return {
         **_card(str(ref)),
         "profile": ref.profile,
         "variant": ref.variant,
         "default": ref.profile == document["default_profile"],
         "clip": clip,
-        "resnet": entry["resnet"],
+        "resnet": resnet,
     }
+
+
+def resident_space(service: ClipfleetService, ref: ModelRef, pool: dict) -> str | None:
+    """A multiplexed model's space when the replica that answered holds it (a model card
+    never loads a model)."""
+    for model in pool.get("resident", []):
+        if model.get("id") == ref.model_id and "model_space" in model:
+            return embedding_space(model["model_space"], service.args.fetch)
+    return None

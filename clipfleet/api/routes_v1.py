@@ -4,23 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Header, Request, Response, UploadFile
 
 from clipfleet.api.model_select import ModelHeader, select
+from clipfleet.api.rerank_schemas import ScoreBody, VllmScoreRequest, VllmScoreResponse
 from clipfleet.api.schemas import (
     EmbeddingResponse,
     EmbedImageRequest,
     EmbedTextRequest,
     ErrorResponse,
     ImageRef,
-    ScoreRequest,
     ScoreResponse,
     TagRequest,
     TagResponse,
 )
 from clipfleet.fetch import ImageSource
+from clipfleet.quantize import encode_all
 from clipfleet.service import ClipfleetService, Routing
-from clipfleet.vectors import shape_embeddings
+from clipfleet.vectors import truncate
 
 from .deps import get_service
 
@@ -65,12 +67,16 @@ def _served(response: Response, body: dict) -> dict:
     return body
 
 
-def _shaped(body: dict, request: EmbedImageRequest | EmbedTextRequest) -> dict:
-    """The request's `dimensions` and `encoding_format` applied to the service's vectors."""
-    if request.dimensions is None and request.encoding_format == "float":
-        return body
-    rows, dim = shape_embeddings(body["embeddings"], request.dimensions, request.encoding_format)
-    return {**body, "embeddings": rows, "dim": dim}
+async def shaped(
+    service: ClipfleetService, body: dict, dimensions: int | None = None, encoding: str = "float"
+) -> dict:
+    """The service's vectors truncated to `dimensions` and in `encoding` (clipfleet.quantize),
+    with the space they live in."""
+    space = await service.vector_space(body["profile"], body["variant"], body["encoder"])
+    matrix = truncate(np.asarray(body["embeddings"], dtype=np.float32), dimensions)
+    rows = encode_all(matrix, [encoding], space.int8_limit, space.dim)[encoding]
+    dim = int(matrix.shape[1])
+    return {**body, "embeddings": rows, "dim": dim, "embedding_space": space.embedding_space}
 
 
 @router.post("/embed/image", response_model=EmbeddingResponse)
@@ -84,7 +90,7 @@ async def embed_image(
     sources = [source_of(ref) for ref in body.images]
     target = select(body.profile, body.model, model, routing)
     result = await service.embed_images(sources, body.encoder, *target)
-    return _served(response, _shaped(result, body))
+    return _served(response, await shaped(service, result, body.dimensions, body.encoding_format))
 
 
 @router.post("/embed/text", response_model=EmbeddingResponse)
@@ -93,13 +99,18 @@ async def embed_text(
 ):
     target = select(body.profile, body.model, model, routing)
     result = await service.embed_texts(body.texts, *target)
-    return _served(response, _shaped(result, body))
+    return _served(response, await shaped(service, result, body.dimensions, body.encoding_format))
 
 
-@router.post("/score", response_model=ScoreResponse)
+@router.post("/score", response_model=ScoreResponse | VllmScoreResponse)
 async def score(
-    body: ScoreRequest, service: Service, response: Response, routing: Route, model: ModelHeader
+    body: ScoreBody, service: Service, response: Response, routing: Route, model: ModelHeader
 ):
+    """clipfleet's `pairs` body, or vLLM's score body (`text_1`/`text_2`, ...: /score)."""
+    if isinstance(body, VllmScoreRequest):
+        from clipfleet.api.routes_rerank import vllm_score  # it builds on this module
+
+        return await vllm_score(body, service, response, routing)
     pairs = [(source_of(pair.image), pair.text) for pair in body.pairs]
     target = select(body.profile, body.model, model, routing)
     return _served(response, await service.score(pairs, *target))
@@ -134,7 +145,9 @@ async def embed_image_upload(
 ):
     sources = [await source_of_upload(upload) for upload in image]
     target = select(profile, None, model, routing)
-    return _served(response, await service.embed_images(sources, encoder, *target))
+    return _served(
+        response, await shaped(service, await service.embed_images(sources, encoder, *target))
+    )
 
 
 @router.post("/score/upload", response_model=ScoreResponse)

@@ -23,6 +23,13 @@ EncodingFormat = Annotated[
     Literal["float", "base64"],
     Field(description="`base64`: each vector's little-endian float32 bytes, base64-encoded"),
 ]
+VectorEncoding = Annotated[
+    Literal["float", "base64", "int8", "uint8", "binary", "ubinary"],
+    Field(
+        description="`base64`: little-endian float32 bytes; `int8` / `uint8`: scalar-quantised "
+        "with the model's int8_limit; `binary` / `ubinary`: packed sign bits (docs/models.md)"
+    ),
+]
 Dimensions = Annotated[
     int | None,
     Field(ge=1, le=HARD_MAX_DIMENSIONS, description="keep the first N dimensions, re-normalised"),
@@ -66,14 +73,14 @@ class EmbedImageRequest(ModelChoice):
     images: list[ImageRef] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
     encoder: Literal["clip", "resnet"] = "clip"
     profile: ProfileName | None = None
-    encoding_format: EncodingFormat = "float"
+    encoding_format: VectorEncoding = "float"
     dimensions: Dimensions = None
 
 
 class EmbedTextRequest(ModelChoice):
     texts: list[Text] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
     profile: ProfileName | None = None
-    encoding_format: EncodingFormat = "float"
+    encoding_format: VectorEncoding = "float"
     dimensions: Dimensions = None
 
 
@@ -106,9 +113,11 @@ class Served(BaseModel):
 
 
 class EmbeddingResponse(Served):
-    embeddings: list[list[float]] | list[str]  # str: encoding_format=base64
+    # str: encoding_format=base64; int: int8 / uint8 / binary / ubinary
+    embeddings: list[list[float]] | list[str] | list[list[int]]
     dim: int
     encoder: Literal["clip", "resnet"]
+    embedding_space: str = Field(description="the space of these vectors (docs/models.md)")
 
 
 class ScoreResult(BaseModel):

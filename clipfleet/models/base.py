@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from clipfleet.models.device import DevicePlan, inference, l2_normalize
+from clipfleet.models.fingerprint import describe_transform
 from clipfleet.scoring import ScoreSemantics
 
 logger = logging.getLogger("clipfleet.models")
@@ -87,6 +88,14 @@ class ImageEncoderModel(ABC):
     def image_tower(self) -> torch.nn.Module:
         """The module behind `_image_features` (what runtime=onnx exports)."""
         raise NotImplementedError(f"{type(self).__name__} has no exportable image tower")
+
+    def weights_module(self) -> torch.nn.Module:
+        """The whole model whose weights the vectors come from (its digest names them)."""
+        return self._model
+
+    def preprocessing_description(self) -> str:
+        """The image preprocessing, described the same in every process."""
+        return describe_transform(self._preprocess)
 
     def embed_images(self, images: list[np.ndarray | Image.Image]) -> np.ndarray:
         """Convenience for callers without a batcher: preprocess + forward."""
@@ -162,6 +171,10 @@ class ClipModel(ImageEncoderModel):
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens per text as the text tower sees them: start and end tokens included, after
         truncation to the context (the same tokenisation as `_text_features`)."""
+
+    @abstractmethod
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """The ids the text tower is given for each text (padding included)."""
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         return self._run(self._text_features, texts)

@@ -187,6 +187,12 @@ class TransformersClipModel(ClipModel):
     def count_tokens(self, texts: list[str]) -> list[int]:
         return self._tokenize(texts)["attention_mask"].sum(dim=1).tolist()
 
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        return self._tokenize(texts)["input_ids"].tolist()
+
+    def preprocessing_description(self) -> str:
+        return json.dumps(self._processor.to_dict(), sort_keys=True, default=str)
+
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         tokens = self._tokenize(texts).to(self.plan.device)
         return _projected(self._model.get_text_features(**tokens))

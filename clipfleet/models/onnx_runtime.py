@@ -33,6 +33,7 @@ from clipfleet.calibration import calibration_images
 from clipfleet.config import RuntimeChoice
 from clipfleet.models.base import ImageEncoderModel, ModelLoadError
 from clipfleet.models.device import DevicePlan, inference, l2_normalize
+from clipfleet.models.fingerprint import weights_digest
 
 logger = logging.getLogger("clipfleet.models")
 
@@ -44,17 +45,6 @@ CALIBRATION_BATCH = 16
 
 def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
-        digest.update(
-            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        )
-    return digest.hexdigest()
 
 
 def runtime_versions() -> str:

@@ -99,6 +99,9 @@ class OpenClipModel(ClipModel):
     def image_tower(self) -> torch.nn.Module:
         return self._model.visual
 
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        return self._tokenizer(texts).tolist()
+
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         tokens = self._tokenizer(texts).to(self.plan.device)
         if can_trim_padding(self._model):

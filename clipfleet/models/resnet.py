@@ -19,6 +19,7 @@ from clipfleet.models.base import (
     to_pil,
 )
 from clipfleet.models.device import DevicePlan
+from clipfleet.models.fingerprint import seeded_init
 
 
 def _weights_enum(model: str, name: str):
@@ -52,7 +53,9 @@ class ResNetModel(ImageEncoderModel):
         weights_file = Path(spec.weights).expanduser()
         try:
             if random_weights or weights_file.is_file():
-                model = get_model(spec.model, weights=None)
+                # seeded from the spec: every replica and restart builds the same random model
+                with seeded_init(spec.model_dump(include={"model", "weights"}), random_weights):
+                    model = get_model(spec.model, weights=None)
                 named_weights = random_weights and not weights_file.is_file()
                 transforms_name = spec.weights if named_weights else spec.transforms_from
                 transforms_enum = _weights_enum(spec.model, transforms_name)

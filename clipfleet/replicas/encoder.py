@@ -17,6 +17,7 @@ import torch
 from clipfleet.batching import ForwardScheduler
 from clipfleet.cache import EmbeddingCache, image_key
 from clipfleet.config import EncoderConfig, FetchLimits, ResNetSpec
+from clipfleet.embedding_space import space_of, stamp
 from clipfleet.gpu_decode import EncodedJpeg, decode_on_cpu, decode_on_device, preprocess_on_device
 from clipfleet.models.base import ImageEncoderModel
 from clipfleet.models.device import DevicePlan
@@ -111,6 +112,7 @@ class ImageEncoder:
             forwards, self.config.max_batch_size, on_batch=self._count_batch
         )
         self.warmup_seconds = model.warmup()
+        stamp(model)  # its embedding space and int8 range, before it serves
         process_resources()  # starts this process's CPU % window
 
     def _forwards(self) -> dict:
@@ -158,6 +160,10 @@ class ImageEncoder:
 
     async def _forward_images(self, pixel_batch: list[torch.Tensor]) -> list[np.ndarray]:
         return await self.scheduler.run("image", pixel_batch)
+
+    async def space(self) -> dict[str, Any]:
+        """The model's space (clipfleet.embedding_space): model_space, int8_limit, embed_dim."""
+        return space_of(self.model)
 
     def _count_batch(self, kind: str, size: int, seconds: float) -> None:
         """Sizes of the forwards that actually ran (after the scheduler's merging)."""

@@ -21,6 +21,7 @@ import torch
 from clipfleet.batching import ForwardScheduler
 from clipfleet.cache import EmbeddingCache, image_key, text_key
 from clipfleet.config import MultiplexedProfileSpec
+from clipfleet.embedding_space import stamp
 from clipfleet.errors import InvalidRequestError
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import DevicePlan
@@ -89,6 +90,7 @@ class MultiplexedClipEncoder:
     def _build(self, resolved: ResolvedModel) -> Any:
         model = load_clip_model(resolved.spec, self.plan, resolved.random_weights)
         model.warmup()
+        stamp(model)
         return model
 
     async def _lru_get(self, model_id: str) -> LoadedModel:
@@ -173,6 +175,11 @@ class MultiplexedClipEncoder:
     def _count_batch(self, kind: str, size: int, seconds: float) -> None:
         metrics.record_batch(kind, size)
         metrics.record_stage("encode", seconds)
+
+    async def space(self) -> dict:
+        """The requested model's space (see ImageEncoder.space)."""
+        model = (await self._model(count=False)).model
+        return await asyncio.to_thread(stamp, model)  # a custom loader may not have stamped it
 
     async def scoring(self) -> dict:
         """The requested model's score semantics (activation, logit_scale, logit_bias)."""

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from clipfleet.api.content_parts import ContentPart, Modality, Parts
@@ -27,6 +35,26 @@ from clipfleet.modelref import MAX_MODEL_REF_CHARS
 InputItem = Annotated[str, Field(min_length=1, max_length=HARD_MAX_BASE64)]
 
 
+def _string_or_part(value: Any) -> str:
+    return "~part" if isinstance(value, dict) else "~string"
+
+
+def _one_or_list(value: Any) -> str:
+    return "~list" if isinstance(value, list) else "~string"
+
+
+# Union members are tagged (`~`: left out of error params) so errors name `input[i]` alone.
+InputEntry = Annotated[
+    Annotated[InputItem, Tag("~string")] | Annotated[ContentPart, Tag("~part")],
+    Discriminator(_string_or_part),
+]
+Input = Annotated[
+    Annotated[InputItem, Tag("~string")]
+    | Annotated[list[InputEntry], Tag("~list"), Field(min_length=1, max_length=HARD_MAX_ITEMS)],
+    Discriminator(_one_or_list),
+]
+
+
 class ChatMessage(BaseModel):
     """vLLM's chat-style embedding input: the content of every message makes one vector."""
 
@@ -40,11 +68,7 @@ class ChatMessage(BaseModel):
 class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: (
-        InputItem
-        | Annotated[list[InputItem | ContentPart], Field(min_length=1, max_length=HARD_MAX_ITEMS)]
-        | None
-    ) = Field(
+    input: Input | None = Field(
         None,
         description="strings (see `modality`) and/or content parts (`{type: text | image_url}`),"
         " one vector each",

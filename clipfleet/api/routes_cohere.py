@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Response
 from clipfleet.api.cohere_schemas import CohereEmbedRequest, CohereEmbedResponse
 from clipfleet.api.content_parts import image_source, parts_item
 from clipfleet.api.deps import get_service
-from clipfleet.api.routes_openai import pinned, served_headers
+from clipfleet.api.routes_openai import pinned, served_headers, served_id
 from clipfleet.api.routes_v1 import ERRORS, Route
 from clipfleet.api.schemas import ErrorResponse
 from clipfleet.quantize import encode_all
@@ -60,6 +60,6 @@ async def embed(body: CohereEmbedRequest, service: Service, response: Response, 
                 "images": sum(item.image is not None for item in items),
             },
         },
-        "model": f"{result['profile']}/{result['variant']}",
+        "model": served_id(service, result),
         "embedding_space": space.embedding_space,
     }

@@ -91,6 +91,12 @@ def served_headers(response: Response, result: dict) -> None:
     response.headers[VARIANT_HEADER] = result["variant"]
 
 
+def served_id(service: ClipfleetService, result: dict) -> str:
+    """The model id that served `result`: `<profile>/<variant>` or `<profile>:<model-id>`."""
+    separator = ":" if result["profile"] in service.multiplexed else "/"
+    return f"{result['profile']}{separator}{result['variant']}"
+
+
 def model_ids(service: ClipfleetService) -> list[str]:
     """Every servable id: each profile (traffic split decides) and each profile/variant."""
     ids = []
@@ -133,7 +139,7 @@ async def embeddings(body: EmbeddingsRequest, service: Service, response: Respon
             {"object": "embedding", "index": index, "embedding": row}
             for index, row in enumerate(rows)
         ],
-        "model": f"{result['profile']}/{result['variant']}",
+        "model": served_id(service, result),
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         "embedding_space": result["space"].embedding_space,
     }
@@ -183,7 +189,7 @@ async def retrieve_model(model_id: str, service: Service):
 def resident_space(service: ClipfleetService, ref: ModelRef, pool: dict) -> str | None:
     """A multiplexed model's space when the replica that answered holds it (a model card
     never loads a model)."""
-    for model in pool.get("resident", []):
+    for model in pool.get("replica", {}).get("resident", []):
         if model.get("id") == ref.model_id and "model_space" in model:
             return embedding_space(model["model_space"], service.args.fetch)
     return None

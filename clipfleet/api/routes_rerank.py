@@ -35,7 +35,7 @@ from clipfleet.api.rerank_schemas import (
     VllmScoreRequest,
     VllmScoreResponse,
 )
-from clipfleet.api.routes_openai import pinned, served_headers
+from clipfleet.api.routes_openai import pinned, served_headers, served_id
 from clipfleet.api.routes_v1 import ERRORS, Route
 from clipfleet.api.schemas import ErrorResponse
 from clipfleet.errors import InvalidRequestError
@@ -113,7 +113,7 @@ async def rerank(body: RerankRequest, service: Service, response: Response, rout
         results.append(entry)
     return {
         "id": str(uuid.uuid4()),
-        "model": f"{result['profile']}/{result['variant']}",
+        "model": served_id(service, result),
         "results": results,
         "usage": {"total_tokens": sum(result["token_counts"])},
         "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
@@ -170,7 +170,7 @@ async def vllm_score(
         "id": f"score-{uuid.uuid4().hex}",
         "object": "list",
         "created": int(time.time()),
-        "model": f"{result['profile']}/{result['variant']}",
+        "model": served_id(service, result),
         "data": [
             {"index": index, "object": "score", "score": score}
             for index, score in enumerate(result["scores"])

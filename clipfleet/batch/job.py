@@ -15,7 +15,7 @@ from clipfleet.batch.output import ShardWriter, prepare_output
 from clipfleet.batch.settings import JobSettings
 from clipfleet.batch.stages import ROW_ID, SHARD, DecodePlan, ModelActor, decode_batch
 
-RESULT_COLUMNS = ("clip_score", "embedding", "tags", "model", "error")
+RESULT_COLUMNS = ("clip_score", "embedding", "embedding_space", "tags", "model", "error")
 
 
 @dataclass

@@ -21,6 +21,7 @@ import pyarrow as pa
 from clipfleet.batch.inputs import Location
 from clipfleet.batch.settings import JobSettings
 from clipfleet.config import FetchLimits, random_weights_enabled
+from clipfleet.embedding_space import embedding_space, stamp
 from clipfleet.errors import ClipfleetError, PayloadTooLargeError
 from clipfleet.fetch import ImageFetcher
 from clipfleet.imaging import decode_image
@@ -140,11 +141,16 @@ class ModelActor:
     def __init__(self, settings: JobSettings, text_column: str | None) -> None:
         from clipfleet.models.clip import load_clip_model
         from clipfleet.models.device import choose_device, set_torch_threads
+        from clipfleet.models.onnx_runtime import apply_runtime
 
         set_torch_threads(settings.sizing.torch_threads)
         self.settings = settings
         self.text_column = text_column
-        self.model = load_clip_model(settings.spec, choose_device(), random_weights_enabled())
+        model = load_clip_model(settings.spec, choose_device(), random_weights_enabled())
+        self.model = apply_runtime(model, settings.spec)  # the service's runtime: its vectors
+        # decoded on the CPU here, whatever fetch.gpu_decode says for the service
+        model_space = stamp(self.model)["model_space"]
+        self.space = embedding_space(model_space, settings.args.fetch, gpu_decode=False)
         self.label_vectors = None
         if settings.tag is not None:
             prompts = [render_prompt(settings.tag.prompt_template, x) for x in settings.tag.labels]
@@ -189,7 +195,9 @@ class ModelActor:
         if mode == "embed":
             vectors = images if self.settings.embed_target == "image" else texts
             dim = self.model.info.embed_dim
-            return {"embedding": embedding_array(vectors, rows, dim), "model": models}
+            spaces = pa.array([self.space if e is None else None for e in errors], pa.string())
+            embedding = embedding_array(vectors, rows, dim)
+            return {"embedding": embedding, "model": models, "embedding_space": spaces}
         if mode == "score":
             scores: list[float | None] = [None] * rows
             keys = [index for index in images if index in texts]

@@ -17,6 +17,7 @@ from clipfleet.batch.settings import SettingsError, resolve_model, size_actors
 from clipfleet.batch.stages import ERROR, ROW_ID, SHARD, DecodePlan, ModelActor, decode_batch
 from clipfleet.cli import build_parser
 from clipfleet.config import FetchLimits
+from clipfleet.embedding_space import embedding_space, stamp
 from clipfleet.imaging import decode_image
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
@@ -155,8 +156,11 @@ def test_score_matches_the_plain_encoder_classes(data, plain):
     np.testing.assert_allclose([scores[i] for i in good], expected, atol=1e-3)
 
 
-def test_embed_is_a_fixed_size_float32_list_equal_to_the_plain_encoder(data, plain):
+def test_embed_is_a_fixed_size_float32_list_equal_to_the_plain_encoder(data, plain, tiny_args):
     result, folder, table = actor_output(data, "embed")
+    # the service's embedding_space for these weights, beside each vector (null for bad rows)
+    space = embedding_space(stamp(plain)["model_space"], tiny_args.fetch)
+    assert result["embedding_space"].to_pylist() == [space] * 2 + [None] + [space] * 3
     field = result.schema.field("embedding")
     assert pa.types.is_fixed_size_list(field.type) and field.type.value_type == pa.float32()
     assert field.type.list_size == plain.info.embed_dim

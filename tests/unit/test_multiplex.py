@@ -301,3 +301,26 @@ def test_model_detail_of_a_multiplexed_id(mux):
     assert detail.json()["id"] == "custom:alpha" and detail.json()["multiplexed"]
     assert client.get("/v1/models/custom:nope").status_code == 404
     assert client.get("/v1/models/custom:escape").status_code == 403
+
+
+def test_each_model_id_names_its_own_embedding_space(mux):
+    """A multiplexed model's space follows its weights: two checkpoints, two spaces; an id that
+    reaches the same checkpoint (a symlink inside the directory), the same space."""
+    client, _ = mux
+
+    def cohere_embed(model_id: str) -> dict:
+        body = {"model": f"custom:{model_id}", "texts": ["a cat"], "embedding_types": ["int8"]}
+        response = client.post("/v2/embed", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    beta, alias, alpha = (cohere_embed(model_id) for model_id in ("beta", "alias", "alpha"))
+    assert alpha["model"] == "custom:alpha" and alpha["embeddings"]["int8"]
+    assert alpha["embedding_space"] != beta["embedding_space"]
+    assert alias["embedding_space"] == alpha["embedding_space"]
+    assert client.get("/v1/models/custom:alpha").json()["embedding_space"] == (
+        alpha["embedding_space"]
+    )
+    rerank = {"model": "custom:beta", "query": "a cat", "documents": ["a dog", "a cat"]}
+    answer = client.post("/v1/rerank", json=rerank).json()
+    assert answer["embedding_space"] == beta["embedding_space"]

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from clipfleet.api.app import create_app
 from clipfleet.config import ClipModelSpec, ProfileSpec
-from clipfleet.scoring import ScoreSemantics, clip_scores, zero_shot
+from clipfleet.scoring import ScoreSemantics, clip_scores, relevance_scores, zero_shot
 from tests.support.images import image_base64, image_bytes
 from tests.support.local_dag import build_local_service, tiny_app_args
 from tests.support.tiny_models import make_open_clip_siglip_dir
@@ -62,6 +62,16 @@ def test_scores_keep_clip_score_and_add_sigmoid_probability():
     assert siglip[1]["probability"] == pytest.approx(sigmoid(SCALE * 0.8 + BIAS))
 
 
+def test_relevance_is_the_models_own_score_and_orders_as_the_cosine():
+    queries = np.repeat(IMAGE[None], 4, axis=0)
+    cosines = [1.0, 0.8, 0.6, -1.0]
+    clip = relevance_scores(queries, LABEL_VECTORS, ScoreSemantics())
+    assert clip == pytest.approx(cosines)
+    siglip = relevance_scores(queries, LABEL_VECTORS, ScoreSemantics("sigmoid", SCALE, BIAS))
+    assert siglip == pytest.approx([sigmoid(SCALE * c + BIAS) for c in cosines])
+    assert np.argsort(siglip).tolist() == np.argsort(clip).tolist()
+
+
 def test_unknown_activation_is_refused():
     with pytest.raises(ValueError, match="activation"):
         zero_shot(IMAGE, LABEL_VECTORS, LABELS, SCALE, 4, "relu")
@@ -112,6 +122,19 @@ def test_v1_score_adds_probability_for_sigmoid(siglip_client):
     assert result["clip_score"] == pytest.approx(max(100 * result["cosine"], 0), abs=1e-6)
     other = siglip_client.post("/v1/score", json={"pairs": [pair], "profile": "accurate"})
     assert other.json()["results"][0]["probability"] is None
+
+
+def test_rerank_relevance_is_the_sigmoid_probability_of_v1_score(siglip_client):
+    texts = ["a cat", "a dog", "a red car"]
+    pairs = [{"image": {"base64": image_base64()}, "text": text} for text in texts]
+    scored = siglip_client.post("/v1/score", json={"pairs": pairs}).json()["results"]
+    query = "data:image/jpeg;base64," + image_base64()
+    body = {"model": "fast", "query": query, "documents": texts}
+    answer = siglip_client.post("/v2/rerank", json=body).json()
+    assert answer["activation"] == "sigmoid"
+    for result in answer["results"]:
+        expected = scored[result["index"]]["probability"]
+        assert result["relevance_score"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_seed002_items_carry_their_activation(siglip_client):

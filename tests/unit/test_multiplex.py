@@ -318,8 +318,9 @@ def test_each_model_id_names_its_own_embedding_space(mux):
     assert alpha["model"] == "custom:alpha" and alpha["embeddings"]["int8"]
     assert alpha["embedding_space"] != beta["embedding_space"]
     assert alias["embedding_space"] == alpha["embedding_space"]
-    assert client.get("/v1/models/custom:alpha").json()["embedding_space"] == (
-        alpha["embedding_space"]
+    assert (
+        client.get("/v1/models/custom:alpha").json()["embedding_space"]
+        == (alpha["embedding_space"])
     )
     rerank = {"model": "custom:beta", "query": "a cat", "documents": ["a dog", "a cat"]}
     answer = client.post("/v1/rerank", json=rerank).json()

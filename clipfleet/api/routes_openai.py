@@ -1,8 +1,11 @@
 """OpenAI-compatible routes: `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{id}`.
 
-Embeddings go through the same service calls as /v1/embed/text and /v1/embed/image (encoder
-`clip`), so the vectors are the same; only the request and response shapes differ. `model` is
-the one grammar of clipfleet.modelref; an unknown one is a 404 with `code: model_not_found`.
+Embeddings go through the service's `embed_items` (one variant per request; the same encoder
+calls as /v1/embed/text and /v1/embed/image, encoder `clip`), so the vectors are the same; only
+the request and response shapes differ: strings, content parts, vLLM's `messages`
+(clipfleet.api.content_parts). `model` is the one grammar of clipfleet.modelref; an unknown one
+is a 404 with `code: model_not_found`. `pinned`, `served_headers` and `served_id` serve the other
+peers' routes too.
 """
 
 from __future__ import annotations

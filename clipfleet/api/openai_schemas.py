@@ -60,7 +60,7 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "user", "assistant"] = "user"
+    role: str = Field("user", max_length=32, description="any role; only the content counts")
     content: Text | Parts
     name: str | None = Field(None, max_length=256)
 

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= serve_config.yaml
 
 .PHONY: install run test test-unit test-integration test-e2e lint format weights clean \
-	loadtest loadtest-ui bench overload cluster-sync
+	loadtest loadtest-ui bench bench-peers overload cluster-sync
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,9 +70,32 @@ loadtest: $(STAMP)
 loadtest-ui: $(STAMP)
 	$(WITH_IMAGE_SERVER) $(LOCUST) --web-host 127.0.0.1
 
+# The benchmarks write loadtests/results/<kind>-<time>-<commit>.json and a .png chart (three runs
+# per row: medians and min-max), then regenerate the docs' figures from the newest results of each
+# kind (python -m loadtests.report); commit the results, the chart and the docs together.
+# BENCH_ARGS / PEERS_ARGS pass options (e.g. PEERS_ARGS='--runs 1 --seconds 10 --label smoke').
+BENCH_ARGS ?=
+PEERS_ARGS ?=
+
 bench: $(STAMP)
-	mkdir -p $(RESULTS)
-	$(BIN)/python -m loadtests.bench --out $(RESULTS)/bench.json
+	$(BIN)/python -m loadtests.bench --runs 3 $(BENCH_ARGS)
+	$(BIN)/python -m loadtests.report
+
+# infinity-emb against clipfleet on the same box (loadtests/peers.py). infinity lives in its own
+# venv under build/ (git-ignored), torch/torchvision pinned as .venv pins them; the model
+# directory (random weights) and the 2,000 JPEGs are built there once.
+PEERS_VENV := build/peers/venv
+PEERS_STAMP := $(PEERS_VENV)/.installed
+
+$(PEERS_STAMP): loadtests/peers-requirements.txt loadtests/peers-constraints.txt
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q -c loadtests/peers-constraints.txt \
+		-r loadtests/peers-requirements.txt
+	touch $@
+
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	$(BIN)/python -m loadtests.peers --runs 3 $(PEERS_ARGS)
+	$(BIN)/python -m loadtests.report
 
 # Overload: 32 clients (capacity), then 8 x 32; shedding figures (docs/fleet.md).
 overload: $(STAMP)

@@ -50,6 +50,10 @@ TARGETS = (
         "loadtests/bench_config.gpu.yaml", (f"{OVERLAYS}/bench.yaml", f"{OVERLAYS}/bench.gpu.yaml")
     ),
     Target("serve_config.fast-int8.yaml", (f"{OVERLAYS}/fast-int8.yaml",)),
+    Target(
+        "loadtests/bench_config.peers.yaml",
+        (f"{OVERLAYS}/bench.yaml", f"{OVERLAYS}/bench-peers.yaml"),
+    ),
 )
 
 

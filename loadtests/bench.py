@@ -1,6 +1,10 @@
 """clipfleet benchmark: naive pipeline, in-process ceiling, seed-style baseline, clipfleet.
 
-    python -m loadtests.bench [--seconds 30] [--out results/bench.json]      # or: make bench
+    python -m loadtests.bench [--seconds 30] [--runs 3] [--out loadtests/results]   # make bench
+
+Every part runs --runs times (one whole pass after another); the results file (JSON, plus a
+PNG chart beside it) holds each row's median and spread (min-max) over the runs, every run's raw
+figures, the commit, the machine, the versions and this command (loadtests/results.py).
 
 0. naive: the in-process pipeline a user writes with stock open_clip calls (loadtests/naive.py:
    PIL decode, open_clip preprocess, encode_image / encode_text at batch 32, one process);
@@ -23,39 +27,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import requests
-import torch
 import yaml
 
 from clipfleet.config import (
-    FIXED_DEPLOYMENTS,
-    AppArgs,
     ClipModelSpec,
     EncoderConfig,
     FetchLimits,
     clip_deployment_name,
-    deployment_names,
 )
 from clipfleet.imaging import decode_image
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device, set_torch_threads
-from clipfleet.processes import stop_tree
+from loadtests import bench_rows, results
 from loadtests.client import run_load
+from loadtests.cputime import TreeCpu
 from loadtests.images import make_library
 from loadtests.naive import measure_naive
+from loadtests.report import report_table
+from loadtests.servers import default_profile, prepared, start, start_clipfleet, stop_tree
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE_PORT, BASELINE_PORT, CLIPFLEET_URL = 8091, 8095, "http://127.0.0.1:8000"
+IMAGE_PORT, BASELINE_PORT, PORT = 8091, 8095, 8000
+CLIPFLEET_URL = f"http://127.0.0.1:{PORT}"
 BENCH_CONFIG = ROOT / "loadtests" / "bench_config.yaml"
 SERVE_CONFIG = ROOT / "serve_config.yaml"
 INT8_CONFIG = ROOT / "serve_config.fast-int8.yaml"
@@ -85,68 +85,6 @@ def measure_ceiling(seconds: float, batch_size: int, device: str | None) -> dict
     }
 
 
-def start(command: list[str], ready_url: str, timeout_s: float, env: dict | None = None):
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(ready_url, timeout=5).status_code == 200:
-                return process
-        except requests.RequestException:
-            pass
-        if process.poll() is not None:
-            raise RuntimeError(f"{command[0]} exited with {process.returncode}")
-        time.sleep(1)
-    stop_tree(process)
-    raise RuntimeError(f"{' '.join(command)} not ready within {timeout_s} s")
-
-
-def start_clipfleet(config: Path) -> subprocess.Popen:
-    serve = Path(sys.executable).parent / "serve"
-    # Ray runs its workers at nice 15 (RAY_worker_niceness) so the raylet stays responsive; the
-    # ceiling, the baseline and the load generator run at nice 0, so give clipfleet the same.
-    # RAY_ADDRESS=local: a cluster of its own, never one that `ray start` left on this machine.
-    env = {"CLIPFLEET_RANDOM_WEIGHTS": "1", "RAY_worker_niceness": "0", "RAY_ADDRESS": "local"}
-    # serve_config.yaml starts five encoders (ViT-L-14 among them): give it time on 2 cores
-    return start([str(serve), "run", str(config)], f"{CLIPFLEET_URL}/readyz", 900, env)
-
-
-def prepared(config: Path, cache: bool = False) -> Path:
-    """The config as the benchmark runs it: HTTP on CLIPFLEET_URL's port, the loopback image
-    server allowed by the SSRF policy, and every encoder's embedding cache on or off (off: every
-    request reaches a model, the fair comparison with the naive pipeline)."""
-    document = yaml.safe_load(config.read_text())
-    document.setdefault("http_options", {})["port"] = int(CLIPFLEET_URL.rsplit(":", 1)[1])
-    app = document["applications"][0]
-    fetch = app["args"].setdefault("fetch", {})
-    fetch["allow_private_networks"] = [*fetch.get("allow_private_networks", []), "127.0.0.1/32"]
-    allowed = fetch.get("allowed_ports", FetchLimits().allowed_ports)
-    fetch["allowed_ports"] = sorted({*allowed, IMAGE_PORT})
-    # every encoder the args produce, listed in the config or running on the code's defaults
-    entries = {entry["name"]: entry for entry in app.setdefault("deployments", [])}
-    for name in sorted(deployment_names(app_args(config)) - set(FIXED_DEPLOYMENTS)):
-        if name not in entries:
-            entries[name] = {"name": name}
-            app["deployments"].append(entries[name])
-        entries[name].setdefault("user_config", {})["cache"] = {"enabled": cache}
-    folder = Path(tempfile.mkdtemp(prefix="clipfleet-bench-"))
-    prepared_config = folder / f"{config.stem}{'_cache' if cache else ''}.yaml"
-    prepared_config.write_text(yaml.safe_dump(document))
-    return prepared_config
-
-
-def with_cache(config: Path) -> Path:
-    """The same config with the encoders' embedding cache on."""
-    return prepared(config, cache=True)
-
-
 def image_url(n: int) -> str:
     return f"http://127.0.0.1:{IMAGE_PORT}/img/{n % 64}.{('jpg', 'png', 'webp')[n % 64 % 3]}"
 
@@ -162,15 +100,6 @@ def repeated_body(n: int) -> dict:
 
 def baseline_body(n: int) -> dict:
     return {"image_url": image_url(n), "text": TEXTS[n % len(TEXTS)]}
-
-
-def app_args(config: Path) -> AppArgs:
-    """The config's validated args (what it leaves out: the code's defaults)."""
-    return AppArgs(**yaml.safe_load(config.read_text())["applications"][0]["args"])
-
-
-def default_profile(config: Path) -> str:
-    return app_args(config).default_profile
 
 
 def batch_counts(profile: str = "fast") -> dict[str, dict[str, int]]:
@@ -195,32 +124,49 @@ def mean_batch(before: dict[str, int], after: dict[str, int]) -> float:
     return sum(size * count for size, count in new.items()) / batches if batches else 0.0
 
 
-def measure(url: str, body, clients: int, seconds: float) -> dict:
+def measure(url: str, body, clients: int, seconds: float, server_pid: int | None = None) -> dict:
+    """The load, machine CPU use, and the server's process-tree CPU seconds per request."""
     psutil.cpu_percent()
-    result = asyncio.run(run_load(url, body, clients, seconds, warmup_s=min(5, seconds / 3)))
-    return {**result, "cpu_percent": psutil.cpu_percent()}
+    server = TreeCpu(server_pid) if server_pid else None
+    result = asyncio.run(
+        run_load(
+            url,
+            body,
+            clients,
+            seconds,
+            warmup_s=min(5, seconds / 3),
+            on_start=server.start if server else None,
+            on_end=server.stop if server else None,
+        )
+    )
+    result["cpu_percent"] = psutil.cpu_percent()
+    if server and result["requests"]:
+        result["server_cpu_s_per_request"] = server.seconds / result["requests"]
+    return result
 
 
 def measure_config(config: Path, levels: list[int], seconds: float) -> list[dict]:
     """Start clipfleet with `config`, load /v1/score at each level, stop it."""
     profile = default_profile(config)
-    serve = start_clipfleet(prepared(config))
+    serve = start_clipfleet(prepared(config, PORT, IMAGE_PORT), CLIPFLEET_URL)
     try:
-        results = []
+        measured = []
         for clients in levels:
             before = batch_counts(profile)
-            result = measure(f"{CLIPFLEET_URL}/v1/score", clipfleet_body, clients, seconds)
+            result = measure(
+                f"{CLIPFLEET_URL}/v1/score", clipfleet_body, clients, seconds, serve.pid
+            )
             after = batch_counts(profile)
             result["mean_batch_size"] = mean_batch(before["image"], after["image"])
             result["mean_text_batch_size"] = mean_batch(before["text"], after["text"])
-            results.append(result)
-        return results
+            measured.append(result)
+        return measured
     finally:
         stop_tree(serve)
 
 
-def at_clients(results: list[dict], clients: int) -> dict:
-    return next((r for r in results if r["clients"] == clients), results[-1])
+def at_clients(measured: list[dict], clients: int) -> dict:
+    return next((r for r in measured if r["clients"] == clients), measured[-1])
 
 
 def _over(numerator: float, denominator: float) -> float:
@@ -272,12 +218,6 @@ def run(
 ) -> dict:
     python = sys.executable
     report: dict = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        },
         "config": str(config),
         "max_batch_size": configured_max_batch(config),
         "systems": {},
@@ -297,8 +237,9 @@ def run(
             )
             try:
                 report["baseline"] = measure(
-                    f"http://127.0.0.1:{BASELINE_PORT}/score", baseline_body, 32, seconds
-                )
+                    f"http://127.0.0.1:{BASELINE_PORT}/score", baseline_body, 32, seconds,
+                    baseline.pid,
+                )  # fmt: skip
             finally:
                 stop_tree(baseline)
         systems = [("make-run", SERVE_CONFIG, [32]), ("bench", config, levels)]
@@ -307,10 +248,10 @@ def run(
             if name in parts:
                 report["systems"][name] = measure_config(system_config, system_levels, seconds)
         if "repeats" in parts:
-            serve = start_clipfleet(with_cache(config))
+            serve = start_clipfleet(prepared(config, PORT, IMAGE_PORT, cache=True), CLIPFLEET_URL)
             try:
                 report["clipfleet_repeats_32"] = measure(
-                    f"{CLIPFLEET_URL}/v1/score", repeated_body, 32, seconds
+                    f"{CLIPFLEET_URL}/v1/score", repeated_body, 32, seconds, serve.pid
                 )
             finally:
                 stop_tree(serve)
@@ -321,49 +262,19 @@ def run(
     return report
 
 
-SYSTEM_LABELS = {
-    "make-run": "clipfleet serve_config",
-    "bench": "clipfleet bench_config",
-    "fast-int8": "clipfleet fast-int8",
-}
-
-
-def print_table(report: dict) -> None:
-    for key, label in (("naive", "naive in-process"), ("ceiling", "ceiling (clipfleet code)")):
-        if key in report:
-            row = report[key]
-            print(f"{label}: {row['pairs_per_s']:.1f} pairs/s (batch {row['batch_size']})")
-    print(f"bench config encoder max_batch_size: {report['max_batch_size']}")
-    header = f"{'system':<26}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-    print(header + f"{'batch':>7}{'cpu %':>7}{'errors':>8}")
-    rows = [("baseline (seed-style)", report["baseline"])] if "baseline" in report else []
-    for name, results in report["systems"].items():
-        rows += [(SYSTEM_LABELS[name], r) for r in results]
-    for name, r in rows:
-        print(
-            f"{name:<26}{r['clients']:>8}{r['throughput_rps']:>9.1f}{r['p50_ms']:>9.0f}"
-            f"{r['p95_ms']:>9.0f}{r['p99_ms']:>9.0f}{r.get('mean_batch_size', 1):>7.1f}"
-            f"{r['cpu_percent']:>7.0f}{r['errors']:>8}"
-        )
-        if r.get("errors_by_kind"):
-            print(f"{'':<26}errors: {r['errors_by_kind']}")
-    if "clipfleet_repeats_32" in report:
-        repeats = report["clipfleet_repeats_32"]
-        print(
-            f"clipfleet, 8 repeated images (embedding cache), 32 clients: "
-            f"{repeats['throughput_rps']:.1f} req/s, p95 {repeats['p95_ms']:.0f} ms, "
-            f"{repeats['errors']} errors"
-        )
-    for key, value in report["ratios"].items():
-        print(f"{key}: {value:.2f}")
-
-
 def main() -> None:
-    global IMAGE_PORT, BASELINE_PORT, CLIPFLEET_URL
+    global IMAGE_PORT, BASELINE_PORT, PORT, CLIPFLEET_URL
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--seconds", type=float, default=30, help="measured seconds per row")
     parser.add_argument("--levels", default="1,8,32,64")
-    parser.add_argument("--out", type=Path, default=Path("results/bench.json"))
+    parser.add_argument("--runs", type=int, default=3, help="runs of every row (median, spread)")
+    parser.add_argument(
+        "--label", default="full", help="what the run is: full, or smoke (a harness check)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=results.RESULTS_DIR,
+        help="a folder (file named by kind, time and commit) or a .json path; a .png beside it",
+    )  # fmt: skip
     parser.add_argument(
         "--config", type=Path, default=BENCH_CONFIG, help="the clipfleet Serve config to run"
     )
@@ -373,21 +284,41 @@ def main() -> None:
     parser.add_argument(
         "--only", default=",".join(PARTS), help=f"comma-separated parts to run, of {PARTS}"
     )
-    parser.add_argument("--port", type=int, default=8000, help="clipfleet's HTTP port")
+    parser.add_argument("--port", type=int, default=PORT, help="clipfleet's HTTP port")
     parser.add_argument("--image-port", type=int, default=IMAGE_PORT)
     parser.add_argument("--baseline-port", type=int, default=BASELINE_PORT)
     args = parser.parse_args()
     parts = set(args.only.split(","))
     if unknown := parts - set(PARTS):
         parser.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
-    IMAGE_PORT, BASELINE_PORT = args.image_port, args.baseline_port
-    CLIPFLEET_URL = f"http://127.0.0.1:{args.port}"
+    IMAGE_PORT, BASELINE_PORT, PORT = args.image_port, args.baseline_port, args.port
+    CLIPFLEET_URL = f"http://127.0.0.1:{PORT}"
     levels = [int(level) for level in args.levels.split(",")]
-    report = run(args.seconds, levels, args.config, args.device, parts)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print_table(report)
-    print(f"wrote {args.out}")
+    reports = []
+    for number in range(1, args.runs + 1):
+        print(f"run {number} of {args.runs}", flush=True)
+        reports.append(run(args.seconds, levels, args.config, args.device, parts))
+        bench_rows.print_table(reports[-1])
+    doc = results.document(
+        kind="bench",
+        label=args.label,
+        rows=results.summarise_rows([bench_rows.rows(report) for report in reports]),
+        ratios=results.summarise_ratios([report["ratios"] for report in reports]),
+        targets=bench_rows.TARGETS,
+        settings={
+            "seconds": args.seconds,
+            "levels": levels,
+            "parts": sorted(parts),
+            "config": str(args.config.resolve().relative_to(ROOT, walk_up=True)),
+            "max_batch_size": reports[0]["max_batch_size"],
+            "device": args.device,
+        },
+        runs=args.runs,
+        raw=reports,
+    )
+    path = results.write(doc, args.out)
+    print(report_table(doc))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

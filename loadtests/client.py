@@ -39,8 +39,17 @@ def _failure(status: int, body: bytes) -> str:
 
 
 async def run_load(
-    url: str, make_body: Callable[[int], dict], clients: int, seconds: float, warmup_s: float = 0
+    url: str,
+    make_body: Callable[[int], dict],
+    clients: int,
+    seconds: float,
+    warmup_s: float = 0,
+    on_start: Callable[[], None] | None = None,
+    on_end: Callable[[], None] | None = None,
 ) -> dict:
+    """`clients` closed-loop clients for `warmup_s` (not counted), then for `seconds`. The
+    measured window runs from `on_start` (called as it opens) until the last request sent in it
+    has finished (`on_end`); `client_cpu_s` is this process's CPU time in that window."""
     timeout = aiohttp.ClientTimeout(total=120)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
@@ -54,6 +63,9 @@ async def run_load(
             )
         latencies: list[float] = []
         errors: Counter[str] = Counter()
+        if on_start:
+            on_start()
+        client_cpu = time.process_time()
         started = time.monotonic()
         await asyncio.gather(
             *(
@@ -62,6 +74,9 @@ async def run_load(
             )
         )
         elapsed = time.monotonic() - started
+        client_cpu = time.process_time() - client_cpu
+        if on_end:
+            on_end()
     cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
     return {
         "clients": clients,
@@ -69,6 +84,8 @@ async def run_load(
         "errors": sum(errors.values()),
         "errors_by_kind": dict(errors),
         "throughput_rps": len(latencies) / elapsed,
+        "elapsed_s": elapsed,
+        "client_cpu_s": client_cpu,
         "p50_ms": cuts[49] * 1000,
         "p95_ms": cuts[94] * 1000,
         "p99_ms": cuts[98] * 1000,

@@ -47,14 +47,15 @@ def figure(spread: dict | None, scale: float = 1.0, digits: int = 3) -> str:
     if not spread or spread["median"] is None:
         return DASH
     median = number(spread["median"] * scale, digits)
-    if spread["min"] == spread["max"] or len(spread["values"]) < 2:
-        return median
     low, high = (number(spread[end] * scale, digits) for end in ("min", "max"))
+    if low == high or len(spread["values"]) < 2:  # one run, or runs equal at these digits
+        return median
     return f"{median} ({low}{DASH}{high})"
 
 
 def relative(path: Path) -> str:
-    return str(Path(path).resolve().relative_to(ROOT))
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def render_source(doc: dict) -> str:

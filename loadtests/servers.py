@@ -40,10 +40,13 @@ def start(
     )
     if log:
         output.close()
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     while time.monotonic() < deadline:
         try:
             if requests.get(ready_url, timeout=5).status_code == 200:
+                name = " ".join(Path(part).name for part in command[:2])
+                print(f"  {name} ready in {time.monotonic() - started:.0f} s", flush=True)
                 return process
         except requests.RequestException:
             pass

@@ -168,8 +168,8 @@ def render(key: str, docs: dict[str, dict | None]) -> str:
 
 def regenerate(text: str, docs: dict[str, dict | None]) -> str:
     """`text` with every generated region rendered again; the rest unchanged."""
-    opened = re.findall(r"<!-- generated:([^ ]+) -->", text)
-    closed = re.findall(r"<!-- /generated:([^ ]+) -->", text)
+    opened = re.findall(r"<!-- generated:([\w-]+:[\w-]+) -->", text)
+    closed = re.findall(r"<!-- /generated:([\w-]+:[\w-]+) -->", text)
     found = [match["key"] for match in REGION.finditer(text)]
     if sorted(opened) != sorted(found) or sorted(closed) != sorted(found):
         raise ReportError(f"unpaired generated-region markers: {opened} / {closed}")

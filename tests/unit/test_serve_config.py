@@ -135,7 +135,14 @@ def test_every_deployment_sheds_load(name):
         assert deployment["backpressure_config"]["retry_after_s"] >= 1, deployment["name"]
 
 
-@pytest.mark.parametrize("name", ["loadtests/bench_config.yaml", "loadtests/bench_config.gpu.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "loadtests/bench_config.yaml",
+        "loadtests/bench_config.gpu.yaml",
+        "loadtests/bench_config.peers.yaml",
+    ],
+)
 def test_benchmark_configs_are_valid(name):
     config = load(name)
     ServeDeploySchema.model_validate(config)

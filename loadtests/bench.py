@@ -50,7 +50,7 @@ from loadtests.client import run_load
 from loadtests.cputime import TreeCpu
 from loadtests.images import make_library
 from loadtests.naive import measure_naive
-from loadtests.report import report_table
+from loadtests.report import publish
 from loadtests.servers import default_profile, prepared, start, start_clipfleet, stop_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -299,26 +299,20 @@ def main() -> None:
         print(f"run {number} of {args.runs}", flush=True)
         reports.append(run(args.seconds, levels, args.config, args.device, parts))
         bench_rows.print_table(reports[-1])
+    settings = {
+        "seconds": args.seconds,
+        "levels": levels,
+        "parts": sorted(parts),
+        "config": str(args.config.resolve().relative_to(ROOT, walk_up=True)),
+        "max_batch_size": reports[0]["max_batch_size"],
+        "device": args.device,
+    }
+    run_rows = [bench_rows.rows(report) for report in reports]
+    run_ratios = [report["ratios"] for report in reports]
     doc = results.document(
-        kind="bench",
-        label=args.label,
-        rows=results.summarise_rows([bench_rows.rows(report) for report in reports]),
-        ratios=results.summarise_ratios([report["ratios"] for report in reports]),
-        targets=bench_rows.TARGETS,
-        settings={
-            "seconds": args.seconds,
-            "levels": levels,
-            "parts": sorted(parts),
-            "config": str(args.config.resolve().relative_to(ROOT, walk_up=True)),
-            "max_batch_size": reports[0]["max_batch_size"],
-            "device": args.device,
-        },
-        runs=args.runs,
-        raw=reports,
+        "bench", args.label, run_rows, run_ratios, bench_rows.TARGETS, settings, raw=reports
     )
-    path = results.write(doc, args.out)
-    print(report_table(doc))
-    print(f"wrote {path} and {path.with_suffix('.png')}")
+    publish(doc, args.out)
 
 
 if __name__ == "__main__":

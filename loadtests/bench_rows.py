@@ -3,6 +3,8 @@ the per-run table printed while it runs."""
 
 from __future__ import annotations
 
+from loadtests.results import target
+
 SYSTEM_LABELS = {
     "make-run": "clipfleet, serve_config.yaml (what `make run` serves)",
     "bench": "clipfleet, loadtests/bench_config.yaml (fast profile only)",
@@ -10,19 +12,17 @@ SYSTEM_LABELS = {
 }
 # Issue 17 / 22's goals for the shipped config (loadtests/RESULTS.md), judged on the medians.
 TARGETS = {
-    "make_run_over_naive_at_32": {
-        "op": ">=", "value": 1.0, "text": "`make run`'s config >= 1.0 x the naive pipeline",
-    },
-    "make_run_over_baseline_at_32": {
-        "op": ">=", "value": 1.6, "text": "`make run`'s config >= 1.6 x the seed-style server",
-    },
-    "p95_make_run_vs_baseline_at_32": {
-        "op": "<=", "value": 1.0, "text": "... with a p95 at most the seed-style server's",
-    },
-    "fast_int8_over_naive_at_32": {
-        "op": ">=", "value": 1.6, "text": "fast-int8 >= 1.6 x the naive fp32 pipeline",
-    },
-}  # fmt: skip
+    "make_run_over_naive_at_32": target(
+        ">=", 1.0, "`make run`'s config >= 1.0 x the naive pipeline"
+    ),
+    "make_run_over_baseline_at_32": target(
+        ">=", 1.6, "`make run`'s config >= 1.6 x the seed-style server"
+    ),
+    "p95_make_run_vs_baseline_at_32": target(
+        "<=", 1.0, "... with a p95 at most the seed-style server's"
+    ),
+    "fast_int8_over_naive_at_32": target(">=", 1.6, "fast-int8 >= 1.6 x the naive fp32 pipeline"),
+}
 LOAD_METRICS = ("p50_ms", "p95_ms", "p99_ms", "errors", "cpu_percent", "server_cpu_s_per_request")
 
 

@@ -37,7 +37,7 @@ from loadtests import hf_clip_dir, results
 from loadtests.client import run_load
 from loadtests.cputime import TreeCpu
 from loadtests.photos import ensure_photos
-from loadtests.report import report_table
+from loadtests.report import publish
 from loadtests.servers import ROOT, prepared, start, start_clipfleet, stop_tree
 
 PEERS = ROOT / "build" / "peers"
@@ -47,19 +47,17 @@ PEER_PYTHON = PEERS / "venv" / "bin" / "python"
 PEERS_CONFIG = ROOT / "loadtests" / "bench_config.peers.yaml"
 EMBEDDING_DIM = 512
 TARGETS = {
-    "clipfleet_over_infinity_1": {
-        "op": ">=", "value": 1.1, "text": "clipfleet >= 1.1 x infinity's img/s, one image/request",
-    },
-    "p95_clipfleet_vs_infinity_1": {
-        "op": "<=", "value": 1.0, "text": "... with a p95 at most infinity's",
-    },
-    "cpu_clipfleet_vs_infinity_1": {
-        "op": "<=", "value": 1.0, "text": "... and server CPU per image at most infinity's",
-    },
-    "clipfleet_over_infinity_16": {
-        "op": ">=", "value": 1.2, "text": "clipfleet >= 1.2 x infinity's img/s, 16 images/request",
-    },
-}  # fmt: skip
+    "clipfleet_over_infinity_1": results.target(
+        ">=", 1.1, "clipfleet >= 1.1 x infinity's img/s, one image/request"
+    ),
+    "p95_clipfleet_vs_infinity_1": results.target("<=", 1.0, "... with a p95 at most infinity's"),
+    "cpu_clipfleet_vs_infinity_1": results.target(
+        "<=", 1.0, "... and server CPU per image at most infinity's"
+    ),
+    "clipfleet_over_infinity_16": results.target(
+        ">=", 1.2, "clipfleet >= 1.2 x infinity's img/s, 16 images/request"
+    ),
+}
 
 
 def setup(count: int) -> list[str]:
@@ -304,20 +302,12 @@ def main() -> None:
         rows = [row for server in servers for row in measured[server.name]]
         runs.append(rows + (measure_ceilings(args) if "ceilings" in parts else []))
     settings = {key: value for key, value in vars(args).items() if key not in ("out", "label")}
+    settings["config"] = str(PEERS_CONFIG.relative_to(ROOT))
     doc = results.document(
-        kind="bench-peers",
-        label=args.label,
-        rows=results.summarise_rows(runs),
-        ratios=results.summarise_ratios([ratios(rows) for rows in runs]),
-        targets=TARGETS,
-        settings={**settings, "config": str(PEERS_CONFIG.relative_to(ROOT))},
-        runs=args.runs,
+        "bench-peers", args.label, runs, [ratios(rows) for rows in runs], TARGETS, settings,
         extra_versions=peer_versions(),
-        raw=runs,
-    )
-    path = results.write(doc, args.out)
-    print(report_table(doc))
-    print(f"wrote {path} and {path.with_suffix('.png')}")
+    )  # fmt: skip
+    publish(doc, args.out)
 
 
 if __name__ == "__main__":

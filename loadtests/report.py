@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from loadtests.results import KINDS, RESULTS_DIR, ROOT, latest, met
+from loadtests.results import KINDS, RESULTS_DIR, ROOT, latest, met, write
 
 DOCS = (ROOT / "loadtests" / "RESULTS.md", ROOT / "docs" / "performance.md")
 REGION = re.compile(
@@ -199,6 +199,14 @@ def report_table(doc: dict) -> str:
     if doc["targets"]:
         parts.append(render_targets(doc))
     return "\n\n".join(parts)
+
+
+def publish(doc: dict, out: Path) -> Path:
+    """Write a benchmark's results file and chart, and print its figures as the docs will."""
+    path = write(doc, out)
+    print(report_table(doc))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+    return path
 
 
 def main() -> None:

@@ -183,18 +183,24 @@ def command_line() -> str:
     return shlex.join([*head, *sys.argv[1:]])
 
 
+def target(op: str, value: float, text: str) -> dict:
+    """A goal for a ratio, judged on its median: `op` is ">=" or "<="."""
+    return {"op": op, "value": value, "text": text}
+
+
 def document(
     kind: str,
     label: str,
-    rows: list[dict],
-    ratios: dict,
+    run_rows: list[list[dict]],
+    run_ratios: list[dict[str, float]],
     targets: dict,
     settings: dict,
-    runs: int,
     extra_versions: dict | None = None,
     command: str | None = None,
     raw: list | None = None,
 ) -> dict:
+    """The results document of `len(run_rows)` runs: each run's rows and ratios summarised
+    as medians and spreads, with what it takes to reproduce them."""
     commit = _git("rev-parse", "HEAD") or "unknown"
     return {
         "schema": SCHEMA_ID,
@@ -206,12 +212,12 @@ def document(
         "command": command or command_line(),
         "machine": machine(),
         "versions": versions(**(extra_versions or {})),
-        "runs": runs,
+        "runs": len(run_rows),
         "settings": settings,
-        "rows": rows,
-        "ratios": ratios,
+        "rows": summarise_rows(run_rows),
+        "ratios": summarise_ratios(run_ratios),
         "targets": targets,
-        "raw": raw or [],
+        "raw": raw if raw is not None else run_rows,
     }
 
 

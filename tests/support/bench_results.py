@@ -40,14 +40,12 @@ def sample_document(runs: int = 3, label: str = "full") -> dict:
 
     per_run = [run_rows(1.0 + 0.1 * index) for index in range(runs)]
     return results.document(
-        kind="bench-peers",
-        label=label,
-        rows=results.summarise_rows(per_run),
-        ratios=results.summarise_ratios([ratios(rows) for rows in per_run]),
-        targets=copy.deepcopy(TARGETS),
-        settings={"seconds": 60},
-        runs=runs,
+        "bench-peers",
+        label,
+        per_run,
+        [ratios(rows) for rows in per_run],
+        copy.deepcopy(TARGETS),
+        {"seconds": 60},
         extra_versions={"infinity_emb": "0.0.78"},
         command="python -m loadtests.peers --runs 3",
-        raw=per_run,
     )

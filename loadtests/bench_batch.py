@@ -154,7 +154,7 @@ def service_config(config: Path, port: int) -> Path:
 
 
 def run_score_csv(pairs_csv: Path, config: Path, port: int) -> dict:
-    from loadtests.bench import start
+    from loadtests.servers import start
 
     serve = Path(sys.executable).parent / "serve"
     env = {"CLIPFLEET_RANDOM_WEIGHTS": "1", "RAY_worker_niceness": "0"}

@@ -294,19 +294,22 @@ def main() -> None:
     IMAGE_PORT, BASELINE_PORT, PORT = args.image_port, args.baseline_port, args.port
     CLIPFLEET_URL = f"http://127.0.0.1:{PORT}"
     levels = [int(level) for level in args.levels.split(",")]
-    reports = []
-    for number in range(1, args.runs + 1):
-        print(f"run {number} of {args.runs}", flush=True)
-        reports.append(run(args.seconds, levels, args.config, args.device, parts))
-        bench_rows.print_table(reports[-1])
     settings = {
         "seconds": args.seconds,
         "levels": levels,
         "parts": sorted(parts),
-        "config": str(args.config.resolve().relative_to(ROOT, walk_up=True)),
-        "max_batch_size": reports[0]["max_batch_size"],
+        "config": results.repo_path(args.config),
+        "max_batch_size": configured_max_batch(args.config),
         "device": args.device,
     }
+    reports = []
+    for number in range(1, args.runs + 1):
+        print(f"run {number} of {args.runs}", flush=True)
+        started = time.monotonic()
+        reports.append(run(args.seconds, levels, args.config, args.device, parts))
+        reports[-1]["elapsed_s"] = time.monotonic() - started
+        bench_rows.print_table(reports[-1])
+        print(f"run {number} took {reports[-1]['elapsed_s'] / 60:.1f} min", flush=True)
     run_rows = [bench_rows.rows(report) for report in reports]
     run_ratios = [report["ratios"] for report in reports]
     doc = results.document(

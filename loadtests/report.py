@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from loadtests.results import KINDS, RESULTS_DIR, ROOT, latest, met, write
+from loadtests.results import KINDS, RESULTS_DIR, ROOT, latest, met, repo_path, write
 
 DOCS = (ROOT / "loadtests" / "RESULTS.md", ROOT / "docs" / "performance.md")
 REGION = re.compile(
@@ -53,16 +53,12 @@ def figure(spread: dict | None, scale: float = 1.0, digits: int = 3) -> str:
     return f"{median} ({low}{DASH}{high})"
 
 
-def relative(path: Path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
 def render_source(doc: dict) -> str:
     machine, versions = doc["machine"], doc["versions"]
     shown = ", ".join(f"{name} {value}" for name, value in versions.items() if value)
+    chart = repo_path(doc["_path"].with_suffix(".png"))
     lines = [
-        f"From `{relative(doc['_path'])}` (chart: `{relative(doc['_path'].with_suffix('.png'))}`): "
+        f"From `{repo_path(doc['_path'])}` (chart: `{chart}`): "
         f"commit `{doc['commit'][:10]}`{' (with uncommitted changes)' if doc['dirty'] else ''}, "
         f"{doc['created']}; {machine['cpu_model']}, {machine['cores']} cores, "
         f"{machine['ram_gib']} GiB RAM; {shown}.",
@@ -107,7 +103,8 @@ def render_targets(doc: dict) -> str:
         spread = doc["ratios"].get(name)
         verdict = met(spread["median"] if spread else None, target)
         status = {True: "met", False: "**not met**", None: "not measured"}[verdict]
-        lines.append(f"| {target['text']} | {figure(spread)} {TIMES} | {status} |")
+        value = figure(spread)
+        lines.append(f"| {target['text']} | {value}{'' if value == DASH else ' ' + TIMES} | {status} |")
     return "\n".join(lines)
 
 
@@ -145,7 +142,7 @@ def render_summary(doc: dict) -> str:
             "per request."
         )
     label = "" if doc["label"] == "full" and doc["runs"] >= 3 else f" ({doc['label']} result)"
-    return f"{text}{label} Source: `{relative(doc['_path'])}`."
+    return f"{text}{label} Source: `{repo_path(doc['_path'])}`."
 
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
@@ -189,7 +186,7 @@ def stale(paths: tuple[Path, ...] = DOCS, folder: Path = RESULTS_DIR) -> list[st
     """The docs whose generated regions differ from what the results in `folder` give."""
     docs = newest(folder)
     return [
-        relative(path) for path in paths if regenerate(path.read_text(), docs) != path.read_text()
+        repo_path(path) for path in paths if regenerate(path.read_text(), docs) != path.read_text()
     ]
 
 
@@ -225,7 +222,7 @@ def main() -> None:
         updated = regenerate(text, docs)
         if updated != text:
             path.write_text(updated)
-            print(f"rewrote the generated regions of {relative(path)}")
+            print(f"rewrote the generated regions of {repo_path(path)}")
 
 
 if __name__ == "__main__":

@@ -175,6 +175,12 @@ def versions(**extra: str | None) -> dict:
     return {**found, **extra}
 
 
+def repo_path(path: Path) -> str:
+    """`path` relative to the repository when it is inside it, else as given."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
+
+
 def command_line() -> str:
     """How this process was started, as a command to paste (`python -m loadtests.x ...`)."""
     main = sys.modules.get("__main__")

@@ -45,7 +45,7 @@ def start(
     while time.monotonic() < deadline:
         try:
             if requests.get(ready_url, timeout=5).status_code == 200:
-                name = " ".join(Path(part).name for part in command[:2])
+                name = " ".join(Path(part).name for part in command[:3])
                 print(f"  {name} ready in {time.monotonic() - started:.0f} s", flush=True)
                 return process
         except requests.RequestException:

@@ -104,7 +104,8 @@ def render_targets(doc: dict) -> str:
         verdict = met(spread["median"] if spread else None, target)
         status = {True: "met", False: "**not met**", None: "not measured"}[verdict]
         value = figure(spread)
-        lines.append(f"| {target['text']} | {value}{'' if value == DASH else ' ' + TIMES} | {status} |")
+        shown = value if value == DASH else f"{value} {TIMES}"
+        lines.append(f"| {target['text']} | {shown} | {status} |")
     return "\n".join(lines)
 
 

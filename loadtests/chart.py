@@ -22,9 +22,8 @@ def group(row_id: str) -> str:
     return row_id.replace("@", "/").split("/", 1)[0]
 
 
-def _bars(axis, rows: list[dict], metric: str, scale: float, xlabel: str) -> None:
+def _bars(axis, rows, groups: list[str], metric: str, scale: float, xlabel: str) -> None:
     labels, medians, low, high, colours = [], [], [], [], []
-    groups = list(dict.fromkeys(group(row["id"]) for row in rows))
     for row in rows:
         value = row["metrics"].get(metric)
         if not value or value["median"] is None:
@@ -56,9 +55,11 @@ def write_chart(doc: dict, path: Path) -> Path:
         2 if with_p95 else 1, 1, figsize=(8, height), squeeze=False,
         height_ratios=[len(rows), len(with_p95)] if with_p95 else None,
     )  # fmt: skip
-    _bars(axes[0][0], rows, "throughput", 1.0, "throughput (median; whiskers: min-max of runs)")
+    groups = list(dict.fromkeys(group(row["id"]) for row in rows))  # one colour per group
+    xlabel = "throughput (median; whiskers: min-max of runs)"
+    _bars(axes[0][0], rows, groups, "throughput", 1.0, xlabel)
     if with_p95:
-        _bars(axes[1][0], with_p95, "p95_ms", 1e-3, "p95 latency, s")
+        _bars(axes[1][0], with_p95, groups, "p95_ms", 1e-3, "p95 latency, s")
     machine = doc["machine"]
     figure.suptitle(
         f"{doc['kind']} ({doc['label']}): {doc['runs']} run(s), commit {doc['commit'][:7]}, "

@@ -68,14 +68,8 @@ def render_source(doc: dict) -> str:
         f"{doc['runs']} run(s); each figure is the median over the runs, with the min{DASH}max in "
         "brackets.",
     ]
-    if doc["label"] != "full" or doc["runs"] < 3:
-        lines += [
-            "",
-            f"**{doc['label'].upper()} RESULT: {doc['runs']} run(s) of "
-            f"{doc['settings'].get('seconds', '?')} s, validating the harness; not figures to "
-            "quote.** The full three-run figures replace it when `make "
-            f"{doc['kind']}` runs on a quiet machine.",
-        ]
+    if warning := caveat(doc):
+        lines += ["", f"{warning}`make {doc['kind']}` on a quiet machine replaces it."]
     return "\n".join(lines)
 
 
@@ -142,8 +136,18 @@ def render_summary(doc: dict) -> str:
             "images "
             "per request."
         )
-    label = "" if doc["label"] == "full" and doc["runs"] >= 3 else f" ({doc['label']} result)"
-    return f"{text}{label} Source: `{repo_path(doc['_path'])}`."
+    return f"{caveat(doc)}{text} Source: `{repo_path(doc['_path'])}`."
+
+
+def caveat(doc: dict) -> str:
+    """A loud prefix for anything but a full run of three or more passes."""
+    if doc["label"] == "full" and doc["runs"] >= 3:
+        return ""
+    seconds = doc["settings"].get("seconds", "?")
+    return (
+        f"**{doc['label'].upper()} RESULT, {doc['runs']} run(s) of {seconds:g} s: it validates "
+        "the harness; not figures to quote.** "
+    )
 
 
 RENDERERS: dict[str, Callable[[dict], str]] = {

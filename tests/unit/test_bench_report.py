@@ -80,7 +80,7 @@ def test_targets_are_judged_on_the_medians(tmp_path):
 def test_a_smoke_result_says_so(tmp_path):
     doc = committed(sample_document(runs=1, label="smoke"), tmp_path)
     source = report.render_source(doc)
-    assert "**SMOKE RESULT: 1 run(s)" in source
+    assert "**SMOKE RESULT, 1 run(s) of 60 s" in source
     assert "python -m loadtests.peers --runs 3" in source
     assert doc["commit"][:10] in source
 

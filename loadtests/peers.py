@@ -194,7 +194,7 @@ def measure_server(server: Server, uris: list[str], args) -> list[dict]:
             print(
                 f"  {rows[-1]['label']}: {metrics['throughput']:.1f} img/s, p95 "
                 f"{metrics['p95_ms'] / 1000:.2f} s, {metrics['cpu_s_per_image']:.3f} CPU s/img, "
-                f"errors {rows[-1].pop('errors_by_kind') or 0}",
+                f"errors {rows[-1]['errors_by_kind'] or 0}",
                 flush=True,
             )
         return rows

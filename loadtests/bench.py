@@ -51,7 +51,14 @@ from loadtests.cputime import TreeCpu
 from loadtests.images import make_library
 from loadtests.naive import measure_naive
 from loadtests.report import publish
-from loadtests.servers import default_profile, prepared, start, start_clipfleet, stop_tree
+from loadtests.servers import (
+    default_profile,
+    prepared,
+    private_forward_lease,
+    start,
+    start_clipfleet,
+    stop_tree,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_PORT, BASELINE_PORT, PORT = 8091, 8095, 8000
@@ -294,6 +301,8 @@ def main() -> None:
     IMAGE_PORT, BASELINE_PORT, PORT = args.image_port, args.baseline_port, args.port
     CLIPFLEET_URL = f"http://127.0.0.1:{PORT}"
     levels = [int(level) for level in args.levels.split(",")]
+    private_forward_lease()
+    results.provenance()  # the commit as the runs start
     settings = {
         "seconds": args.seconds,
         "levels": levels,

@@ -38,7 +38,14 @@ from loadtests.client import run_load
 from loadtests.cputime import TreeCpu
 from loadtests.photos import ensure_photos
 from loadtests.report import publish
-from loadtests.servers import ROOT, prepared, start, start_clipfleet, stop_tree
+from loadtests.servers import (
+    ROOT,
+    prepared,
+    private_forward_lease,
+    start,
+    start_clipfleet,
+    stop_tree,
+)
 
 PEERS = ROOT / "build" / "peers"
 MODEL_DIR = PEERS / "clip-vit-b-32-random"
@@ -287,6 +294,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     parts = args.only.split(",")
+    private_forward_lease()
+    results.provenance()  # the commit as the runs start
     (PEERS / "logs").mkdir(parents=True, exist_ok=True)
     uris = setup(args.count)
     servers = [Infinity(args.infinity_port), Clipfleet(args.port, args.clipfleet_batch)]

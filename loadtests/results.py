@@ -10,6 +10,7 @@ docs/performance.md. SCHEMA (JSON Schema) is what a file must hold; `validate` c
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.metadata
 import json
 import math
@@ -189,6 +190,15 @@ def command_line() -> str:
     return shlex.join([*head, *sys.argv[1:]])
 
 
+@functools.cache
+def provenance() -> tuple[str, bool]:
+    """The commit the code under measurement came from, and whether tracked files differed from
+    it: read on the first call, so a benchmark calls it as it starts (edits made while it runs
+    are not what it measured)."""
+    commit = _git("rev-parse", "HEAD") or "unknown"
+    return commit, bool(_git("status", "--porcelain", "--untracked-files=no"))
+
+
 def target(op: str, value: float, text: str) -> dict:
     """A goal for a ratio, judged on its median: `op` is ">=" or "<="."""
     return {"op": op, "value": value, "text": text}
@@ -207,14 +217,14 @@ def document(
 ) -> dict:
     """The results document of `len(run_rows)` runs: each run's rows and ratios summarised
     as medians and spreads, with what it takes to reproduce them."""
-    commit = _git("rev-parse", "HEAD") or "unknown"
+    commit, dirty = provenance()
     return {
         "schema": SCHEMA_ID,
         "kind": kind,
         "label": label,
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "commit": commit,
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "dirty": dirty,
         "command": command or command_line(),
         "machine": machine(),
         "versions": versions(**(extra_versions or {})),

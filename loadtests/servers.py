@@ -58,6 +58,14 @@ def start(
     raise RuntimeError(f"{' '.join(command)} not ready within {timeout_s} s")
 
 
+def private_forward_lease() -> None:
+    """Give this benchmark and everything it starts a forward lease of their own
+    (CLIPFLEET_LEASE_DIR, docs/performance.md): the lease is per node, so on a machine shared with
+    other clipfleet processes (a test suite, another benchmark) their CPU forwards would take
+    turns with the measured ones. Kept when the caller set it."""
+    os.environ.setdefault("CLIPFLEET_LEASE_DIR", tempfile.mkdtemp(prefix="clipfleet-bench-lease-"))
+
+
 def start_clipfleet(
     config: Path, url: str, random_weights: bool = True, log: Path | None = None
 ) -> subprocess.Popen:
@@ -116,4 +124,12 @@ def prepared(
     return prepared_config
 
 
-__all__ = ["app_args", "default_profile", "prepared", "start", "start_clipfleet", "stop_tree"]
+__all__ = [
+    "app_args",
+    "default_profile",
+    "prepared",
+    "private_forward_lease",
+    "start",
+    "start_clipfleet",
+    "stop_tree",
+]

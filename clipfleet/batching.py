@@ -50,6 +50,8 @@ class ForwardScheduler:
         self._queues: dict[QueueKey, deque[_Pending]] = {key: deque() for key in self._forwards}
         self._on_batch = on_batch
         self._worker: asyncio.Task | None = None
+        self._running: list[_Pending] = []
+        self._failure: Callable[[], BaseException] | None = None
         self.max_batch_size = max_batch_size
 
     @property
@@ -68,6 +70,18 @@ class ForwardScheduler:
             counts[kind] = counts.get(kind, 0) + len(queue)
         return counts
 
+    def fail_all(self, failure: Callable[[], BaseException]) -> None:
+        """Fail every item queued here or in the running forward with `failure()`, and every
+        item handed over later: the forward thread hung, and nothing queued behind it would
+        ever run (clipfleet/replicas/stall.py)."""
+        self._failure = failure
+        waiting = [entry for queue in self._queues.values() for entry in queue]
+        for queue in self._queues.values():
+            queue.clear()
+        for entry in [*self._running, *waiting]:
+            if not entry.future.done():
+                entry.future.set_exception(failure())
+
     async def run(
         self,
         kind: str,
@@ -79,6 +93,8 @@ class ForwardScheduler:
 
         model_id/forward: a multiplexed model's own queue and forward (merged only with work
         for the same model id)."""
+        if self._failure is not None:
+            raise self._failure()
         loop = asyncio.get_running_loop()
         entries = [_Pending(item, loop.create_future()) for item in items]
         key = (kind, model_id)
@@ -115,6 +131,7 @@ class ForwardScheduler:
     async def _run_batch(self, key: QueueKey, batch: list[_Pending]) -> None:
         kind = key[0]
         started = time.perf_counter()
+        self._running = batch
         try:
             results = await asyncio.to_thread(self._forwards[key], [entry.item for entry in batch])
             if len(results) != len(batch):
@@ -129,6 +146,8 @@ class ForwardScheduler:
             for entry, result in zip(batch, results, strict=True):
                 if not entry.future.done():
                     entry.future.set_result(result)
+        finally:
+            self._running = []
         if self._on_batch is not None:
             try:
                 self._on_batch(kind, len(batch), time.perf_counter() - started)

@@ -153,13 +153,23 @@ class EncoderConfig(BatchingConfig):
     """An encoder's `user_config`, applied live by `reconfigure()` (no replica restart); an
     encoder without one runs on these defaults. The one home of its batching settings.
 
-    The fault_* knobs inject failures or latency for rollout drills (e.g. proving that a bad
-    canary is rolled back); leave them at 0 in production.
+    `stall_limit_s`: a forward (timed from when it holds the node's forward lease) running
+    longer than this fails the replica's health check, so Serve replaces the replica
+    (clipfleet/replicas/stall.py). Set it well above the slowest forward at max_batch_size.
+
+    The fault_* knobs inject failures, latency or a hung forward for rollout drills (e.g.
+    proving that a bad canary is rolled back, or that a hung replica is replaced); leave them
+    at 0 in production. `fault_stall_s` blocks the forward thread of the next forward for that
+    long, on `fault_stall_replicas` of the deployment's replicas (the first to claim it; a
+    replacement started during the drill does not); set it back to 0 to end the drill.
     """
 
     cache: CacheConfig = CacheConfig()
+    stall_limit_s: float = Field(15.0, gt=0.0, le=3600.0)
     fault_error_ratio: float = Field(0.0, ge=0.0, le=1.0)
     fault_latency_s: float = Field(0.0, ge=0.0, le=30.0)
+    fault_stall_s: float = Field(0.0, ge=0.0, le=3600.0)
+    fault_stall_replicas: int = Field(1, ge=1, le=1024)
 
 
 class FetchLimits(StrictModel):

@@ -17,6 +17,10 @@ class ClipfleetError(Exception):
     status: int = 500
     type: str = "internal_error"
     code: str | None = None  # OpenAI's `code` (e.g. model_not_found); null for most errors
+    # Whether the canary guard blames the variant that served the request: only for failures
+    # a variant's own replica raised while serving (marked where they happen, in
+    # clipfleet/replicas/serving.py); never for what a client, an upstream or the clock did.
+    variant_fault: bool = False
 
     def __init__(
         self,
@@ -65,6 +69,14 @@ class InvalidImageError(ClipfleetError):
     type = "invalid_image"
 
 
+class InvalidUrlError(ClipfleetError):
+    """An image url that is not a well-formed http(s) url (scheme, host syntax, IDNA, port),
+    refused before any lookup or connection."""
+
+    status = 400
+    type = "invalid_url"
+
+
 class InvalidJsonError(ClipfleetError):
     status = 400
     type = "invalid_json"
@@ -93,6 +105,24 @@ class ForbiddenUrlError(ClipfleetError):
 
     status = 403
     type = "forbidden_url"
+
+
+class ClientClosedError(ClipfleetError):
+    """The client went away before its answer (nginx's 499): logged and counted as such,
+    never as a server error, and sent to no one."""
+
+    status = 499
+    type = "client_closed_request"
+
+
+class ModelServingError(ClipfleetError):
+    """A model replica failed while serving (preprocessing, forward): the failure a variant is
+    blamed for. Raised where it happens, with the original's class in the message for the
+    logs; clients see a generic 500 quoting their request id."""
+
+    status = 500
+    type = "internal_error"
+    variant_fault = True
 
 
 class ModelLoadFailedError(ClipfleetError):
@@ -161,6 +191,14 @@ class ServiceUnavailableError(ClipfleetError):
         return {"Retry-After": str(self.retry_after_s or RETRY_AFTER_S)}
 
 
+class ReplicaStalledError(ServiceUnavailableError):
+    """A model replica's forward ran past its `stall_limit_s`: it fails Serve's health check
+    and is being replaced. The ingress sends the call once more; if that fails too, the client
+    gets this 503 + Retry-After. It is the variant's fault."""
+
+    variant_fault = True
+
+
 class HttpError(ClipfleetError):
     """A status Starlette raised that no class above names."""
 
@@ -196,6 +234,13 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
         yield current
         seen.add(id(current))
         current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+
+
+def is_variant_fault(exc: BaseException) -> bool:
+    """Whether `exc` is a failure of the variant's own replica while serving (a positive mark
+    set at its origin); anything else, whatever its class, is not."""
+    error = find_clipfleet_error(exc)
+    return error is not None and error.variant_fault
 
 
 def find_clipfleet_error(exc: BaseException) -> ClipfleetError | None:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from clipfleet.errors import find_clipfleet_error
+from clipfleet.errors import ReplicaStalledError, find_clipfleet_error
 
 logger = logging.getLogger("ray.serve")
 
@@ -58,7 +58,10 @@ class Judged:
 
 
 def replica_lost(exc: BaseException) -> bool:
-    """The replica serving a call died or became unreachable (not: the call failed)."""
+    """The replica serving a call died, became unreachable, or stalled and is being replaced
+    (not: the call failed)."""
+    if isinstance(find_clipfleet_error(exc), ReplicaStalledError):
+        return True
     try:
         from ray.exceptions import ActorUnavailableError, RayActorError
     except ImportError:  # pragma: no cover - Ray is a dependency
@@ -67,8 +70,9 @@ def replica_lost(exc: BaseException) -> bool:
 
 
 async def once_more_if_replica_lost(call: Callable[[], Awaitable]) -> Any:
-    """Inference is idempotent: a call whose replica died is sent again, once (Serve routes it
-    to a live replica), so losing a replica costs its in-flight requests time, not an error."""
+    """Inference is idempotent: a call whose replica died or stalled is sent again, once (Serve
+    routes it to a live replica), so losing a replica costs its in-flight requests time, not an
+    error."""
     try:
         return await call()
     except Exception as exc:

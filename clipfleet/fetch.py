@@ -26,6 +26,7 @@ from clipfleet.budget import ByteBudget
 from clipfleet.config import FetchLimits
 from clipfleet.errors import (
     InvalidRequestError,
+    InvalidUrlError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
     UpstreamError,
@@ -34,6 +35,7 @@ from clipfleet.errors import (
 from clipfleet.imaging import DecodePlan, open_image
 from clipfleet.netguard import AddressPolicy, GuardedResolver
 from clipfleet.observability import tracing
+from clipfleet.urls import host_problem, parse_image_url
 
 _CHUNK_BYTES = 64 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -139,15 +141,16 @@ class ImageFetcher:
         return await self.download(source.url or "")
 
     async def download(self, url: str) -> bytes:
+        parsed = parse_image_url(url)  # a malformed url never reaches DNS or a socket
         try:
             async with asyncio.timeout(self.limits.timeout_s):
-                return await self._follow(_parse_url(url))
+                return await self._follow(parsed)
         except TimeoutError as exc:
             raise UpstreamTimeoutError(
                 f"the image url did not answer within {self.limits.timeout_s} s"
             ) from exc
-        except aiohttp.InvalidURL as exc:
-            raise InvalidRequestError("the image url is not a valid url") from exc
+        except (aiohttp.InvalidURL, UnicodeError) as exc:  # UnicodeError: IDNA, in resolution
+            raise InvalidUrlError("the image url is not a valid url") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(
                 f"the image url could not be fetched: {type(exc).__name__}"
@@ -198,22 +201,15 @@ class ImageFetcher:
         return b"".join(chunks)
 
 
-def _parse_url(text: str) -> URL:
-    try:
-        url = URL(text)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequestError("the image url is not a valid url") from exc
-    if not url.absolute:
-        raise InvalidRequestError("the image url must be an absolute http:// or https:// url")
-    return url
-
-
 def _next_hop(url: URL, location: str) -> URL:
     """The redirect target (relative Locations resolve against the current hop)."""
     try:
         target = url.join(URL(location))
+        target.host  # noqa: B018 - an invalid IDNA host raises here
     except (TypeError, ValueError) as exc:
         raise UpstreamError("the image url redirected to an invalid location") from exc
-    if target.scheme not in ("http", "https") or not target.host:
+    if target.scheme not in ("http", "https") or not target.raw_host:
         raise UpstreamError("the image url redirected to a non-http(s) location")
+    if host_problem(target.raw_host) is not None:
+        raise UpstreamError("the image url redirected to an invalid host name")
     return target

@@ -3,7 +3,11 @@
 Ready = every deployment of the application has a RUNNING replica, as the Serve controller
 reports it (one `serve.status()` call for the whole app, never a request to the deployments:
 probes take no request slot, so a busy app stays ready). A replica is RUNNING only after its
-constructor returned, and the encoders' constructors run their warm-up forward pass.
+constructor returned, and the encoders' constructors run their warm-up forward pass. Each
+entry also shows the deployment's Serve status and message and its replicas by state, so a
+replica that failed its health check (an encoder whose forward hung past `stall_limit_s`:
+clipfleet/replicas/serving.py) shows as `status: UNHEALTHY` and a STOPPING replica while Serve
+replaces it; the app stays ready while another replica runs.
 What each deployment serves (model, weights, device) is static: asked once with `describe`,
 off the probe path, and cached.
 """
@@ -62,6 +66,7 @@ class ReadinessView:
         for key, (deployment, _) in self._checks.items():
             running = running_replicas(deployments, deployment) or 0
             entry = {"ready": running > 0, "deployment": deployment, "replicas_running": running}
+            entry.update(_serve_view(deployments.get(deployment)))
             status[key] = {**entry, **self._summaries.get(key, {})}
         missing = [k for k in self._checks if status[k]["ready"] and k not in self._summaries]
         if missing:
@@ -93,6 +98,17 @@ class ReadinessView:
 
 async def _call(describe: Callable[[], Awaitable[dict]]) -> Any:
     return await describe()
+
+
+def _serve_view(state: dict | None) -> dict:
+    """What Serve says of a deployment: status, its message when not healthy, replicas by
+    state."""
+    if state is None:
+        return {}
+    view = {"status": state["status"], "replicas": dict(state["replicas"])}
+    if state.get("message") and state["status"] != "HEALTHY":
+        view["message"] = state["message"]
+    return view
 
 
 def _waiting() -> dict:

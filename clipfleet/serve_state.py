@@ -10,8 +10,8 @@ from typing import Any
 
 
 def deployment_states() -> tuple[str | None, dict[str, dict] | None]:
-    """(application, {deployment: {status, replicas: {state: count}}}); (None, None) outside
-    a Serve replica (the Ray-free local graph)."""
+    """(application, {deployment: {status, message, replicas: {state: count}}}); (None, None)
+    outside a Serve replica (the Ray-free local graph)."""
     from ray.serve.context import _get_internal_replica_context
 
     replica = _get_internal_replica_context()
@@ -24,6 +24,7 @@ def deployment_states() -> tuple[str | None, dict[str, dict] | None]:
     return replica.app_name, {
         name: {
             "status": _text(state.status),
+            "message": state.message,
             "replicas": {_text(key): count for key, count in state.replica_states.items()},
         }
         for name, state in deployments.items()

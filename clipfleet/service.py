@@ -23,7 +23,7 @@ from clipfleet.config import (
     ClipModelSpec,
     ResNetSpec,
 )
-from clipfleet.errors import InvalidRequestError, PayloadTooLargeError, find_clipfleet_error
+from clipfleet.errors import InvalidRequestError, PayloadTooLargeError, is_variant_fault
 from clipfleet.fanout import Judged, gather_items, raise_for
 from clipfleet.fanout import once_more_if_replica_lost as again
 from clipfleet.fetch import ImageSource
@@ -35,8 +35,6 @@ from clipfleet.service_views import ServiceViews
 from clipfleet.traffic import TrafficConfig, TrafficManager
 
 logger = logging.getLogger("ray.serve")
-
-_NOT_THE_VARIANTS_FAULT = {502, 504}  # an image URL failing upstream says nothing of the model
 
 
 def clip_model_label(spec: ClipModelSpec) -> str:
@@ -74,10 +72,11 @@ def render_prompt(template: str, label: str) -> str:
 
 
 def counts_against_variant(exc: BaseException) -> bool:
-    error = find_clipfleet_error(exc)
-    if error is None:
-        return True
-    return error.status >= 500 and error.status not in _NOT_THE_VARIANTS_FAULT
+    """Blame where it happened: only a failure the variant's own replica raised while serving
+    (marked there: clipfleet/replicas/serving.py) counts. A fetch, DNS, URL or validation
+    failure, a deadline, an unreachable replica or a bug anywhere else does not, whatever its
+    class: those say nothing about the variant, and a client could provoke them at will."""
+    return is_variant_fault(exc)
 
 
 class ClipfleetService(ServiceViews, MixedOperations):
@@ -177,8 +176,9 @@ class ClipfleetService(ServiceViews, MixedOperations):
     async def _observed(
         self, profile: Profile, variant: str, routing: Routing | None
     ) -> AsyncIterator[Judged]:
-        """Feed the request's outcome to the canary guard. Client mistakes and requests pinned
-        to a variant don't count (a client must not be able to steer a rollback)."""
+        """Feed the request's outcome to the canary guard: a success, or a failure the variant
+        is blamed for (`counts_against_variant`); nothing else is recorded. Requests pinned to
+        a variant don't count (a client must not be able to steer a rollback)."""
         if profile.name in self.multiplexed:  # no canary split to guard
             yield Judged()
             return

@@ -9,13 +9,19 @@ import ray
 import torch
 from ray import serve
 
+from clipfleet.fleet_store import RayKVStore
 from clipfleet.models.device import DevicePlan, choose_device, set_torch_threads
 from clipfleet.models.sizing import ForwardLease, forward_slots, forward_threads
 from clipfleet.replicas.encoder import DEFAULT_CONFIG
+from clipfleet.replicas.serving import StallGuard
 
 # @serve.batch hands batches to the ForwardScheduler, which merges those that queue behind a
 # running forward; up to this many may be waiting there (each holds at least one item).
 MERGEABLE_BATCHES = 64
+
+# How often Serve calls an encoder's check_health: a forward past `stall_limit_s` gets the
+# replica replaced within about 3 periods (Serve's threshold) of it.
+HEALTH_CHECK_PERIOD_S = 2.0
 
 # The encoders' @serve.batch: its sizes are replaced live by reconfigure().
 mergeable_batch = serve.batch(
@@ -31,6 +37,13 @@ def prepare_replica() -> DevicePlan:
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
     set_torch_threads(forward_threads(cpus))
     return choose_device()
+
+
+def fleet_drills(guard: StallGuard) -> None:
+    """The `fault_stall_s` drill's slots, per deployment, in the application's shared store."""
+    context = serve.get_replica_context()
+    guard.drills = RayKVStore()
+    guard.drill_key = f"{context.app_name}/fault_stall/{context.deployment}"
 
 
 def node_lease(plan: DevicePlan) -> ForwardLease | None:

@@ -16,7 +16,12 @@ from clipfleet.config import MultiplexedProfileSpec, random_weights_enabled
 from clipfleet.multiplex import LoadedModel
 from clipfleet.replicas import multiplexed
 from deployments._context import replica_id
-from deployments._encoder import BatchedImagesAndTexts, prepare_replica
+from deployments._encoder import (
+    HEALTH_CHECK_PERIOD_S,
+    BatchedImagesAndTexts,
+    fleet_drills,
+    prepare_replica,
+)
 
 _RAY_WRAPPER_ATTR = "__serve_multiplex_wrapper"  # where @serve.multiplexed keeps its LRU
 
@@ -26,6 +31,7 @@ class MultiplexedClipEncoderBase(BatchedImagesAndTexts, multiplexed.MultiplexedC
 
     def __init__(self, profile: str, spec: MultiplexedProfileSpec) -> None:
         super().__init__(profile, spec, prepare_replica(), random_weights_enabled(), replica_id())
+        fleet_drills(self.guard)
 
     def _lru_models(self) -> dict[str, LoadedModel]:
         wrapper = getattr(self, _RAY_WRAPPER_ATTR, None)
@@ -43,6 +49,8 @@ def multiplexed_encoder(spec: MultiplexedProfileSpec) -> Deployment:
         async def _lru_get(self, model_id: str) -> LoadedModel:
             return await self.pool.take(model_id)
 
-    return serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)(
-        MultiplexedClipEncoder
-    )
+    return serve.deployment(
+        ray_actor_options={"num_cpus": 1},
+        max_ongoing_requests=64,
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
+    )(MultiplexedClipEncoder)

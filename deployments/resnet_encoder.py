@@ -7,11 +7,22 @@ from ray import serve
 from clipfleet.config import ResNetSpec, random_weights_enabled
 from clipfleet.replicas import encoder
 from deployments._context import replica_id
-from deployments._encoder import BatchedImages, node_lease, prepare_replica
+from deployments._encoder import (
+    HEALTH_CHECK_PERIOD_S,
+    BatchedImages,
+    fleet_drills,
+    node_lease,
+    prepare_replica,
+)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
+@serve.deployment(
+    ray_actor_options={"num_cpus": 1},
+    max_ongoing_requests=64,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
+)
 class ResNetEncoder(BatchedImages, encoder.ResNetEncoder):
     def __init__(self, spec: ResNetSpec) -> None:
         plan = prepare_replica()
         super().__init__(spec, plan, random_weights_enabled(), replica_id(), node_lease(plan))
+        fleet_drills(self.guard)

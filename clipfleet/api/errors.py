@@ -11,12 +11,15 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from clipfleet.errors import (
     RETRY_AFTER_S,
+    ClientClosedError,
     ClipfleetError,
     InvalidJsonError,
     InvalidRequestError,
+    ModelServingError,
     RequestTimeoutError,
     ServiceUnavailableError,
     causes,
@@ -74,12 +77,18 @@ def as_clipfleet_error(exc: BaseException, request_id: str | None) -> ClipfleetE
             return InvalidJsonError("the request body is not valid JSON")
         message = str(first.get("msg", "invalid request"))
         return InvalidRequestError(message, _validation_param(first), status=422)
+    if any(isinstance(cause, ClientDisconnect) for cause in causes(exc)):
+        # It hung up while sending its body (FastAPI wraps that in a 400).
+        return ClientClosedError("the client closed the connection")
     if isinstance(exc, StarletteHTTPException):
         return error_for_status(exc.status_code, str(exc.detail))
     error = find_clipfleet_error(exc) or _infrastructure_error(exc)
-    if error is not None:
+    if isinstance(error, ModelServingError):  # its replica logged the traceback
+        logger.error("request %s: a model replica failed: %s", request_id, error.message)
+    elif error is not None:
         return error
-    logger.exception("unhandled error in request %s", request_id, exc_info=exc)
+    else:
+        logger.exception("unhandled error in request %s", request_id, exc_info=exc)
     return ClipfleetError(f"internal error; quote request id {request_id} to the operator")
 
 

@@ -5,19 +5,22 @@
   server span, child of the client's W3C `traceparent` header if any), naming the span by route
   template and tagging it with the status, profile and variant;
 - records clipfleet_requests / _request_errors / _request_seconds by route template, profile,
-  variant and status;
+  variant and status (499 for a request whose client went away before its answer: Serve
+  cancels it; never a 500);
 - writes one structured log line per request (`extra` fields become JSON keys under Ray
   Serve's `logging_config: {encoding: JSON}`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from dataclasses import dataclass
 
 from clipfleet.asgi import HttpMiddleware
+from clipfleet.errors import ClientClosedError
 from clipfleet.observability import metrics, tracing
 
 logger = logging.getLogger("ray.serve")
@@ -37,8 +40,10 @@ class Outcome:
     profile: str = metrics.NO_LABEL
     variant: str = metrics.NO_LABEL
     trace_id: str | None = None
+    started: bool = False
 
     def capture(self, message: dict) -> None:
+        self.started = True
         self.status = message["status"]
         headers = dict(message.get("headers") or ())
         self.profile = _label(headers.get(PROFILE_HEADER)) or self.profile
@@ -75,6 +80,10 @@ class ObservabilityMiddleware(HttpMiddleware):
         started = time.perf_counter()
         try:
             await tracing.asgi_app(self.app)(scope, receive, send_observed)
+        except asyncio.CancelledError:
+            if not outcome.started:  # Serve cancels a request whose client went away
+                outcome.status = ClientClosedError.status
+            raise
         finally:
             _observe(scope, outcome, time.perf_counter() - started)
             tracing.reset_request_id(token)

@@ -16,6 +16,7 @@ from clipfleet.models.sizing import ForwardLease
 from clipfleet.observability.tracing import traced
 from clipfleet.replicas import LOCAL_REPLICA
 from clipfleet.replicas.encoder import ImageEncoder, cached_embedding, inject_faults
+from clipfleet.replicas.serving import serving
 
 
 class ClipEncoder(ImageEncoder):
@@ -36,16 +37,19 @@ class ClipEncoder(ImageEncoder):
         return {**super()._forwards(), "text": self.model.encode_texts}
 
     @traced("encoder.embed_text")
+    @serving
     async def embed_text(self, text: str) -> np.ndarray:
         await inject_faults(self.config)
         return await self._embed_one_text(text)
 
     @traced("encoder.embed_texts")
+    @serving
     async def embed_texts(self, texts: list[str]) -> np.ndarray:
         """(N, D) for N texts; each text joins the shared batch queue with other requests'."""
         await inject_faults(self.config)
         return np.stack(await asyncio.gather(*(self._embed_one_text(text) for text in texts)))
 
+    @serving
     async def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens per text (start/end included, truncated to the context): usage figures."""
         return await asyncio.to_thread(self.model.count_tokens, texts)

@@ -28,6 +28,7 @@ from clipfleet.observability import metrics
 from clipfleet.observability.resources import process_resources
 from clipfleet.observability.tracing import traced
 from clipfleet.replicas import LOCAL_REPLICA
+from clipfleet.replicas.serving import StallGuard, serving
 
 logger = logging.getLogger("ray.serve")
 
@@ -85,6 +86,16 @@ async def inject_faults(config: EncoderConfig) -> None:
         raise RuntimeError("fault injected by user_config.fault_error_ratio")
 
 
+def stall_view(guard: StallGuard, config: EncoderConfig) -> dict[str, Any]:
+    """What `describe` says about forwards and stalls."""
+    return {
+        "stall_limit_s": config.stall_limit_s,
+        "running_forward_s": round(guard.running_for(), 3),
+        "slowest_forward_s": round(guard.slowest_forward_s, 3),
+        "stalled": guard.stalled,
+    }
+
+
 class ImageEncoder:
     """Per item: preprocess on the event loop's thread pool; per batch: one forward pass.
 
@@ -104,7 +115,8 @@ class ImageEncoder:
         self.config = DEFAULT_CONFIG
         self.cache = EmbeddingCache(self.config.cache)
         self.lease = lease
-        forwards = self._forwards()
+        self.guard = StallGuard(replica_id)
+        forwards = {kind: self.guard.watch(f) for kind, f in self._forwards().items()}
         if lease is not None:
             forwards = {kind: lease.wrap(forward) for kind, forward in forwards.items()}
         self.batch_sizes: dict[str, Counter[int]] = {kind: Counter() for kind in forwards}
@@ -123,9 +135,16 @@ class ImageEncoder:
         rejected. `batched`: the shell's @serve.batch methods, resized live. Async: it runs on
         the event loop, never on a thread beside the requests."""
         config = apply_encoder_config(self, user_config, batched)
+        await self.guard.apply_drill(config)
         logger.info("encoder config set to %s", config.model_dump())
 
+    async def check_health(self) -> None:
+        """Serve's health check: fails while a forward has run past `stall_limit_s`, so Serve
+        replaces a hung replica (clipfleet/replicas/serving.py)."""
+        self.guard.check(self.config.stall_limit_s, self.scheduler.fail_all)
+
     @traced("encoder.embed_image")
+    @serving
     async def embed_image(
         self, image: np.ndarray | EncodedJpeg, timed: bool = False
     ) -> np.ndarray | tuple[np.ndarray, float]:
@@ -185,6 +204,7 @@ class ImageEncoder:
                 if kind != "image"
             },
             "pending": self.scheduler.pending(),
+            "stall": stall_view(self.guard, self.config),
             "cache": self.cache.stats(),
             "torch_threads": torch.get_num_threads(),
             "forward_lease": self.lease.stats() if self.lease is not None else None,

@@ -35,7 +35,9 @@ from clipfleet.replicas.encoder import (
     apply_encoder_config,
     cached_embedding,
     embed_timed,
+    stall_view,
 )
+from clipfleet.replicas.serving import StallGuard, serving
 
 # The model id of the request being served, where no Serve replica context provides one.
 REQUESTED_MODEL: contextvars.ContextVar[str] = contextvars.ContextVar(
@@ -85,6 +87,7 @@ class MultiplexedClipEncoder:
         self.config = DEFAULT_CONFIG
         self.cache = EmbeddingCache(self.config.cache)
         self.scheduler = ForwardScheduler({}, self.config.max_batch_size, self._count_batch)
+        self.guard = StallGuard(replica_id)
         process_resources()
 
     def _build(self, resolved: ResolvedModel) -> Any:
@@ -114,10 +117,17 @@ class MultiplexedClipEncoder:
         return await self.model(model_id, count)
 
     async def reconfigure(self, user_config: dict[str, Any], batched: list | tuple = ()) -> None:
-        """user_config: EncoderConfig (batching, cache); unknown keys are rejected."""
-        apply_encoder_config(self, user_config, batched)
+        """user_config: EncoderConfig (batching, cache, stall limit, drills); unknown keys are
+        rejected."""
+        config = apply_encoder_config(self, user_config, batched)
+        await self.guard.apply_drill(config)
+
+    async def check_health(self) -> None:
+        """Serve's health check: fails while a forward has run past `stall_limit_s`."""
+        self.guard.check(self.config.stall_limit_s, self.scheduler.fail_all)
 
     @traced("multiplexed.embed_image")
+    @serving
     async def embed_image(
         self, image: np.ndarray, timed: bool = False
     ) -> np.ndarray | tuple[np.ndarray, float]:
@@ -136,16 +146,19 @@ class MultiplexedClipEncoder:
         return await cached_embedding(self.cache, key, "image", compute)
 
     @traced("multiplexed.embed_text")
+    @serving
     async def embed_text(self, text: str) -> np.ndarray:
         loaded = await self._model()
         return await self._embed_one_text(loaded.model_id, text)
 
     @traced("multiplexed.embed_texts")
+    @serving
     async def embed_texts(self, texts: list[str]) -> np.ndarray:
         loaded = await self._model()
         vectors = [self._embed_one_text(loaded.model_id, text) for text in texts]
         return np.stack(await asyncio.gather(*vectors))
 
+    @serving
     async def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens per text with this model's own tokenizer: usage figures."""
         loaded = await self._model(count=False)
@@ -165,12 +178,13 @@ class MultiplexedClipEncoder:
 
     async def _forward_images(self, pixel_batch: list[torch.Tensor]) -> list[np.ndarray]:
         loaded = await self._model(count=False)  # Serve's batches hold one model id each
-        forward = loaded.model.encode_images
+        forward = self.guard.watch(loaded.model.encode_images)
         return await self.scheduler.run("image", pixel_batch, loaded.model_id, forward)
 
     async def _forward_texts(self, texts: list[str]) -> list[np.ndarray]:
         loaded = await self._model(count=False)
-        return await self.scheduler.run("text", texts, loaded.model_id, loaded.model.encode_texts)
+        forward = self.guard.watch(loaded.model.encode_texts)
+        return await self.scheduler.run("text", texts, loaded.model_id, forward)
 
     def _count_batch(self, kind: str, size: int, seconds: float) -> None:
         metrics.record_batch(kind, size)
@@ -199,6 +213,7 @@ class MultiplexedClipEncoder:
             "ready": True,
             "config": self.config.model_dump(),
             "pending": self.scheduler.pending(),
+            "stall": stall_view(self.guard, self.config),
             "cache": self.cache.stats(),
             "process": process_resources(self.plan.name),
         }

@@ -118,6 +118,53 @@ def test_live_reconfiguration_keeps_replicas(serve_apps, traffic_args, traffic_u
     assert {name: replica_actor_ids(name) for name in before} == before
 
 
+INVALID_HOST_URLS = ["http://a..b/x.jpg", "http://xn--/x.jpg", f"http://{'a' * 64}.example/x.jpg"]
+
+
+def test_hostile_urls_never_roll_a_healthy_canary_back(serve_apps, traffic_args, traffic_url):
+    """Under real Serve: image URLs whose host is invalid IDNA (today's UnicodeError in name
+    resolution was a 500 counted against the canary) sent unpinned to a healthy canary, in
+    waves that the guard judges, are 400 invalid_url and leave it in."""
+    ingress = {
+        "weights": {"fast": {"stable": 50, "canary": 50}},
+        "rollback": {"min_requests": 10, "window_s": 120},
+    }
+    deploy(serve_apps, traffic_args, ingress)
+    wait_for(
+        lambda: ingress_traffic(traffic_url)["canary"]["traffic"]["configured_weight"] == 50,
+        90,
+        message="a healthy canary at 50 %",
+    )
+    canary_keys = [key for key in (f"k-{n}" for n in range(80)) if is_canary(traffic_url, key)]
+    assert len(canary_keys) >= 10
+
+    def hostile(key_and_url: tuple[str, str]) -> tuple[int, str, str]:
+        key, url = key_and_url
+        body = {"images": [{"url": url}]}
+        headers = {"X-Clipfleet-Route-Key": key}
+        response = requests.post(
+            f"{traffic_url}/v1/embed/image", json=body, headers=headers, timeout=60
+        )
+        error = response.json()["error"]
+        return response.status_code, error["type"], response.headers["X-Clipfleet-Variant"]
+
+    sent = []
+    for _ in range(6):  # the guard judges about once a second
+        urls = [(key, INVALID_HOST_URLS[n % 3]) for n, key in enumerate(canary_keys[:10])]
+        with ThreadPoolExecutor(10) as pool:
+            sent += list(pool.map(hostile, urls))
+        time.sleep(0.5)
+    assert set(sent) == {(400, "invalid_url", "canary")}, Counter(sent)
+    time.sleep(2)  # one more judgement after the last wave
+    canary = ingress_traffic(traffic_url)["canary"]["traffic"]
+    assert not canary["rolled_back"] and canary["weight"] == 50, canary
+    assert canary["window_errors"] == 0, canary
+
+
+def is_canary(url: str, key: str) -> bool:
+    return embed_text(url, key).headers.get("X-Clipfleet-Variant") == "canary"
+
+
 def test_failing_canary_is_rolled_back_while_stable_never_fails(
     serve_apps, traffic_args, traffic_url
 ):

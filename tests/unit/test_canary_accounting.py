@@ -1,4 +1,5 @@
-"""What the canary guard counts: unpinned requests only, latency as the encoder reports it."""
+"""What the canary guard counts: unpinned requests only, failures only where the variant's own
+replica marked them, latency as the encoder reports it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ import numpy as np
 import pytest
 
 from clipfleet.config import AppArgs, ClipModelSpec, ProfileSpec, ResNetSpec
+from clipfleet.errors import (
+    ForbiddenUrlError,
+    InvalidRequestError,
+    InvalidUrlError,
+    ModelServingError,
+    PayloadTooLargeError,
+    ReplicaStalledError,
+    RequestTimeoutError,
+    ServiceUnavailableError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from clipfleet.fetch import ImageSource
 from clipfleet.service import ClipfleetService, Routing
 from clipfleet.traffic import RollbackPolicy, TrafficConfig
@@ -27,7 +40,8 @@ class Call:
 
 
 class Encoder:
-    """Answers `embed_image(timed=True)` claiming ENCODER_S; texts fail on the canary."""
+    """Answers `embed_image(timed=True)` claiming ENCODER_S; texts fail on the canary, as the
+    real encoder marks a failure of its own (clipfleet/replicas/serving.py)."""
 
     def __init__(self, failing: bool) -> None:
         self.failing = failing
@@ -36,7 +50,7 @@ class Encoder:
 
     def _texts(self, texts):
         if self.failing:
-            raise RuntimeError("broken canary")
+            raise ModelServingError("RuntimeError in embed_texts: broken canary")
         return np.ones((len(texts), 4))
 
 
@@ -78,7 +92,7 @@ def service() -> ClipfleetService:
 def test_pinned_requests_never_count(service):
     async def scenario():
         for _ in range(20):
-            with pytest.raises(RuntimeError):
+            with pytest.raises(ModelServingError):
                 await service.embed_texts(["a cat"], None, Routing(variant="canary"))
 
     asyncio.run(scenario())
@@ -90,7 +104,7 @@ def test_pinned_requests_never_count(service):
 def test_unpinned_failures_roll_back_and_latency_is_the_encoders(service):
     async def scenario():
         for _ in range(5):
-            with pytest.raises(RuntimeError):
+            with pytest.raises(ModelServingError):
                 await service.embed_texts(["a cat"], None, Routing(variant=None, key=None))
         await service.embed_images([ImageSource(url="http://x/slow.jpg")], "clip", None)
 
@@ -101,3 +115,66 @@ def test_unpinned_failures_roll_back_and_latency_is_the_encoders(service):
     assert canary["window_requests"] == 6 and canary["window_errors"] == 5
     assert canary["window_p95_s"] <= ENCODER_S * 1.25  # the encoder's seconds, one bucket
     assert canary["rolled_back"]
+
+
+class FailingFetcher:
+    """Every image fetch fails with `error`, as a fetcher (not the encoder) would raise it."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.fetch = Call(self._fetch)
+
+    async def _fetch(self, source):
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InvalidUrlError("the image url host is not a valid host name"),
+        InvalidRequestError("give exactly one of `url` or `base64`"),
+        ForbiddenUrlError("the image url host points to a private address"),
+        PayloadTooLargeError("the image is larger than 20 MiB"),
+        UpstreamError("the image url answered HTTP 404"),  # 502
+        UpstreamTimeoutError("the image url did not answer within 10 s"),  # 504
+        RequestTimeoutError("the request did not complete in time"),  # 504
+        ServiceUnavailableError("the service is at capacity"),  # Serve's queues, 503
+        UnicodeError("label empty or too long"),  # DNS of an invalid IDNA host: not marked
+        KeyError("a bug in the fetcher"),  # a 500, but not the variant's
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_failures_outside_the_variant_never_count(service, error):
+    """4xx, 502, 504, Serve's 503 and any exception not marked by the variant's own replica
+    leave its outcome alone, whatever the class."""
+    service.fetcher = FailingFetcher(error)
+    service.traffic.choose = lambda profile, key=None, pinned=None: pinned or "canary"
+
+    async def scenario():
+        for _ in range(10):
+            with pytest.raises(type(error)):
+                await service.embed_images([ImageSource(url="http://x/a.jpg")], "clip", None)
+
+    asyncio.run(scenario())
+    service.traffic.sync()
+    canary = service.traffic_view()["fast"]["canary"]
+    assert canary["window_requests"] == 0 and canary["window_errors"] == 0
+    assert not canary["rolled_back"]
+
+
+def test_a_stalled_canary_replica_counts_against_it(service):
+    """A stall is the variant's own failure: if sending the call once more fails too, it is
+    counted (and the client gets the 503)."""
+    stalled = Call(lambda image, timed=False: (_ for _ in ()).throw(ReplicaStalledError("hung")))
+    service.profiles["fast"].clip["canary"].embed_image = stalled
+    service.traffic.choose = lambda profile, key=None, pinned=None: pinned or "canary"
+
+    async def scenario():
+        for _ in range(5):
+            with pytest.raises(ReplicaStalledError):
+                await service.embed_images([ImageSource(url="http://x/a.jpg")], "clip", None)
+
+    asyncio.run(scenario())
+    service.traffic.sync()
+    canary = service.traffic_view()["fast"]["canary"]
+    assert canary["window_errors"] == 5 and canary["rolled_back"]

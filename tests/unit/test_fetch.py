@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 
 import pytest
+from aiohttp.abc import AbstractResolver
 
-from clipfleet.errors import ClipfleetError, InvalidRequestError
+from clipfleet.errors import ClipfleetError, InvalidRequestError, InvalidUrlError
 from clipfleet.fetch import CONNECTIONS_PER_HOST, ImageFetcher, ImageSource
 from tests.support.images import ImageServer, LoopbackServer, image_base64, image_bytes
 from tests.support.local_dag import loopback_fetch
@@ -43,10 +45,59 @@ async def test_upstream_failures_map_to_statuses(server, fetcher, path, status):
     assert caught.value.status == status, caught.value.message
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/a.jpg", "file:///etc/passwd", "not a url"])
-async def test_only_http_urls(fetcher, url):
-    with pytest.raises(InvalidRequestError):
-        await fetcher.load(ImageSource(url=url))
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/a.jpg",
+        "file:///etc/passwd",
+        "not a url",
+        "http://a..b/x.jpg",  # each of these raised UnicodeError inside name resolution
+        "http://xn--/x.jpg",
+        f"http://{'a' * 64}.example/x.jpg",
+        "http://xn--zz.example/x.jpg",
+        "http://exa%20mple.example/x.jpg",
+        "http://-lead.example/x.jpg",
+        "http://a.b:99999/x.jpg",
+    ],
+)
+async def test_only_well_formed_http_urls_before_any_lookup(url):
+    resolver = NoDns()
+    fetcher = ImageFetcher(loopback_fetch(), resolver=resolver)
+    try:
+        with pytest.raises(InvalidUrlError) as caught:
+            await fetcher.load(ImageSource(url=url))
+    finally:
+        await fetcher.close()
+    assert (caught.value.status, caught.value.type) == (400, "invalid_url")
+    assert resolver.calls == []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://xn--fa-hia.example/x.jpg", "http://faß.example/x.jpg", "http://a_b.example/"]
+)
+async def test_valid_internationalised_and_underscored_hosts_are_looked_up(url):
+    resolver = NoDns()
+    fetcher = ImageFetcher(loopback_fetch(), resolver=resolver)
+    try:
+        with pytest.raises(ClipfleetError) as caught:
+            await fetcher.load(ImageSource(url=url))
+    finally:
+        await fetcher.close()
+    assert caught.value.status == 502 and len(resolver.calls) == 1
+
+
+class NoDns(AbstractResolver):
+    """Records lookups and answers none (no network in tests)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        self.calls.append(host)
+        raise OSError(f"{host}: no DNS here")
+
+    async def close(self):
+        pass
 
 
 async def test_base64_and_raw_bytes(fetcher):

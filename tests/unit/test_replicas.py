@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from clipfleet.config import AppArgs, ClipModelSpec, MultiplexedProfileSpec, ResNetSpec
-from clipfleet.errors import InvalidRequestError
+from clipfleet.errors import InvalidRequestError, ModelServingError
 from clipfleet.fetch import ImageSource
 from clipfleet.graph import wire
 from clipfleet.replicas.clip import ClipEncoder
@@ -102,9 +102,9 @@ def test_reconfigure_rejects_unknown_keys_and_keeps_the_config(clip):
 # -- faults ----------------------------------------------------------------------------------
 def test_fault_knobs_fail_or_delay_requests(clip):
     asyncio.run(clip.reconfigure({"fault_error_ratio": 1.0}))
-    with pytest.raises(RuntimeError, match="fault injected"):
+    with pytest.raises(ModelServingError, match="fault injected"):  # the variant's fault
         asyncio.run(clip.embed_text("a cat"))
-    with pytest.raises(RuntimeError, match="fault injected"):
+    with pytest.raises(ModelServingError, match="fault injected"):
         asyncio.run(clip.embed_image(IMAGE))
     asyncio.run(clip.reconfigure({"fault_latency_s": 0.2}))
     started = time.perf_counter()

@@ -5,11 +5,20 @@ Several TrafficManagers over one MemoryStore play the ingress replicas of one ap
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from pydantic import ValidationError
 
 from clipfleet.fleet_store import MemoryStore
-from clipfleet.traffic import STALE_AFTER_S, RollbackPolicy, TrafficConfig, TrafficManager
+from clipfleet.traffic import (
+    STALE_AFTER_S,
+    RollbackPolicy,
+    TrafficConfig,
+    TrafficManager,
+    exchange,
+)
 from clipfleet.traffic_window import Counts, judge
 
 VARIANTS = {"fast": ["stable", "canary"], "accurate": ["stable"]}
@@ -113,6 +122,63 @@ def test_slow_canary_is_rolled_back_on_p95():
         traffic.record("fast", "canary", True, 0.5)
     (rollback,) = traffic.sync()
     assert "p95" in rollback.reason
+
+
+@pytest.mark.parametrize(
+    ("stable_s", "canary_s", "rolled_back"),
+    [
+        (0.010, 0.040, False),  # 4 x stable's p95, but only 30 ms slower: under 50 ms
+        (0.100, 0.180, False),  # 80 ms slower, but under 2 x
+        (0.100, 0.300, True),  # both: 3 x and 200 ms slower
+    ],
+)
+def test_p95_guard_needs_both_the_ratio_and_min_p95_increase_s(stable_s, canary_s, rolled_back):
+    traffic = manager(min_requests=10, max_p95_ratio=2.0, min_p95_increase_s=0.05)
+    for _ in range(20):
+        traffic.record("fast", "stable", True, stable_s)
+        traffic.record("fast", "canary", True, canary_s)
+    decided = traffic.sync()
+    assert bool(decided) == rolled_back, decided
+    assert traffic.status("fast")["canary"]["rolled_back"] == rolled_back
+
+
+class RendezvousStore(MemoryStore):
+    """Holds every put-if-absent until `parties` callers make one: replicas that judged the
+    same window at the same moment, racing to write the rollback."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__(shared=True)
+        self.barrier = threading.Barrier(parties, timeout=10)
+
+    def put(self, key: str, value: bytes, overwrite: bool = True) -> bool:
+        if not overwrite:
+            self.barrier.wait()
+        return super().put(key, value, overwrite)
+
+
+def test_a_rollback_is_decided_once_when_replicas_judge_at_the_same_moment():
+    clock = Clock()
+    weights = {"fast": {"stable": 50, "canary": 50}}
+    seed = MemoryStore(shared=True)
+    replicas = [manager(weights, clock, seed, f"r{i}", min_requests=10) for i in range(3)]
+    store = RendezvousStore(parties=len(replicas))
+    store._data = dict(seed._data)  # the epochs the replicas already share
+    for traffic in replicas:
+        traffic.store = store
+        for _ in range(10):  # each alone is past min_requests: each would roll back
+            traffic.record("fast", "canary", False, 0.01)
+    arguments = [traffic.prepare() for traffic in replicas]
+    with ThreadPoolExecutor(len(replicas)) as pool:  # exchange() is what the sync thread runs
+        results = list(pool.map(lambda args: exchange(*args), arguments))
+    decided = [
+        traffic.adopt(view, rollbacks, at=args[-1])
+        for traffic, (view, rollbacks), args in zip(replicas, results, arguments, strict=True)
+    ]
+    assert sum(len(rollbacks) for rollbacks in decided) == 1  # one writer, one warning/metric
+    assert sum(traffic.rollbacks for traffic in replicas) == 1
+    for traffic in replicas:  # and every replica routes by it
+        assert traffic.status("fast")["canary"]["rolled_back"]
+        assert {traffic.choose("fast") for _ in range(100)} == {"stable"}
 
 
 def test_healthy_canary_and_old_failures_are_left_alone():

@@ -143,15 +143,15 @@ def test_p95_guard_needs_both_the_ratio_and_min_p95_increase_s(stable_s, canary_
 
 
 class RendezvousStore(MemoryStore):
-    """Holds every put-if-absent until `parties` callers make one: replicas that judged the
-    same window at the same moment, racing to write the rollback."""
+    """Holds every write of a rollback until `parties` callers make one: replicas that judged
+    the same window at the same moment, racing to write it."""
 
     def __init__(self, parties: int) -> None:
         super().__init__(shared=True)
         self.barrier = threading.Barrier(parties, timeout=10)
 
     def put(self, key: str, value: bytes, overwrite: bool = True) -> bool:
-        if not overwrite:
+        if "/rollback/" in key:
             self.barrier.wait()
         return super().put(key, value, overwrite)
 

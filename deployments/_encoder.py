@@ -23,6 +23,13 @@ MERGEABLE_BATCHES = 64
 # replica replaced within about 3 periods (Serve's threshold) of it.
 HEALTH_CHECK_PERIOD_S = 2.0
 
+# Every encoder's @serve.deployment options (a Serve config's entry overrides them).
+encoder_deployment = serve.deployment(
+    ray_actor_options={"num_cpus": 1},
+    max_ongoing_requests=64,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
+)
+
 # The encoders' @serve.batch: its sizes are replaced live by reconfigure().
 mergeable_batch = serve.batch(
     max_batch_size=DEFAULT_CONFIG.max_batch_size,

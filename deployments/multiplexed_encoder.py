@@ -17,8 +17,8 @@ from clipfleet.multiplex import LoadedModel
 from clipfleet.replicas import multiplexed
 from deployments._context import replica_id
 from deployments._encoder import (
-    HEALTH_CHECK_PERIOD_S,
     BatchedImagesAndTexts,
+    encoder_deployment,
     fleet_drills,
     prepare_replica,
 )
@@ -49,8 +49,4 @@ def multiplexed_encoder(spec: MultiplexedProfileSpec) -> Deployment:
         async def _lru_get(self, model_id: str) -> LoadedModel:
             return await self.pool.take(model_id)
 
-    return serve.deployment(
-        ray_actor_options={"num_cpus": 1},
-        max_ongoing_requests=64,
-        health_check_period_s=HEALTH_CHECK_PERIOD_S,
-    )(MultiplexedClipEncoder)
+    return encoder_deployment(MultiplexedClipEncoder)

@@ -1,14 +1,19 @@
-"""Hardening under a real Serve: a hostile corpus, SSRF refusals, overload, a killed replica.
+"""Hardening under a real Serve: a hostile corpus, SSRF refusals, overload, a killed replica,
+a hung replica.
 
 One app ("faults", at /faults): one profile whose CLIP encoder runs two small replicas with a
-short, bounded queue, so that overload and replica loss are cheap to provoke on 2 cores.
+short, bounded queue, so that overload and replica loss are cheap to provoke on 2 cores, and a
+short health-check period and stall limit, so that a hung forward is caught in seconds.
 Every load run is bounded in requests and time, and every request has a client timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
@@ -30,6 +35,7 @@ REPLICAS, MAX_ONGOING, MAX_QUEUED = 2, 4, 8
 CLIENT_TIMEOUT_S = 30
 TEXT = {"texts": ["a cat"]}
 KILL_LATENCY_S, KILL_CLIENTS = 0.5, REPLICAS * MAX_ONGOING
+HEALTH_CHECK_PERIOD_S, STALL_LIMIT_S, STALL_S = 1.0, 2.0, 60.0
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +51,28 @@ def fault_args(model_dir) -> AppArgs:
     )
 
 
-def deploy(serve_apps, args: AppArgs, latency_s: float = 0.0) -> None:
+def deploy(
+    serve_apps,
+    args: AppArgs,
+    latency_s: float = 0.0,
+    max_ongoing: int = MAX_ONGOING,
+    max_queued: int = MAX_QUEUED,
+    **encoder_config,
+) -> None:
     encoder = {
         "name": ENCODER,
         "num_replicas": REPLICAS,
-        "max_ongoing_requests": MAX_ONGOING,
-        "max_queued_requests": MAX_QUEUED,
+        "max_ongoing_requests": max_ongoing,
+        "max_queued_requests": max_queued,
         "backpressure_config": {"retry_after_s": 1},
-        "user_config": {"max_batch_size": 4, "fault_latency_s": latency_s},
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+        "graceful_shutdown_timeout_s": 5,
+        "user_config": {
+            "max_batch_size": 4,
+            "fault_latency_s": latency_s,
+            "stall_limit_s": STALL_LIMIT_S,
+            **encoder_config,
+        },
     }
     serve_apps.apply(APP, PREFIX, args, merge_deployments(small_deployments(args), [encoder]))
 
@@ -76,7 +96,7 @@ def timed_text_request(url: str) -> tuple[int, float, requests.Response]:
 
 
 def assert_clean_503(response: requests.Response) -> None:
-    assert response.headers.get("Retry-After") == "1", response.headers
+    assert int(response.headers.get("Retry-After", "0")) >= 1, response.headers
     assert response.json()["error"]["type"] == "service_unavailable", response.text
 
 
@@ -84,6 +104,31 @@ def assert_healthy(url: str) -> None:
     assert requests.get(f"{url}/readyz", timeout=CLIENT_TIMEOUT_S).status_code == 200
     normal = post(url, "/v1/embed/image", json={"images": [{"base64": image_base64()}]})
     assert normal.status_code == 200, normal.text
+
+
+@contextlib.contextmanager
+def closed_loop(clients: int, request: Callable[[], requests.Response], *beside: Callable):
+    """`clients` threads sending `request()` back to back (each raises if it hangs) and each
+    of `beside(stop_at)` next to them, until the block ends, whatever happens in it. Yields
+    (results, stop_at): (sent, answered, status, response) per answer, and when they stop."""
+    results: list[tuple[float, float, int, requests.Response]] = []
+    stop_at = [time.monotonic() + 600]
+
+    def load() -> None:
+        while time.monotonic() < stop_at[0]:
+            sent = time.monotonic()
+            response = request()
+            results.append((sent, time.monotonic(), response.status_code, response))
+
+    with ThreadPoolExecutor(clients + len(beside)) as pool:
+        futures = [pool.submit(load) for _ in range(clients)]
+        futures += [pool.submit(task, stop_at) for task in beside]
+        try:
+            yield results, stop_at
+        finally:
+            stop_at[0] = time.monotonic()  # the clients stop, whatever happened
+        for future in futures:
+            future.result()
 
 
 def encoder_replicas() -> list[str]:
@@ -95,6 +140,17 @@ def encoder_replicas() -> list[str]:
 def running_encoders() -> int:
     deployment = serve.status().applications[APP].deployments[ENCODER]
     return deployment.replica_states.get("RUNNING", 0)
+
+
+def wait_replaced(original: set[str], within_s: float) -> float:
+    """When (monotonic) a new encoder replica runs beside the others, back to full capacity."""
+    wait_for(
+        lambda: set(encoder_replicas()) - original and running_encoders() == REPLICAS,
+        within_s,
+        interval_s=0.5,
+        message=f"a replica replaced within {within_s} s",
+    )
+    return time.monotonic()
 
 
 def ingress_rss_bytes() -> int:
@@ -170,33 +226,16 @@ def test_killed_replica_mid_forward_costs_time_not_errors(serve_apps, fault_args
     wait_for(lambda: running_encoders() == REPLICAS, 120, message="full capacity")
     original = set(encoder_replicas())
     victim = sorted(original)[0]
-    results: list[tuple[float, float, int, requests.Response]] = []  # sent, answered, status
-    stop_at = [time.monotonic() + 600]
 
-    def load(worker: int) -> None:
-        while time.monotonic() < stop_at[0]:
-            sent = time.monotonic()
-            status, _, response = timed_text_request(faults_url)  # raises if it hangs
-            results.append((sent, time.monotonic(), status, response))
+    def text() -> requests.Response:
+        return post(faults_url, "/v1/embed/text", json=TEXT)
 
-    with ThreadPoolExecutor(KILL_CLIENTS) as pool:
-        futures = [pool.submit(load, worker) for worker in range(KILL_CLIENTS)]
-        try:
-            time.sleep(4)
-            killed_at = time.monotonic()
-            ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-            wait_for(
-                lambda: set(encoder_replicas()) - original and running_encoders() == REPLICAS,
-                30,
-                interval_s=0.5,
-                message="replica replaced within 30 s",
-            )
-            replaced_at = time.monotonic()
-            time.sleep(6)
-        finally:
-            stop_at[0] = time.monotonic()  # the clients stop, whatever happened
-        for future in futures:
-            future.result()
+    with closed_loop(KILL_CLIENTS, text) as (results, stop_at):
+        time.sleep(4)
+        killed_at = time.monotonic()
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        replaced_at = wait_replaced(original, 30)
+        time.sleep(6)
     before = [r for r in results if r[1] < killed_at]
     in_flight = [r for r in results if r[0] < killed_at < r[1]]
     after = [r for r in results if r[0] >= killed_at]
@@ -244,3 +283,87 @@ def test_readiness_fails_without_an_encoder_and_recovers(faults_url):
     wait_ready(faults_url, timeout_s=120)
     wait_for(lambda: running_encoders() == REPLICAS, 120, message="replicas replaced")
     assert_healthy(faults_url)
+
+
+def encoder_readiness(url: str) -> tuple[int, dict]:
+    response = requests.get(f"{url}/readyz", timeout=CLIENT_TIMEOUT_S)
+    return response.status_code, response.json()["deployments"]["fast.clip"]
+
+
+def test_a_hung_replica_is_replaced_not_waited_on(serve_apps, fault_args, faults_url):
+    """One of two encoder replicas hangs in a forward (`fault_stall_s`): it fails its health
+    check past `stall_limit_s`, what waited on it is sent once more to the live replica, Serve
+    replaces it, /readyz shows it meanwhile; <= 1 % of requests fail (clean 503s), and the
+    full service (two RUNNING replicas, a new one among them) is back within 60 s."""
+    deploy(serve_apps, fault_args, cache={"enabled": False})
+    wait_for(lambda: running_encoders() == REPLICAS, 120, message="full capacity")
+    wait_for(lambda: timed_text_request(faults_url)[0] == 200, 60, message="serving")
+    original = set(encoder_replicas())
+    numbers = itertools.count()  # every text new: no cache hit spares a forward
+    probes: list[tuple[int, dict]] = []
+
+    def new_text() -> requests.Response:
+        return post(faults_url, "/v1/embed/text", json={"texts": [f"a cat {next(numbers)}"]})
+
+    def probe(stop_at: list[float]) -> None:
+        while time.monotonic() < stop_at[0]:
+            probes.append(encoder_readiness(faults_url))
+            time.sleep(0.5)
+
+    with closed_loop(KILL_CLIENTS, new_text, probe) as (results, _):
+        time.sleep(3)
+        stalled_at = time.monotonic()
+        deploy(serve_apps, fault_args, cache={"enabled": False}, fault_stall_s=STALL_S)
+        recovered_at = wait_replaced(original, 60)
+        time.sleep(3)
+    survivors = original & set(encoder_replicas())
+    assert len(survivors) == REPLICAS - 1, (original, encoder_replicas())  # one hung, one not
+    after = [r for r in results if r[0] >= stalled_at]
+    failed = [r for r in after if r[2] != 200]
+    assert len(failed) <= len(after) // 100, [(r[2], r[3].text[:200]) for r in failed]
+    for _, _, status, response in failed:
+        assert status == 503, (status, response.text)
+        assert_clean_503(response)
+    waited = max(answered - sent for sent, answered, _, _ in after)
+    assert waited >= STALL_LIMIT_S  # some requests did wait on the hung forward
+    assert {status for status, _ in probes} == {200}  # the other replica kept the app ready
+    assert any(
+        entry.get("status") != "HEALTHY" or set(entry.get("replicas", {})) != {"RUNNING"}
+        for _, entry in probes
+    ), probes[-3:]
+    print(
+        f"stall drill: {len(failed)}/{len(after)} requests failed; longest wait {waited:.1f} s; "
+        f"replaced and back in {recovered_at - stalled_at:.1f} s"
+    )
+    deploy(serve_apps, fault_args)  # fault_stall_s 0: the drill is over
+    wait_for(lambda: running_encoders() == REPLICAS, 120, message="full capacity")
+    assert_healthy(faults_url)
+
+
+def test_admission_sheds_what_would_wait_before_serves_queues_do(
+    serve_apps, fault_args, faults_url
+):
+    """The ingress's admission, not Serve's queues, refuses what would wait past
+    `limits.shed_wait_s`: with 0.5 s per request measured one at a time (2/s) and a 1 s shed
+    wait, a burst of 40 gets the first 16 admitted and most of the rest a 503 + Retry-After
+    marked `X-Clipfleet-Shed: admission`, while the encoders have room for all 40 (a queue
+    of 2 x 64): removing the middleware from create_app, or one that never sheds, fails it."""
+    limits = fault_args.limits.model_copy(update={"shed_wait_s": 1.0})
+    shedding = fault_args.model_copy(update={"limits": limits})  # a fresh ingress replica
+    deploy(serve_apps, shedding, latency_s=0.5, max_ongoing=64, max_queued=64)
+    wait_ready(faults_url)
+    wait_for(lambda: timed_text_request(faults_url)[1] >= 0.5, 60, message="latency injected")
+    for _ in range(8):  # measured one at a time: about 2 served a second
+        assert timed_text_request(faults_url)[0] == 200
+    with ThreadPoolExecutor(40) as pool:
+        burst = list(pool.map(lambda _: timed_text_request(faults_url), range(40)))
+    statuses = Counter(status for status, _, _ in burst)
+    assert set(statuses) <= {200, 503} and statuses[200] >= 16, statuses
+    shed = [response for status, _, response in burst if status == 503]
+    assert len(shed) >= 12, statuses
+    for response in shed:
+        assert_clean_503(response)
+        assert response.headers.get("X-Clipfleet-Shed") == "admission", response.headers
+    deploy(serve_apps, fault_args)
+    wait_ready(faults_url)
+    wait_for(lambda: timed_text_request(faults_url)[1] < 0.5, 60, message="latency removed")

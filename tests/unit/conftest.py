@@ -22,3 +22,19 @@ def client_for():
     """`client_for(service)`: a TestClient over `create_app(service)`, closed after the test."""
     with contextlib.ExitStack() as stack:
         yield lambda service: stack.enter_context(TestClient(create_app(service)))
+
+
+@pytest.fixture(scope="module")
+def clip_spec(model_dir):
+    from clipfleet.config import ClipModelSpec
+
+    return ClipModelSpec(model=f"local-dir:{model_dir / 'open_clip'}")
+
+
+@pytest.fixture
+def clip(clip_spec):
+    """A plain CLIP encoder replica (no Ray) over the tiny open_clip model, on the CPU."""
+    from clipfleet.models.device import choose_device
+    from clipfleet.replicas.clip import ClipEncoder
+
+    return ClipEncoder(clip_spec, choose_device("cpu"), replica_id="r-1")

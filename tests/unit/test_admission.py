@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from clipfleet.admission import MIN_IN_FLIGHT, Admission
+import pytest
+
+from clipfleet.admission import MAX_RETRY_AFTER_S, MIN_IN_FLIGHT, RATE_WINDOW_S, Admission
 
 
 class Clock:
@@ -46,3 +48,32 @@ def test_an_idle_fast_service_absorbs_a_burst():
     saturate(admission, clock, in_flight=1, latency_s=0.05)
     admission.in_flight = 0
     assert all(admission.admit(max_wait_s=3.0) is None for _ in range(50))
+
+
+def test_a_collapse_in_throughput_tightens_admission_within_the_window():
+    """Saturated, the replica measures what it serves: when that falls from 10/s to 2/s (a
+    replica starting on the same cores, say), it admits for 2/s within RATE_WINDOW_S, not after
+    the 10-20 s that Little's law over completed requests took to notice."""
+    clock = Clock()
+    admission = Admission(clock)
+    for rate in (10, 2):
+        for _ in range(int(rate * (RATE_WINDOW_S + 1))):
+            while admission.in_flight < 32:
+                assert admission.admit(max_wait_s=1e9) is None
+            clock.now += 1 / rate
+            admission.done(clock.now - 3.2)  # 32 in flight, 3.2 s each: 10/s by Little's law
+        assert admission.throughput() == pytest.approx(rate, rel=0.1)
+    # 31 in flight need 16 s at 2/s: nothing more is admitted (by Little's law over the
+    # completed requests, 10/s, there was room for 68 more), and Retry-After is the drain time.
+    retry_after = admission.admit(max_wait_s=10.0)
+    assert retry_after == pytest.approx((admission.in_flight + 1) / 2, abs=1)
+    assert admission.in_flight == 31 and admission.shed == 1
+
+
+def test_nothing_served_while_saturated_sheds_all_but_the_first_few():
+    clock = Clock()
+    admission = Admission(clock)
+    saturate(admission, clock, in_flight=20, latency_s=0.1)
+    clock.now += RATE_WINDOW_S + 1  # 20 in flight, none finishing: a stall
+    assert admission.throughput() == 0
+    assert admission.admit(max_wait_s=5.0) == MAX_RETRY_AFTER_S

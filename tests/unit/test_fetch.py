@@ -61,21 +61,21 @@ async def test_upstream_failures_map_to_statuses(server, fetcher, path, status):
     ],
 )
 async def test_only_well_formed_http_urls_before_any_lookup(url):
-    resolver = NoDns()
-    fetcher = ImageFetcher(loopback_fetch(), resolver=resolver)
-    try:
-        with pytest.raises(InvalidUrlError) as caught:
-            await fetcher.load(ImageSource(url=url))
-    finally:
-        await fetcher.close()
-    assert (caught.value.status, caught.value.type) == (400, "invalid_url")
-    assert resolver.calls == []
+    error, lookups = await refusal_and_lookups(url)
+    assert isinstance(error, InvalidUrlError) and (error.status, error.type) == (400, "invalid_url")
+    assert lookups == []
 
 
 @pytest.mark.parametrize(
     "url", ["http://xn--fa-hia.example/x.jpg", "http://faß.example/x.jpg", "http://a_b.example/"]
 )
 async def test_valid_internationalised_and_underscored_hosts_are_looked_up(url):
+    error, lookups = await refusal_and_lookups(url)
+    assert error.status == 502 and len(lookups) == 1
+
+
+async def refusal_and_lookups(url: str) -> tuple[ClipfleetError, list[str]]:
+    """The error fetching `url` gives, and the host names looked up meanwhile (none answer)."""
     resolver = NoDns()
     fetcher = ImageFetcher(loopback_fetch(), resolver=resolver)
     try:
@@ -83,7 +83,7 @@ async def test_valid_internationalised_and_underscored_hosts_are_looked_up(url):
             await fetcher.load(ImageSource(url=url))
     finally:
         await fetcher.close()
-    assert caught.value.status == 502 and len(resolver.calls) == 1
+    return caught.value, resolver.calls
 
 
 class NoDns(AbstractResolver):

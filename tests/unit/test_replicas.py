@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from clipfleet.config import AppArgs, ClipModelSpec, MultiplexedProfileSpec, ResNetSpec
+from clipfleet.config import AppArgs, MultiplexedProfileSpec, ResNetSpec
 from clipfleet.errors import InvalidRequestError, ModelServingError
 from clipfleet.fetch import ImageSource
 from clipfleet.graph import wire
-from clipfleet.replicas.clip import ClipEncoder
 from clipfleet.replicas.encoder import ResNetEncoder
 from clipfleet.replicas.fetcher import Fetcher
 from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
@@ -24,16 +23,6 @@ from tests.support.tiny_models import make_open_clip_dir
 from tests.unit.test_fidelity import CPU
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def clip_spec(model_dir) -> ClipModelSpec:
-    return ClipModelSpec(model=f"local-dir:{model_dir / 'open_clip'}")
-
-
-@pytest.fixture
-def clip(clip_spec) -> ClipEncoder:
-    return ClipEncoder(clip_spec, CPU, replica_id="r-1")
 
 
 def forwards(encoder, kind: str) -> int:

@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from clipfleet.config import ClipModelSpec
 from clipfleet.errors import (
     InvalidImageError,
     ModelServingError,
@@ -22,16 +21,6 @@ from clipfleet.replicas.clip import ClipEncoder
 from tests.unit.test_fidelity import CPU
 
 STALL_S, LIMIT_S = 1.5, 0.2
-
-
-@pytest.fixture(scope="module")
-def clip_spec(model_dir) -> ClipModelSpec:
-    return ClipModelSpec(model=f"local-dir:{model_dir / 'open_clip'}")
-
-
-@pytest.fixture
-def clip(clip_spec) -> ClipEncoder:
-    return ClipEncoder(clip_spec, CPU, replica_id="r-1")
 
 
 @pytest.fixture(autouse=True)

@@ -97,10 +97,11 @@ bench-peers: $(STAMP) $(PEERS_STAMP)
 	$(BIN)/python -m loadtests.peers --runs 3 $(PEERS_ARGS)
 	$(BIN)/python -m loadtests.report
 
-# Overload: 32 clients (capacity), then 8 x 32; shedding figures (docs/fleet.md).
+# Overload: 32 clients (capacity), then 8 x 32, against $(CONFIG) as shipped (`make run`'s
+# serve_config.yaml unless CONFIG= names another); shedding figures (docs/fleet.md).
 overload: $(STAMP)
 	mkdir -p $(RESULTS)
-	$(BIN)/python -m loadtests.overload --out $(RESULTS)/overload.json
+	$(BIN)/python -m loadtests.overload --config $(CONFIG) --out $(RESULTS)/overload.json
 
 # Generate the GPU, bench and fast-int8 configs and the RayServices' serveConfigV2 from
 # serve_config.yaml + cluster/overlays/*.yaml (clipfleet/configgen.py).

@@ -10,9 +10,12 @@ from clipfleet.asgi import HttpMiddleware
 from clipfleet.config import ApiLimits
 from clipfleet.errors import ServiceUnavailableError
 
+SHED_HEADER = "X-Clipfleet-Shed"  # on this middleware's 503s: not Serve's own queues
+
 
 class AdmissionMiddleware(HttpMiddleware):
-    """Health, status and model listings (GET) are never shed."""
+    """Health, status and model listings (GET) are never shed. Its 503s carry
+    `X-Clipfleet-Shed: admission`, so they can be told from a full Serve queue's."""
 
     def __init__(self, app: ASGIApp, limits: ApiLimits) -> None:
         super().__init__(app)
@@ -27,7 +30,7 @@ class AdmissionMiddleware(HttpMiddleware):
         if retry_after is not None:
             message = "the service is at capacity; retry shortly"
             error = ServiceUnavailableError(message, retry_after_s=int(retry_after))
-            await render(error)(scope, receive, send)
+            await render(error, {SHED_HEADER: "admission"})(scope, receive, send)
             return
         started = self.admission.started()
         status = 500

@@ -135,6 +135,9 @@ def cors_middleware(app: ASGIApp, config: CorsConfig) -> ASGIApp:
         allow_methods=list(config.allow_methods),
         allow_headers=list(config.allow_headers),
         allow_credentials=config.allow_credentials,
-        expose_headers=["X-Request-ID", "X-Clipfleet-Profile", "X-Clipfleet-Variant"],
+        expose_headers=[
+            *("X-Request-ID", "X-Clipfleet-Profile", "X-Clipfleet-Variant"),
+            "X-Clipfleet-Shed",
+        ],
         max_age=config.max_age_s,
     )

@@ -105,9 +105,7 @@ class StallGuard:
         return 0.0 if started is None else self._clock() - started
 
     def stalled_error(self) -> ReplicaStalledError:
-        return ReplicaStalledError(
-            f"model replica {self.replica_id} stalled and is being replaced; retry shortly"
-        )
+        return ReplicaStalledError("a model replica stalled and is being replaced; retry shortly")
 
     def refuse_if_stalled(self) -> None:
         if self.stalled:

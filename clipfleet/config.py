@@ -153,15 +153,10 @@ class EncoderConfig(BatchingConfig):
     """An encoder's `user_config`, applied live by `reconfigure()` (no replica restart); an
     encoder without one runs on these defaults. The one home of its batching settings.
 
-    `stall_limit_s`: a forward (timed from when it holds the node's forward lease) running
-    longer than this fails the replica's health check, so Serve replaces the replica
-    (clipfleet/replicas/stall.py). Set it well above the slowest forward at max_batch_size.
-
-    The fault_* knobs inject failures, latency or a hung forward for rollout drills (e.g.
-    proving that a bad canary is rolled back, or that a hung replica is replaced); leave them
-    at 0 in production. `fault_stall_s` blocks the forward thread of the next forward for that
-    long, on `fault_stall_replicas` of the deployment's replicas (the first to claim it; a
-    replacement started during the drill does not); set it back to 0 to end the drill.
+    A forward running past `stall_limit_s` fails the replica's health check and Serve replaces
+    it (clipfleet/replicas/serving.py): set it well above the slowest forward.
+    The fault_* knobs are for rollout drills (a failing, slow or hung replica); 0 in
+    production. `fault_stall_s` hangs the next forward of `fault_stall_replicas` replicas.
     """
 
     cache: CacheConfig = CacheConfig()

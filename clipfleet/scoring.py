@@ -71,6 +71,27 @@ def relevance_scores(
     return [row[key] for row in clip_scores(first, second, semantics)]
 
 
+def semantic_tags(
+    image_embedding: np.ndarray,
+    label_embeddings: np.ndarray,
+    labels: list[str],
+    semantics: ScoreSemantics,
+    top_k: int,
+    threshold: float | None = None,
+) -> list[dict]:
+    """`zero_shot` with the model's own semantics: what /v1/tag and `clipfleet batch tag` return."""
+    return zero_shot(
+        image_embedding,
+        label_embeddings,
+        labels,
+        semantics.logit_scale,
+        top_k,
+        semantics.activation,
+        semantics.logit_bias,
+        threshold,
+    )
+
+
 def zero_shot(
     image_embedding: np.ndarray,
     label_embeddings: np.ndarray,

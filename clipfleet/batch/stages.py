@@ -25,7 +25,7 @@ from clipfleet.embedding_space import embedding_space, stamp
 from clipfleet.errors import ClipfleetError, PayloadTooLargeError
 from clipfleet.fetch import ImageFetcher
 from clipfleet.imaging import decode_image
-from clipfleet.scoring import clip_scores, zero_shot
+from clipfleet.scoring import clip_scores, semantic_tags
 from clipfleet.service import render_prompt
 
 PIXELS, SHAPE, ERROR = "__pixels", "__shape", "__error"
@@ -211,7 +211,7 @@ class ModelActor:
         tag = self.settings.tag
         tags: list[list[dict] | None] = [None] * rows
         for index, vector in images.items():
-            tags[index] = zero_shot(
-                vector, self.label_vectors, list(tag.labels), self.model.logit_scale, tag.top_k
+            tags[index] = semantic_tags(
+                vector, self.label_vectors, list(tag.labels), self.model.semantics, tag.top_k
             )
         return {"tags": pa.array(tags, TAG_TYPE), "model": models}

@@ -281,3 +281,33 @@ def test_blocks_cover_only_the_unfinished_shards_in_order():
     assert [part["a"].to_pylist() for part in parts] == [[0, 1, 2], [3], [8, 9]]
     assert [part[SHARD].to_pylist() for part in parts] == [[0, 0, 0], [0], [2, 2]]
     assert pa.concat_tables(parts)[ROW_ID].to_pylist() == [0, 1, 2, 3, 8, 9]
+
+
+def test_tag_on_a_siglip_model_is_sigmoid_with_its_bias_as_v1_tag(data, tiny_args, tmp_path):
+    # `clipfleet batch tag` once applied softmax without the bias whatever the model.
+    from clipfleet.config import ClipModelSpec
+    from clipfleet.scoring import semantic_tags
+    from tests.support.tiny_models import make_open_clip_siglip_dir
+
+    folder, table, _ = data
+    siglip_dir = make_open_clip_siglip_dir(tmp_path / "siglip", logit_bias=2.0)
+    siglip = ClipModelSpec(model=f"local-dir:{siglip_dir}")
+    fast = tiny_args.profiles["fast"].model_copy(update={"variants": {"stable": siglip}})
+    args = tiny_args.model_copy(update={"profiles": {**tiny_args.profiles, "fast": fast}})
+    config = write_config(tmp_path / "config.yaml", args, {"user_config": {"max_batch_size": 4}})
+    labels = ["cat", "dog", "tree"]
+    # a bias of +2 puts random vectors' labels over the 0.5 threshold, so tags are compared
+    model = load_clip_model(siglip, choose_device("cpu"), False)
+    assert model.semantics.activation == "sigmoid" and model.semantics.logit_bias != 0.0
+    result, _, _ = actor_output((folder, table, config), "tag", "--labels", ",".join(labels))
+    image = plain_image_vectors(model, folder, [table["image"][0].as_py()])[0]
+    prompts = model.encode_texts([args.prompt_template.replace("{label}", x) for x in labels])
+    expected = semantic_tags(image, prompts, labels, model.semantics, 3)
+    got = result["tags"].to_pylist()[0]
+    assert len(got) == 3
+    assert [t["label"] for t in got] == [t["label"] for t in expected]
+    np.testing.assert_allclose(
+        [t["confidence"] for t in got], [t["confidence"] for t in expected], atol=1e-5
+    )
+    softmax = zero_shot(image, prompts, labels, model.logit_scale, 3)
+    assert [t["confidence"] for t in got] != pytest.approx([t["confidence"] for t in softmax])

@@ -1,11 +1,13 @@
 """Decode untrusted image bytes into a small RGB uint8 array that is cheap to ship.
 
-Memory: the only full-size buffer is the raster the codec decodes into (JPEGs decode at 1/2,
+Memory: our only full-size buffer is the raster the codec decodes into (JPEGs decode at 1/2,
 1/4 or 1/8 scale when that suffices). Mode conversions (16-bit -> 8-bit, alpha onto white,
 CMYK / palette -> RGB) and Pillow's integer reduce run on horizontal bands of it, so a 49 MP
 image costs its raster plus a few MB, not the ~1 GB of whole-image copies. EXIF orientation is
-applied to the small result. `DecodePlan.cost_bytes` is that estimate, read from the header
-before any pixel is decoded; `clipfleet.fetch` bounds concurrent decodes by it.
+applied to the small result. What the codecs themselves allocate beside the raster (a
+progressive JPEG's coefficients, libwebp's canvases...) is clipfleet.budget's. `decode_cost`
+adds both up from the header, before any pixel is decoded (`DecodePlan.cost_bytes`);
+`clipfleet.fetch` bounds concurrent decodes by it.
 
 Shape: the shorter side is scaled to at most `ship_shortest_side`, and the longer side is capped
 at `ship_longest_side` without changing what the encoders see: `crop` keeps the centre (every
@@ -26,6 +28,7 @@ from io import BytesIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from clipfleet.budget import codec_held_bytes, codec_scratch_bytes, pixel_bytes
 from clipfleet.config import FetchLimits
 from clipfleet.errors import InvalidImageError, PayloadTooLargeError, UnsupportedMediaTypeError
 
@@ -45,7 +48,11 @@ _RESAMPLE = Image.Resampling.BICUBIC
 _REDUCING_GAP = 3.0
 _BICUBIC_SUPPORT = 2.0
 _BAND_BYTES = 4 * 1024 * 1024  # native pixels converted per band (a band makes ~5 copies)
-_WORKING_BYTES = 24 * 1024 * 1024  # bands, the reduced image and the result, at most
+# Bytes per pixel a band takes while it becomes RGB, beyond its native pixels: RGB (4); with
+# alpha RGBA, a white background, their composite and RGB (16); 16-bit / float grayscale its
+# float64 values, their scaled and clipped copies (24), then L and RGB.
+_CONVERT_BYTES = {"plain": 4, "alpha": 16, "wide": 30}
+_SHIP_COPIES = 3  # the resized image, its EXIF transpose and the shipped array (RGB, 4 B/px)
 _ORIENTATION = 0x0112
 _TRANSPOSES = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -78,14 +85,23 @@ def open_image(data: bytes, limits: FetchLimits) -> DecodePlan:
     """Read the header only: checked, and what decoding it will cost."""
     if not data:
         raise InvalidImageError("the image is empty")
-    with decoder_errors(limits):
-        image = Image.open(BytesIO(data), formats=_OPEN_FORMATS)
-        try:
-            _check_header(image, limits)
-            return DecodePlan(image, limits)
-        except BaseException:
-            image.close()
-            raise
+    return DecodePlan(data, limits)
+
+
+@contextlib.contextmanager
+def _opened(data: bytes, limits: FetchLimits) -> Iterator[tuple[Image.Image, tuple[int, int]]]:
+    """The image opened (only the formats above), a JPEG's draft scale chosen; its full size."""
+    image = Image.open(BytesIO(data), formats=_OPEN_FORMATS)
+    try:
+        width, height = image.size
+        shortest = limits.ship_shortest_side
+        if image.format == "JPEG" and min(width, height) > shortest:
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: far less work for large photos.
+            scale = shortest / min(width, height)
+            image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
+        yield image, (width, height)
+    finally:
+        image.close()
 
 
 @contextlib.contextmanager
@@ -130,36 +146,26 @@ def _check_header(image: Image.Image, limits: FetchLimits) -> None:
         )
 
 
-def pixel_bytes(mode: str) -> int:
-    """Bytes Pillow stores per pixel: bands x bytes per sample, multi-band padded to 4."""
-    if mode.startswith("I;16"):
-        return 2
-    if mode in ("I", "F"):
-        return 4
-    return 1 if Image.getmodebands(mode) == 1 else 4
-
-
 class DecodePlan:
-    """An opened image whose header passed the checks; `decode()` turns it into pixels."""
+    """A checked header: format, size, mode and what decoding will cost (`cost_bytes`).
 
-    def __init__(self, image: Image.Image, limits: FetchLimits) -> None:
-        self.image = image
+    Nothing of the image stays open while the caller waits for its budget (a GIF disposed to
+    the background already holds a second canvas, a PNG its text): `decode()` opens it again.
+    """
+
+    def __init__(self, data: bytes, limits: FetchLimits) -> None:
+        self.data = data
         self.limits = limits
-        width, height = image.size
-        shortest = limits.ship_shortest_side
-        if image.format == "JPEG" and min(width, height) > shortest:
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: far less work for large photos.
-            scale = shortest / min(width, height)
-            image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
-        raster = image.size[0] * image.size[1] * pixel_bytes(image.mode)
-        self.cost_bytes = raster + min(2 * raster, _WORKING_BYTES)
+        with decoder_errors(limits), _opened(data, limits) as (image, full_size):
+            _check_header(image, limits)
+            self.format, self.size, self.mode = image.format, image.size, image.mode
+            self.cost_bytes = decode_cost(image, full_size, limits, data)
 
     def close(self) -> None:
-        self.image.close()
+        """Nothing is held between the header and the decode; kept for the callers' symmetry."""
 
     def decode(self) -> np.ndarray:
-        with decoder_errors(self.limits):
-            image = self.image
+        with decoder_errors(self.limits), _opened(self.data, self.limits) as (image, _):
             image.load()
             size, box = ship_geometry(image.size, self.limits)
             small = _resize_in_bands(image, size, box)
@@ -189,8 +195,7 @@ def ship_geometry(size: tuple[int, int], limits: FetchLimits) -> tuple[tuple[int
 def _resize_in_bands(image: Image.Image, size: tuple[int, int], box: Box) -> Image.Image:
     """`_to_rgb(image).resize(size, BICUBIC, box, reducing_gap=3.0)`, the conversion and the
     integer reduce done band by band so that no full-size copy of the image is made."""
-    factor_x = int((box[2] - box[0]) / size[0] / _REDUCING_GAP) or 1
-    factor_y = int((box[3] - box[1]) / size[1] / _REDUCING_GAP) or 1
+    factor_x, factor_y = _reduce_factors(size, box)
     region = _safe_box(image.size, size, box)
     reduced = _converted_region(image, region, factor_x, factor_y)
     box = (
@@ -200,6 +205,18 @@ def _resize_in_bands(image: Image.Image, size: tuple[int, int], box: Box) -> Ima
         (box[3] - region[1]) / factor_y,
     )
     return reduced.resize(size, _RESAMPLE, box=box)
+
+
+def _reduce_factors(size: tuple[int, int], box: Box) -> tuple[int, int]:
+    """Pillow's integer reduce before the bicubic resize (reducing_gap 3)."""
+    factor_x = int((box[2] - box[0]) / size[0] / _REDUCING_GAP) or 1
+    factor_y = int((box[3] - box[1]) / size[1] / _REDUCING_GAP) or 1
+    return factor_x, factor_y
+
+
+def _band_rows(width: int, mode: str, factor_y: int) -> int:
+    """Rows converted per band: about _BAND_BYTES of native pixels, a multiple of factor_y."""
+    return max(1, _BAND_BYTES // max(1, width * pixel_bytes(mode)) // factor_y) * factor_y
 
 
 def _safe_box(image_size: tuple[int, int], size: tuple[int, int], box: Box):
@@ -221,7 +238,7 @@ def _converted_region(
     left, top, right, bottom = region
     width = right - left
     out = Image.new("RGB", (math.ceil(width / factor_x), math.ceil((bottom - top) / factor_y)))
-    rows = max(1, _BAND_BYTES // max(1, width * pixel_bytes(image.mode)) // factor_y) * factor_y
+    rows = _band_rows(width, image.mode, factor_y)
     for band_top in range(top, bottom, rows):
         band = image.crop((left, band_top, right, min(bottom, band_top + rows)))
         rgb = _to_rgb(band)
@@ -231,11 +248,19 @@ def _converted_region(
     return out
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _conversion(image: Image.Image) -> str:
+    """How `_to_rgb` converts this image: wide grayscale, alpha onto white, or plain."""
     if image.mode in _WIDE_MODES:
-        image = _to_8bit_gray(image)
+        return "wide"
     has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-    return _flatten_alpha(image) if has_alpha else image.convert("RGB")
+    return "alpha" if has_alpha else "plain"
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    conversion = _conversion(image)
+    if conversion == "wide":
+        image = _to_8bit_gray(image)
+    return _flatten_alpha(image) if conversion == "alpha" else image.convert("RGB")
 
 
 def _to_8bit_gray(image: Image.Image) -> Image.Image:
@@ -250,3 +275,33 @@ def _flatten_alpha(image: Image.Image) -> Image.Image:
     rgba = image.convert("RGBA")
     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+# --- what a decode costs ----------------------------------------------------------------------
+# Measured per format against the decoders' peak memory by tests/unit/test_decode_cost.py.
+
+
+def decode_cost(
+    image: Image.Image, full_size: tuple[int, int], limits: FetchLimits, data: bytes | None = None
+) -> int:
+    """Bytes a decode of the opened `image` (JPEG draft already chosen) holds at its peak, from
+    its header: the raster the codec decodes into, what the codec keeps beside it until the
+    image is closed, and the larger of the codec's scratch while it decodes and the band
+    conversion after it. `full_size`: the size before draft; `data`: the file (None: unknown)."""
+    raster = image.size[0] * image.size[1] * pixel_bytes(image.mode)
+    scratch = max(codec_scratch_bytes(image, full_size, data), working_bytes(image, limits))
+    return raster + codec_held_bytes(image) + scratch
+
+
+def working_bytes(image: Image.Image, limits: FetchLimits) -> int:
+    """`_resize_in_bands`' peak beside the raster: one band and its conversions, the reduced
+    region it is pasted into, and the small result's copies."""
+    size = image.size
+    out, box = ship_geometry(size, limits)
+    factor_x, factor_y = _reduce_factors(out, box)
+    left, top, right, bottom = _safe_box(size, out, box)
+    width, height = right - left, bottom - top
+    band_pixels = width * min(height, _band_rows(width, image.mode, factor_y))
+    band = band_pixels * (pixel_bytes(image.mode) + _CONVERT_BYTES[_conversion(image)])
+    reduced = math.ceil(width / factor_x) * math.ceil(height / factor_y) * 4
+    return band + reduced + out[0] * out[1] * 4 * _SHIP_COPIES

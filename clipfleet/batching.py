@@ -6,7 +6,8 @@ it is *formed*. Under load it therefore cuts the queue into many batches of one 
 then wait their turn, and a CPU forward of one image costs ~1.7x a batched one (measured in
 loadtests/RESULTS.md). The scheduler sits under `@serve.batch`: batches handed to it while a
 forward runs are merged, and when the model frees up the oldest kind of work (image or text) runs
-next, up to `max_batch_size` items in one forward.
+next, up to `max_batch_size` items in one forward; a kind that just ran goes after the others
+that are waiting, so 64 texts queued first delay one image by one text batch, not four.
 
 Plain asyncio, no Ray: the encoder deployments own one per model. A multiplexed encoder owns one
 for all its models: each (kind, model id) gets its own queue and forward, so batches of
@@ -52,6 +53,7 @@ class ForwardScheduler:
         self._worker: asyncio.Task | None = None
         self._running: list[_Pending] = []
         self._failure: Callable[[], BaseException] | None = None
+        self._last: QueueKey | None = None  # the queue whose batch ran last
         self.max_batch_size = max_batch_size
 
     @property
@@ -108,8 +110,11 @@ class ForwardScheduler:
         return list(await asyncio.gather(*(entry.future for entry in entries)))
 
     def _next_queue(self) -> QueueKey | None:
-        """The queue whose oldest waiting item has waited longest (first come, first served)."""
+        """The queue whose oldest waiting item has waited longest (first come, first served),
+        other than the one that ran last while another waits."""
         heads = {key: queue[0].queued_at for key, queue in self._queues.items() if queue}
+        if len(heads) > 1:
+            heads.pop(self._last, None)
         return min(heads, key=heads.__getitem__) if heads else None
 
     def _take(self, key: QueueKey) -> list[_Pending]:
@@ -122,6 +127,7 @@ class ForwardScheduler:
 
     async def _drain(self) -> None:
         while (key := self._next_queue()) is not None:
+            self._last = key
             batch = self._take(key)
             if batch:
                 await self._run_batch(key, batch)

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from clipfleet.limits import ApiLimits
+
 RANDOM_WEIGHTS_ENV = "CLIPFLEET_RANDOM_WEIGHTS"
 _TRUE_WORDS = {"1", "true", "yes", "on"}
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -223,26 +225,6 @@ class FetchLimits(StrictModel):
         for network in networks:
             ipaddress.ip_network(network, strict=False)  # ValueError names the bad entry
         return networks
-
-
-class ApiLimits(StrictModel):
-    max_items: int = Field(64, ge=1, le=4096)
-    max_text_chars: int = Field(1000, ge=1, le=100_000)
-    max_labels: int = Field(256, ge=1, le=10_000)
-    max_top_k: int = Field(50, ge=1)
-    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
-    # Whole-request deadline in the ingress (504 after it); keep it below the proxy's
-    # http_options.request_timeout_s so clients get the JSON envelope, not the proxy's 408.
-    request_timeout_s: float = Field(30.0, gt=0, le=600)
-    # Overload: a work request expected to wait longer than this (from this ingress replica's
-    # measured latency and concurrency) is refused at once with 503 + Retry-After. Unset: a
-    # quarter of request_timeout_s. About 2 x the p99 at capacity keeps the admitted requests'
-    # p99 within 3 x it (measure with loadtests/overload.py).
-    shed_wait_s: float | None = Field(None, gt=0, le=600)
-
-    @property
-    def admission_wait_s(self) -> float:
-        return self.shed_wait_s or self.request_timeout_s / 4
 
 
 class AuthConfig(StrictModel):

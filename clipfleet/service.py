@@ -27,6 +27,7 @@ from clipfleet.errors import InvalidRequestError, PayloadTooLargeError, is_varia
 from clipfleet.fanout import Judged, gather_items, raise_for
 from clipfleet.fanout import once_more_if_replica_lost as again
 from clipfleet.fetch import ImageSource
+from clipfleet.limits import check_count, check_texts, render_prompts
 from clipfleet.multiplex import MultiplexedProfiles
 from clipfleet.readiness import ReadinessView
 from clipfleet.scoring import ScoreSemantics
@@ -65,10 +66,6 @@ class Profile:
     @property
     def clip_label(self) -> str:
         return self.clip_labels[STABLE_VARIANT]
-
-
-def render_prompt(template: str, label: str) -> str:
-    return template.replace("{label}", label)
 
 
 def counts_against_variant(exc: BaseException) -> bool:
@@ -156,21 +153,11 @@ class ClipfleetService(ServiceViews, MixedOperations):
         return profile, model_id
 
     def check_count(self, count: int, field: str) -> None:
-        if count > self.args.limits.max_items:
-            raise PayloadTooLargeError(
-                f"{count} {field} in one request; the limit is {self.args.limits.max_items}",
-                field,
-            )
+        check_count(count, field, self.args.limits)
 
     def check_texts(self, texts: Sequence[str], field: str) -> None:
-        limit = self.args.limits.max_text_chars
-        for index, text in enumerate(texts):
-            if len(text) > limit:
-                raise InvalidRequestError(
-                    f"text is {len(text)} characters; the limit is {limit}",
-                    f"{field}[{index}]",
-                    status=422,
-                )
+        """Each text within max_text_chars, all of them within max_prompt_chars."""
+        check_texts(texts, field, self.args.limits)
 
     @contextlib.asynccontextmanager
     async def _observed(
@@ -267,12 +254,12 @@ class ClipfleetService(ServiceViews, MixedOperations):
     async def _text_vectors(
         self, clip: Any, texts: Sequence[str], count_tokens: bool
     ) -> tuple[list[np.ndarray], list[int] | None]:
-        """The texts' vectors from `clip` in one call (and their token counts, when asked)."""
-        calls = [again(lambda: clip.embed_texts.remote(list(texts)))]
-        if count_tokens:
-            calls.append(again(lambda: clip.count_tokens.remote(list(texts))))
-        matrix, *token_counts = await asyncio.gather(*calls)
-        return list(matrix), (list(token_counts[0]) if count_tokens else None)
+        """The texts' vectors from `clip` in one call, each text tokenized once there (and, when
+        asked, their token counts from those same tokens)."""
+        counting = {"count_tokens": True} if count_tokens else {}
+        result = await again(lambda: clip.embed_texts.remote(list(texts), **counting))
+        matrix, token_counts = result if count_tokens else (result, None)
+        return list(matrix), (list(token_counts) if count_tokens else None)
 
     async def embed_texts(
         self,
@@ -338,13 +325,9 @@ class ClipfleetService(ServiceViews, MixedOperations):
                 f"{len(labels)} labels; the limit is {self.args.limits.max_labels}", "labels"
             )
         template = prompt_template or self.args.prompt_template
-        if "{label}" not in template:
-            raise InvalidRequestError(
-                "prompt_template must contain '{label}'", "prompt_template", status=422
-            )
+        prompts = render_prompts(template, labels, self.args.limits)
         profile, variant = self.route(profile_name, routing)
         clip = profile.clip[variant]
-        prompts = [render_prompt(template, label) for label in labels]
         top_k = min(top_k, self.args.limits.max_top_k, len(labels))
 
         async def tag_image(judged: Judged, semantics: ScoreSemantics) -> list[dict]:

@@ -10,6 +10,7 @@ import torch
 from ray import serve
 
 from clipfleet.fleet_store import RayKVStore
+from clipfleet.models.base import TextTokens
 from clipfleet.models.device import DevicePlan, choose_device, set_torch_threads
 from clipfleet.models.sizing import ForwardLease, forward_slots, forward_threads
 from clipfleet.replicas.encoder import DEFAULT_CONFIG
@@ -82,5 +83,5 @@ class BatchedImagesAndTexts(BatchedImages):
         return [self._batch_image, self._batch_text]
 
     @mergeable_batch
-    async def _batch_text(self, texts: list[str]) -> list[np.ndarray]:
-        return await self._forward_texts(texts)
+    async def _batch_text(self, tokens: list[TextTokens]) -> list[np.ndarray]:
+        return await self._forward_texts(tokens)

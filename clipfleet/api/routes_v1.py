@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Header, Request, Response, UploadFile
@@ -13,11 +13,18 @@ from clipfleet.api.schemas import (
     EmbeddingResponse,
     EmbedImageRequest,
     EmbedTextRequest,
+    Encoder,
     ErrorResponse,
     ImageRef,
+    Labels,
+    ProfileName,
+    PromptTemplate,
     ScoreResponse,
     TagRequest,
     TagResponse,
+    Text,
+    Threshold,
+    TopK,
 )
 from clipfleet.fetch import ImageSource
 from clipfleet.quantize import encode_all
@@ -140,8 +147,8 @@ async def embed_image_upload(
     image: Annotated[list[UploadFile], File(description="one or more image files")],
     routing: Route,
     model: ModelHeader,
-    encoder: Annotated[Literal["clip", "resnet"], Form()] = "clip",
-    profile: Annotated[str | None, Form()] = None,
+    encoder: Annotated[Encoder, Form()] = "clip",
+    profile: Annotated[ProfileName | None, Form()] = None,
 ):
     sources = [await source_of_upload(upload) for upload in image]
     target = select(profile, None, model, routing)
@@ -155,10 +162,10 @@ async def score_upload(
     service: Service,
     response: Response,
     image: Annotated[UploadFile, File()],
-    text: Annotated[str, Form(min_length=1)],
+    text: Annotated[Text, Form()],
     routing: Route,
     model: ModelHeader,
-    profile: Annotated[str | None, Form()] = None,
+    profile: Annotated[ProfileName | None, Form()] = None,
 ):
     pairs = [(await source_of_upload(image), text)]
     return _served(response, await service.score(pairs, *select(profile, None, model, routing)))
@@ -171,11 +178,11 @@ async def tag_upload(
     image: Annotated[UploadFile, File()],
     routing: Route,
     model: ModelHeader,
-    labels: Annotated[list[str] | None, Form(description="repeat the field per label")] = None,
-    top_k: Annotated[int, Form(ge=1, le=4096)] = 5,
-    prompt_template: Annotated[str | None, Form()] = None,
-    profile: Annotated[str | None, Form()] = None,
-    threshold: Annotated[float | None, Form(ge=0.0, le=1.0)] = None,
+    labels: Annotated[Labels | None, Form(description="repeat the field per label")] = None,
+    top_k: Annotated[TopK, Form()] = 5,
+    prompt_template: Annotated[PromptTemplate | None, Form()] = None,
+    profile: Annotated[ProfileName | None, Form()] = None,
+    threshold: Annotated[Threshold | None, Form()] = None,
 ):
     profile, routing = select(profile, None, model, routing)
     result = await service.tag(

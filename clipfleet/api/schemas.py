@@ -17,8 +17,16 @@ HARD_MAX_TEXT = 100_000
 HARD_MAX_BASE64 = 64 * 1024 * 1024
 HARD_MAX_DIMENSIONS = 65536
 
+# Field types the JSON bodies and the multipart forms (routes_v1's */upload) share.
 Text = Annotated[str, Field(min_length=1, max_length=HARD_MAX_TEXT)]
 ProfileName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")]
+Label = Annotated[str, Field(min_length=1, max_length=200)]
+Labels = Annotated[list[Label], Field(min_length=1, max_length=HARD_MAX_ITEMS)]
+TopK = Annotated[int, Field(ge=1, le=HARD_MAX_ITEMS)]
+PromptTemplate = Annotated[str, Field(min_length=1, max_length=500)]
+# sigmoid (SigLIP) models: every label at or above this probability (default 0.5)
+Threshold = Annotated[float, Field(ge=0.0, le=1.0)]
+Encoder = Literal["clip", "resnet"]
 EncodingFormat = Annotated[
     Literal["float", "base64"],
     Field(description="`base64`: each vector's little-endian float32 bytes, base64-encoded"),
@@ -32,7 +40,13 @@ VectorEncoding = Annotated[
 ]
 Dimensions = Annotated[
     int | None,
-    Field(ge=1, le=HARD_MAX_DIMENSIONS, description="keep the first N dimensions, re-normalised"),
+    # strict: JSON's `true` is not the integer 1
+    Field(
+        ge=1,
+        le=HARD_MAX_DIMENSIONS,
+        strict=True,
+        description="keep the first N dimensions, re-normalised",
+    ),
 ]
 
 
@@ -71,7 +85,7 @@ class ImageRef(Strict):
 
 class EmbedImageRequest(ModelChoice):
     images: list[ImageRef] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
-    encoder: Literal["clip", "resnet"] = "clip"
+    encoder: Encoder = "clip"
     profile: ProfileName | None = None
     encoding_format: VectorEncoding = "float"
     dimensions: Dimensions = None
@@ -96,14 +110,11 @@ class ScoreRequest(ModelChoice):
 
 class TagRequest(ModelChoice):
     image: ImageRef
-    labels: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
-        None, min_length=1, max_length=HARD_MAX_ITEMS
-    )
-    top_k: int = Field(5, ge=1, le=HARD_MAX_ITEMS)
-    prompt_template: str | None = Field(None, min_length=1, max_length=500)
+    labels: Labels | None = None
+    top_k: TopK = 5
+    prompt_template: PromptTemplate | None = None
     profile: ProfileName | None = None
-    # sigmoid (SigLIP) models: every label at or above this probability (default 0.5)
-    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    threshold: Threshold | None = None
 
 
 class Served(BaseModel):

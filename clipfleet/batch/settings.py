@@ -16,6 +16,8 @@ from typing import Literal
 import yaml
 
 from clipfleet.config import STABLE_VARIANT, AppArgs, ClipModelSpec, EncoderConfig
+from clipfleet.errors import ClipfleetError
+from clipfleet.limits import render_prompts
 from clipfleet.modelref import parse_model_ref
 from clipfleet.service import clip_model_label
 
@@ -172,8 +174,10 @@ def tag_settings(
     if len(labels) > args.limits.max_labels:
         raise SettingsError(f"{len(labels)} labels; the limit is {args.limits.max_labels}")
     template = template or args.prompt_template
-    if "{label}" not in template:
-        raise SettingsError("--prompt-template must contain '{label}'")
+    try:  # the service's bounds on rendered prompts
+        render_prompts(template, labels, args.limits)
+    except ClipfleetError as exc:
+        raise SettingsError(f"--prompt-template / labels: {exc.message}") from None
     if top_k < 1:
         raise SettingsError("--top-k must be at least 1")
     return TagSettings(tuple(labels), template, min(top_k, args.limits.max_top_k, len(labels)))

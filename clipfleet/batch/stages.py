@@ -25,8 +25,8 @@ from clipfleet.embedding_space import embedding_space, stamp
 from clipfleet.errors import ClipfleetError, PayloadTooLargeError
 from clipfleet.fetch import ImageFetcher
 from clipfleet.imaging import decode_image
+from clipfleet.limits import render_prompt
 from clipfleet.scoring import clip_scores, semantic_tags
-from clipfleet.service import render_prompt
 
 PIXELS, SHAPE, ERROR = "__pixels", "__shape", "__error"
 ROW_ID, SHARD = "__row_id", "__shard"

@@ -22,6 +22,15 @@ logger = logging.getLogger("clipfleet.models")
 WARMUP_IMAGE_SIDE = 64
 
 
+@dataclass(frozen=True)
+class TextTokens:
+    """One text as its text tower takes it: `ids` (the backend's own 1-D form) and `count`, the
+    tokens it sees (start and end tokens included, after truncation to the context)."""
+
+    ids: Any
+    count: int
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be built or its weights could not be loaded."""
 
@@ -164,20 +173,27 @@ class ClipModel(ImageEncoderModel):
         }
 
     @abstractmethod
-    def _text_features(self, texts: list[str]) -> torch.Tensor:
-        """Texts -> (N, D) unnormalised features (tokenisation included)."""
+    def tokenize(self, texts: list[str]) -> list[TextTokens]:
+        """Each text's tokens, cut first to what the tokenizer can use
+        (clipfleet.models.text_bounds): what `encode_tokens` takes, and the usage count."""
 
     @abstractmethod
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        """Tokens per text as the text tower sees them: start and end tokens included, after
-        truncation to the context (the same tokenisation as `_text_features`)."""
+    def _token_features(self, tokens: list[TextTokens]) -> torch.Tensor:
+        """Tokenized texts -> (N, D) unnormalised features."""
+
+    def encode_tokens(self, tokens: list[TextTokens]) -> np.ndarray:
+        return self._run(self._token_features, tokens)
 
     @abstractmethod
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """The ids the text tower is given for each text (padding included)."""
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        return self._run(self._text_features, texts)
+        """Convenience for callers that don't keep the tokens: tokenize + forward."""
+        return self.encode_tokens(self.tokenize(texts))
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [tokens.count for tokens in self.tokenize(texts)]
 
     def warmup(self) -> float:
         started = time.perf_counter()

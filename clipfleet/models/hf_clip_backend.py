@@ -31,10 +31,12 @@ from clipfleet.config import ClipModelSpec
 from clipfleet.models.base import (
     ClipModel,
     ModelLoadError,
+    TextTokens,
     report_random_weights,
     to_pil,
 )
 from clipfleet.models.device import DevicePlan
+from clipfleet.models.text_bounds import usable_texts
 
 logger = logging.getLogger("clipfleet.models")
 
@@ -172,30 +174,42 @@ class TransformersClipModel(ClipModel):
             return _projected(self._model.get_image_features(**pixels))
         return _projected(self._model.get_image_features(pixel_values=pixels))
 
-    def _tokenize(self, texts: list[str]):
+    def tokenize(self, texts: list[str]) -> list[TextTokens]:
         # Always the same padding/truncation arguments: a fast tokenizer whose settings change
-        # while another thread uses it fails ("Already borrowed").
-        return self._tokenizer(
-            texts,
-            # SigLIP pools the last position and was trained on texts padded to the full length
-            padding="longest" if self._model_type == "clip" else "max_length",
+        # while another thread uses it fails ("Already borrowed"). CLIP texts are padded per
+        # batch (to its longest) when they are stacked; SigLIP pools the last position and was
+        # trained on texts padded to the full length.
+        encoded = self._tokenizer(
+            usable_texts(texts, self._context_length),
+            padding=False if self._model_type == "clip" else "max_length",
             truncation=True,
             max_length=self._context_length,
-            return_tensors="pt",
+            return_attention_mask=True,  # the count; only CLIP's text tower is given it
         )
+        pairs = zip(encoded["input_ids"], encoded["attention_mask"], strict=True)
+        return [TextTokens((ids, mask), sum(mask)) for ids, mask in pairs]
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return self._tokenize(texts)["attention_mask"].sum(dim=1).tolist()
+    def _token_features(self, tokens: list[TextTokens]) -> torch.Tensor:
+        return _projected(self._model.get_text_features(**self._stacked(tokens)))
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
-        return self._tokenize(texts)["input_ids"].tolist()
+        return self._stacked(self.tokenize(texts))["input_ids"].tolist()
 
     def preprocessing_description(self) -> str:
         return json.dumps(self._processor.to_dict(), sort_keys=True, default=str)
 
-    def _text_features(self, texts: list[str]) -> torch.Tensor:
-        tokens = self._tokenize(texts).to(self.plan.device)
-        return _projected(self._model.get_text_features(**tokens))
+    def _stacked(self, tokens: list[TextTokens]) -> dict[str, torch.Tensor]:
+        """The batch as the tokenizer's own padding="longest" gives it: input_ids right-padded
+        with its pad id, and the attention mask where the tokenizer hands its model one."""
+        pairs = [item.ids for item in tokens]
+        length = max(len(ids) for ids, _ in pairs)
+        pad_id = getattr(self._tokenizer, "pad_token_id", None) or 0
+        ids = [[*ids, *[pad_id] * (length - len(ids))] for ids, _ in pairs]
+        batch = {"input_ids": torch.tensor(ids, dtype=torch.long, device=self.plan.device)}
+        if "attention_mask" in getattr(self._tokenizer, "model_input_names", ()):
+            masks = [[*mask, *[0] * (length - len(mask))] for _, mask in pairs]
+            batch["attention_mask"] = torch.tensor(masks, dtype=torch.long, device=self.plan.device)
+        return batch
 
 
 def model_class_for(config) -> type:
@@ -239,8 +253,7 @@ class FoldedTokenizer:
 
     def __call__(self, texts: list[str], **kwargs):
         tokens = self._base(texts, **kwargs)
-        tokens["input_ids"] = tokens["input_ids"] % self._vocab_size
-        tokens.pop("attention_mask", None)  # folded ids: the mask of the BPE text means nothing
+        tokens["input_ids"] = [[i % self._vocab_size for i in ids] for ids in tokens["input_ids"]]
         return tokens
 
 

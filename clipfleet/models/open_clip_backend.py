@@ -18,12 +18,15 @@ from clipfleet.config import ClipModelSpec
 from clipfleet.models.base import (
     ClipModel,
     ModelLoadError,
+    TextTokens,
     report_random_weights,
     to_pil,
 )
 from clipfleet.models.device import DevicePlan
+from clipfleet.models.text_bounds import bound_bpe_cache, usable_texts
 
 _SCHEMAS = ("hf-hub:", "local-dir:")
+DEFAULT_CONTEXT_LENGTH = open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH
 logger = logging.getLogger("clipfleet.models")
 
 
@@ -72,6 +75,7 @@ class OpenClipModel(ClipModel):
                 device=plan.device,
             )
             self._tokenizer, tokenizer_note = load_tokenizer(name, spec.tokenizer, random_weights)
+            bound_bpe_cache(self._tokenizer)
         except Exception as exc:  # any failure to build/load is a start-up error with advice
             raise ModelLoadError(
                 f"could not load open_clip model {spec.model!r} (pretrained={spec.pretrained!r}): "
@@ -83,6 +87,7 @@ class OpenClipModel(ClipModel):
             report_random_weights(f"open_clip {name}")
         self._model = model.eval()
         self._preprocess = preprocess
+        self._context_length = int(getattr(model, "context_length", DEFAULT_CONTEXT_LENGTH))
         self._finish_loading(model, "open_clip", spec, weights, started, tokenizer=tokenizer_note)
 
     def preprocess_image(self, image: np.ndarray | Image.Image) -> torch.Tensor:
@@ -91,22 +96,24 @@ class OpenClipModel(ClipModel):
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._model.encode_image(pixels)
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
+    def tokenize(self, texts: list[str]) -> list[TextTokens]:
         # The tokenizer pads to the context; HF tokenizers inside open_clip name their pad id.
         pad_id = getattr(getattr(self._tokenizer, "tokenizer", None), "pad_token_id", None)
-        return (self._tokenizer(texts) != (pad_id or 0)).sum(dim=1).tolist()
+        rows = self._tokenizer(usable_texts(texts, self._context_length))
+        counts = (rows != (pad_id or 0)).sum(dim=1).tolist()
+        return [TextTokens(row, count) for row, count in zip(rows, counts, strict=True)]
 
     def image_tower(self) -> torch.nn.Module:
         return self._model.visual
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
-        return self._tokenizer(texts).tolist()
+        return [item.ids.tolist() for item in self.tokenize(texts)]
 
-    def _text_features(self, texts: list[str]) -> torch.Tensor:
-        tokens = self._tokenizer(texts).to(self.plan.device)
+    def _token_features(self, tokens: list[TextTokens]) -> torch.Tensor:
+        rows = torch.stack([item.ids for item in tokens]).to(self.plan.device)
         if can_trim_padding(self._model):
-            return encode_text_trimmed(self._model, tokens)
-        return self._model.encode_text(tokens)
+            return encode_text_trimmed(self._model, rows)
+        return self._model.encode_text(rows)
 
 
 def text_config(name: str) -> dict:
@@ -136,7 +143,7 @@ def load_tokenizer(name: str, tokenizer: str | None, random_weights: bool) -> tu
         tokenizer = name.removeprefix("local-dir:")
     source = tokenizer or hub_name
     kwargs = {
-        "context_length": config.get("context_length", open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH),
+        "context_length": config.get("context_length", DEFAULT_CONTEXT_LENGTH),
         "tokenizer_mode": config.get("tokenizer_mode"),
         **config.get("tokenizer_kwargs", {}),
     }

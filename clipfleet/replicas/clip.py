@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
 
 from clipfleet.cache import text_key
 from clipfleet.config import ClipModelSpec
+from clipfleet.models.base import TextTokens
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import DevicePlan
 from clipfleet.models.onnx_runtime import apply_runtime
 from clipfleet.models.sizing import ForwardLease
 from clipfleet.observability.tracing import traced
 from clipfleet.replicas import LOCAL_REPLICA
-from clipfleet.replicas.encoder import ImageEncoder, cached_embedding, inject_faults
+from clipfleet.replicas.encoder import (
+    ImageEncoder,
+    cached_embedding,
+    embed_tokenized,
+    inject_faults,
+)
 from clipfleet.replicas.serving import serving
 
 
 class ClipEncoder(ImageEncoder):
-    """`_batch_text(text)` is the per-item text hook, as `_batch_image` is for images."""
+    """`_batch_text(tokens)` is the per-item text hook, as `_batch_image` is for images."""
 
     def __init__(
         self,
@@ -34,37 +39,36 @@ class ClipEncoder(ImageEncoder):
         super().__init__(model, replica_id, lease)
 
     def _forwards(self) -> dict:
-        return {**super()._forwards(), "text": self.model.encode_texts}
+        return {**super()._forwards(), "text": self.model.encode_tokens}
 
     @traced("encoder.embed_text")
     @serving
     async def embed_text(self, text: str) -> np.ndarray:
         await inject_faults(self.config)
-        return await self._embed_one_text(text)
+        return (await embed_tokenized(self.model, [text], False, self._embed_one_text))[0]
 
     @traced("encoder.embed_texts")
     @serving
-    async def embed_texts(self, texts: list[str]) -> np.ndarray:
-        """(N, D) for N texts; each text joins the shared batch queue with other requests'."""
+    async def embed_texts(
+        self, texts: list[str], count_tokens: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, list[int]]:
+        """(N, D) for N texts, each tokenized once (cut to what the tokenizer can use) and
+        joining the shared batch queue with other requests'; with `count_tokens`, also the
+        tokens per text (start/end included, truncated to the context): usage figures."""
         await inject_faults(self.config)
-        return np.stack(await asyncio.gather(*(self._embed_one_text(text) for text in texts)))
+        return await embed_tokenized(self.model, texts, count_tokens, self._embed_one_text)
 
-    @serving
-    async def count_tokens(self, texts: list[str]) -> list[int]:
-        """Tokens per text (start/end included, truncated to the context): usage figures."""
-        return await asyncio.to_thread(self.model.count_tokens, texts)
-
-    async def _embed_one_text(self, text: str) -> np.ndarray:
+    async def _embed_one_text(self, text: str, tokens: TextTokens) -> np.ndarray:
         return await cached_embedding(
-            self.cache, text_key(text), "text", lambda: self._batch_text(text)
+            self.cache, text_key(text), "text", lambda: self._batch_text(tokens)
         )
 
-    async def _batch_text(self, text: str) -> np.ndarray:
-        (vector,) = await self._forward_texts([text])
+    async def _batch_text(self, tokens: TextTokens) -> np.ndarray:
+        (vector,) = await self._forward_texts([tokens])
         return vector
 
-    async def _forward_texts(self, texts: list[str]) -> list[np.ndarray]:
-        return await self.scheduler.run("text", texts)
+    async def _forward_texts(self, tokens: list[TextTokens]) -> list[np.ndarray]:
+        return await self.scheduler.run("text", tokens)
 
     async def describe(self) -> dict[str, Any]:
         return {

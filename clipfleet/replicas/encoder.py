@@ -19,7 +19,7 @@ from clipfleet.cache import EmbeddingCache, image_key
 from clipfleet.config import EncoderConfig, FetchLimits, ResNetSpec
 from clipfleet.embedding_space import space_of, stamp
 from clipfleet.gpu_decode import EncodedJpeg, decode_on_cpu, decode_on_device, preprocess_on_device
-from clipfleet.models.base import ImageEncoderModel
+from clipfleet.models.base import ImageEncoderModel, TextTokens
 from clipfleet.models.device import DevicePlan
 from clipfleet.models.onnx_runtime import apply_runtime
 from clipfleet.models.resnet import ResNetModel
@@ -76,6 +76,21 @@ async def embed_timed(
     started = time.perf_counter()
     vector = await embedding
     return (vector, time.perf_counter() - started) if timed else vector
+
+
+async def embed_tokenized(
+    model: Any,
+    texts: list[str],
+    count_tokens: bool,
+    embed_one: Callable[[str, TextTokens], Awaitable[np.ndarray]],
+) -> np.ndarray | tuple[np.ndarray, list[int]]:
+    """The texts' (N, D) vectors, each text tokenized once by `model` (in a thread: bounded,
+    but CPU work) and embedded by `embed_one(text, tokens)`; with `count_tokens`, also the
+    token count of each, from that same tokenization."""
+    tokenized = await asyncio.to_thread(model.tokenize, list(texts))
+    vectors = await asyncio.gather(*map(embed_one, texts, tokenized))
+    matrix = np.stack(vectors)
+    return (matrix, [tokens.count for tokens in tokenized]) if count_tokens else matrix
 
 
 async def inject_faults(config: EncoderConfig) -> None:

@@ -23,6 +23,7 @@ from clipfleet.cache import EmbeddingCache, image_key, text_key
 from clipfleet.config import MultiplexedProfileSpec
 from clipfleet.embedding_space import stamp
 from clipfleet.errors import InvalidRequestError
+from clipfleet.models.base import TextTokens
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import DevicePlan
 from clipfleet.multiplex import LoadedModel, ModelCatalog, ModelPool, ResolvedModel
@@ -35,6 +36,7 @@ from clipfleet.replicas.encoder import (
     apply_encoder_config,
     cached_embedding,
     embed_timed,
+    embed_tokenized,
     stall_view,
 )
 from clipfleet.replicas.serving import StallGuard, serving
@@ -67,7 +69,7 @@ class ModelLru:
 
 
 class MultiplexedClipEncoder:
-    """`_batch_image(pixels)` / `_batch_text(text)` are per-item hooks (see ImageEncoder)."""
+    """`_batch_image(pixels)` / `_batch_text(tokens)` are per-item hooks (see ImageEncoder)."""
 
     def __init__(
         self,
@@ -148,32 +150,33 @@ class MultiplexedClipEncoder:
     @traced("multiplexed.embed_text")
     @serving
     async def embed_text(self, text: str) -> np.ndarray:
-        loaded = await self._model()
-        return await self._embed_one_text(loaded.model_id, text)
+        return (await self._embed_texts([text], False))[0]
 
     @traced("multiplexed.embed_texts")
     @serving
-    async def embed_texts(self, texts: list[str]) -> np.ndarray:
+    async def embed_texts(
+        self, texts: list[str], count_tokens: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, list[int]]:
+        """As ClipEncoder.embed_texts, with the requested model's own tokenizer."""
+        return await self._embed_texts(texts, count_tokens)
+
+    async def _embed_texts(
+        self, texts: list[str], count_tokens: bool
+    ) -> np.ndarray | tuple[np.ndarray, list[int]]:
         loaded = await self._model()
-        vectors = [self._embed_one_text(loaded.model_id, text) for text in texts]
-        return np.stack(await asyncio.gather(*vectors))
 
-    @serving
-    async def count_tokens(self, texts: list[str]) -> list[int]:
-        """Tokens per text with this model's own tokenizer: usage figures."""
-        loaded = await self._model(count=False)
-        return await asyncio.to_thread(loaded.model.count_tokens, texts)
+        async def embed_one(text: str, tokens: TextTokens) -> np.ndarray:
+            key = _model_key(loaded.model_id) + text_key(text)
+            return await cached_embedding(self.cache, key, "text", lambda: self._batch_text(tokens))
 
-    async def _embed_one_text(self, model_id: str, text: str) -> np.ndarray:
-        key = _model_key(model_id) + text_key(text)
-        return await cached_embedding(self.cache, key, "text", lambda: self._batch_text(text))
+        return await embed_tokenized(loaded.model, texts, count_tokens, embed_one)
 
     async def _batch_image(self, pixels: torch.Tensor) -> np.ndarray:
         (vector,) = await self._forward_images([pixels])
         return vector
 
-    async def _batch_text(self, text: str) -> np.ndarray:
-        (vector,) = await self._forward_texts([text])
+    async def _batch_text(self, tokens: TextTokens) -> np.ndarray:
+        (vector,) = await self._forward_texts([tokens])
         return vector
 
     async def _forward_images(self, pixel_batch: list[torch.Tensor]) -> list[np.ndarray]:
@@ -181,10 +184,10 @@ class MultiplexedClipEncoder:
         forward = self.guard.watch(loaded.model.encode_images)
         return await self.scheduler.run("image", pixel_batch, loaded.model_id, forward)
 
-    async def _forward_texts(self, texts: list[str]) -> list[np.ndarray]:
+    async def _forward_texts(self, tokens: list[TextTokens]) -> list[np.ndarray]:
         loaded = await self._model(count=False)
-        forward = self.guard.watch(loaded.model.encode_texts)
-        return await self.scheduler.run("text", texts, loaded.model_id, forward)
+        forward = self.guard.watch(loaded.model.encode_tokens)
+        return await self.scheduler.run("text", tokens, loaded.model_id, forward)
 
     def _count_batch(self, kind: str, size: int, seconds: float) -> None:
         metrics.record_batch(kind, size)

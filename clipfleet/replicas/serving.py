@@ -1,12 +1,12 @@
 """What every encoder replica's serving methods share: blame marked where a failure happens,
 and the stall guard that gets a hung replica replaced.
 
-**Blame.** `@serving` wraps each method an ingress calls to get work done (embed_*, count
-tokens). A failure raised inside it that is not a ClipfleetError (a client's mistake such as
-an undecodable image keeps its own 4xx) becomes a ModelServingError: the one kind of error the
-canary guard counts against the variant that served the request (`variant_fault`). Nothing
-raised elsewhere (the fetcher, DNS, the URL, validation, the deadline, a client hanging up)
-carries the mark, whatever its class, so no client input can make a variant look bad.
+**Blame.** `@serving` wraps each method an ingress calls to get work done (embed_*, token
+counts included). A failure raised inside it that is not a ClipfleetError (a client's mistake
+such as an undecodable image keeps its own 4xx) becomes a ModelServingError: the one kind of
+error the canary guard counts against the variant that served the request (`variant_fault`).
+Nothing raised elsewhere (the fetcher, DNS, the URL, validation, the deadline, a client hanging
+up) carries the mark, whatever its class, so no client input can make a variant look bad.
 
 **Stalls.** `StallGuard.watch` times each forward from inside its thread, once it holds the
 node's forward lease. Serve calls the replica's `check_health` every `health_check_period_s`

@@ -94,6 +94,24 @@ async def test_the_kind_that_waited_longest_runs_next():
     assert [kind for kind, _ in calls] == ["image", "text", "image"]
 
 
+async def test_a_kind_that_just_ran_lets_the_other_go_next():
+    """64 texts queued first, then one image: the image waits one text batch, not four."""
+    scheduler, image, _text, calls, _ = make(max_batch_size=16)
+    blocker = await occupy(scheduler, image)
+    texts = asyncio.create_task(scheduler.run("text", [f"t{n}" for n in range(64)]))
+    await asyncio.sleep(0.01)
+    late_image = asyncio.create_task(scheduler.run("image", ["i"]))
+    await asyncio.sleep(0.01)
+    image.gate.set()
+    await asyncio.gather(blocker, texts, late_image)
+    assert [(kind, len(items)) for kind, items in calls] == [
+        ("image", 1),
+        ("text", 16),
+        ("image", 1),
+        *[("text", 16)] * 3,
+    ]
+
+
 async def test_a_failed_forward_fails_only_its_own_batch():
     scheduler, image, _, _calls, _ = make(max_batch_size=2)
     image.fail_next = True

@@ -12,8 +12,12 @@ other's embedding cache, and both throughputs are printed.
 
 Columns (first match, case-insensitive): image = image_input, image_url, url, image,
 image_path, path; text = text_prompt, caption, text, prompt. An image starting with http://
-or https:// is sent as {"url": ...}; anything else is a local file (relative to the CSV's
-folder) sent as base64.
+or https:// is sent as {"url": ...}; anything else is a local file, sent as base64, read only
+if it is a regular file under --image-root (default: the CSV's folder; relative paths start
+there) of at most --max-image-bytes: any other path (outside the root through `..`, `~`, an
+absolute path or a symlink; a pipe, a device) is that row's error and is never opened. Output
+cells that a spreadsheet would run as a formula (starting with =, +, -, @, a tab or a carriage
+return, other than plain numbers) are written with a leading `'` (OWASP, CSV injection).
 
 Exit status: 0 when every row scored, 1 when some rows failed, 2 on usage or input errors or a
 refused API key.
@@ -27,6 +31,7 @@ import sys
 from pathlib import Path
 
 from clipfleet.scorecsv import AuthError, InputError, score_csv
+from clipfleet.scorecsv.rows import MAX_IMAGE_BYTES
 
 API_KEY_ENV = "CLIPFLEET_API_KEY"
 
@@ -54,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument(
         "--resume", action="store_true", help="keep the rows already in --output, do the rest"
+    )
+    score.add_argument(
+        "--image-root",
+        type=Path,
+        default=None,
+        help="local images are read only under this folder (default: the CSV's)",
+    )
+    score.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=MAX_IMAGE_BYTES,
+        help="largest local image file sent (default: the service's fetch.max_bytes)",
     )
     from clipfleet.batch.command import add_batch_parser
 

@@ -15,7 +15,8 @@ one after another, each once the app is idle again (a small request answers with
    bombs of tests/support/bombs.py: statuses and the ImageFetcher replicas' peak RSS (sampled
    every 50 ms);
 3. tag prompts, JSON: /v1/tag with a 500-character template of `{label}` x 71 and 256 labels of
-   200 characters: status, latency, and the Ingress replicas' RSS growth (peak over before);
+   200 characters: status, latency, and the RSS growth (peak over before) of the Ingress
+   replicas and of the fast profile's encoders;
 4. tag prompts, multipart: /v1/tag/upload with a 1 MiB template and two 200-character labels:
    the same.
 
@@ -170,7 +171,9 @@ def bomb_attack(url: str, bomb_base: str) -> dict:
 def tag_attack(url: str, upload: bool) -> dict:
     rng = random.Random(7 if upload else 5)
     image = image_bytes(96, 72, seed=11)
-    with RssSampler("ServeReplica:clipfleet:Ingress") as ingress:
+    ingress = RssSampler("ServeReplica:clipfleet:Ingress")
+    encoders = RssSampler("ServeReplica:clipfleet:clip_fast")
+    with ingress, encoders:
         if upload:
             template = ("{label}" * (1024 * 1024 // 7 + 1))[: 1024 * 1024]
             form = [("prompt_template", template)] + [("labels", letters(200, rng))] * 2
@@ -184,7 +187,7 @@ def tag_attack(url: str, upload: bool) -> dict:
             }
             answer = timed_post(f"{url}/v1/tag", json=body)
         time.sleep(2)  # what the ingress still holds once it has answered
-    return {**answer, "ingress": ingress.report()}
+    return {**answer, "ingress": ingress.report(), "fast_encoders": encoders.report()}
 
 
 def serve_bombs() -> tuple[ThreadingHTTPServer, int]:

@@ -7,6 +7,7 @@ Exit status: 0 when every row has a result, 1 when some rows failed (see their `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -38,6 +39,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--format", default="auto", choices=("auto", "csv", "json", "parquet", "images")
     )
     parser.add_argument("--image-column", default=None, help="default: as score-csv")
+    parser.add_argument(
+        "--image-root",
+        default=None,
+        help="local image files are read only under it, relative paths from it"
+        " (default: the input's folder)",
+    )
     parser.add_argument("--text-column", default=None, help="default: as score-csv")
     parser.add_argument("--resume", action="store_true", help="finish a killed job's output")
     parser.add_argument(
@@ -139,6 +146,8 @@ def run_batch(args: argparse.Namespace) -> int:
     try:
         output = Location.parse(args.output)
         source = load_input(args.input, args.format, args.image_column, args.text_column, output)
+        if args.image_root:
+            source = dataclasses.replace(source, base=Location.parse(args.image_root))
         gpus, cpus = cluster_resources(args.address)
         settings = settings_from(args, gpus, cpus)
         check_columns(settings, source)

@@ -58,7 +58,7 @@ class Location:
 @dataclass(frozen=True)
 class InputTable:
     table: pa.Table
-    base: Location  # image paths in the table are relative to this folder
+    base: Location  # the image root: relative paths start there; nothing outside it is read
     image_column: str | None
     text_column: str | None
     format: str

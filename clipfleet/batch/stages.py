@@ -13,19 +13,23 @@ batched forward per batch, and scores (`clipfleet.scoring`, the service's maths)
 from __future__ import annotations
 
 import asyncio
+import posixpath
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from pyarrow import fs as pafs
 
 from clipfleet.batch.inputs import Location
 from clipfleet.batch.settings import JobSettings
 from clipfleet.config import FetchLimits, random_weights_enabled
 from clipfleet.embedding_space import embedding_space, stamp
-from clipfleet.errors import ClipfleetError, PayloadTooLargeError
+from clipfleet.errors import ClipfleetError
 from clipfleet.fetch import ImageFetcher
 from clipfleet.imaging import decode_image
 from clipfleet.limits import render_prompt
+from clipfleet.localfiles import ImageFileError, read_image_file
 from clipfleet.scoring import clip_scores, semantic_tags
 
 PIXELS, SHAPE, ERROR = "__pixels", "__shape", "__error"
@@ -38,7 +42,7 @@ TAG_TYPE = pa.list_(pa.struct([("label", pa.string()), ("confidence", pa.float64
 class DecodePlan:
     """What the decode task needs to know (it is pickled to every task)."""
 
-    base: Location
+    base: Location  # the image root: relative paths start there, and no file outside it is read
     image_column: str | None
     text_column: str | None
     limits: FetchLimits
@@ -48,19 +52,33 @@ class DecodePlan:
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ClipfleetError):
         return f"{exc.type}: {exc.message}"
+    if isinstance(exc, ImageFileError):
+        return str(exc)
     if isinstance(exc, FileNotFoundError):
         return "image file not found"
     return f"{type(exc).__name__}: {exc}"
 
 
-def read_file(base: Location, value: str, limits: FetchLimits) -> bytes:
-    path = value if value.startswith("/") else base.join(value)
-    with base.filesystem.open_input_file(path) as handle:
-        if handle.size() > limits.max_bytes:
-            raise PayloadTooLargeError(
-                f"the image file is {handle.size()} bytes; the limit is {limits.max_bytes}"
-            )
-        return handle.read()
+def read_file(root: Location, value: str, limits: FetchLimits) -> bytes:
+    """A regular file under `root` (--image-root), at most fetch.max_bytes: on the local
+    filesystem through clipfleet.localfiles (symlinks resolved); on others, its normalised path
+    under the root."""
+    if isinstance(root.filesystem, pafs.LocalFileSystem):
+        return read_image_file(Path(root.path), value, limits.max_bytes)
+    path = posixpath.normpath(value if value.startswith("/") else root.join(value))
+    if not root.contains(Location(root.filesystem, path)):
+        raise ImageFileError(value, f"it is outside the image root {root.path} (--image-root)")
+    info = root.filesystem.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        missing = info.type == pafs.FileType.NotFound
+        raise ImageFileError(value, "not found" if missing else "not a regular file")
+    if info.size is not None and info.size > limits.max_bytes:
+        raise ImageFileError(value, f"larger than {limits.max_bytes} bytes")
+    with root.filesystem.open_input_file(path) as handle:
+        data = handle.read(limits.max_bytes + 1)
+    if len(data) > limits.max_bytes:
+        raise ImageFileError(value, f"larger than {limits.max_bytes} bytes")
+    return data
 
 
 async def download_all(urls: dict[int, str], limits: FetchLimits) -> dict[int, bytes | Exception]:

@@ -5,16 +5,35 @@ from __future__ import annotations
 
 import base64
 import csv
+import re
 import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipfleet.config import FetchLimits
+from clipfleet.localfiles import ImageFileError, read_image_file
+
 IMAGE_COLUMNS = ("image_input", "image_url", "url", "image", "image_path", "path")
 TEXT_COLUMNS = ("text_prompt", "caption", "text", "prompt")
 RESULT_COLUMNS = ("clip_score", "error")
 MAX_PRINTED_FAILURES = 50
+
+
+# What score-csv reads of a local image file: the service's own limit (fetch.max_bytes).
+MAX_IMAGE_BYTES = FetchLimits().max_bytes
+# A cell a spreadsheet would run as a formula starts with one of these (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def inert(cell: str | None) -> str | None:
+    """A cell a spreadsheet shows as text, never runs: one starting like a formula gets a
+    leading `'` (OWASP's advice); a plain number such as -0.5 is left as it is."""
+    if cell and cell.startswith(FORMULA_STARTS) and not _NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
 
 
 class InputError(Exception):
@@ -36,7 +55,13 @@ class Columns:
     fieldnames: list[str]
     image: str
     text: str
-    folder: Path
+    folder: Path  # the input's: the default image root
+    image_root: Path | None = None  # --image-root: local images are read only under it
+    max_image_bytes: int = MAX_IMAGE_BYTES
+
+    @property
+    def root(self) -> Path:
+        return self.image_root or self.folder
 
     @property
     def output(self) -> list[str]:
@@ -79,11 +104,12 @@ def iter_items(path: Path, start: int = 0) -> Iterator[Item]:
                 yield Item(index, row)
 
 
-def image_ref(value: str, folder: Path) -> dict:
+def image_ref(value: str, root: Path, max_bytes: int = MAX_IMAGE_BYTES) -> dict:
+    """An http(s) URL as is, or a local file's base64: only a regular file under `root`
+    (clipfleet.localfiles), else ImageFileError."""
     if value.startswith(("http://", "https://")):
         return {"url": value}
-    path = Path(value).expanduser()
-    data = (path if path.is_absolute() else folder / path).read_bytes()
+    data = read_image_file(root, value, max_bytes)
     return {"base64": base64.b64encode(data).decode("ascii")}
 
 
@@ -95,9 +121,9 @@ def score_pair(item: Item, columns: Columns) -> dict | None:
         item.error = f"empty {columns.image if not image else columns.text}"
         return None
     try:
-        return {"image": image_ref(image, columns.folder), "text": text}
-    except OSError as exc:
-        item.error = f"cannot read image file: {exc.strerror or exc}"
+        return {"image": image_ref(image, columns.root, columns.max_image_bytes), "text": text}
+    except ImageFileError as exc:
+        item.error = str(exc)
         return None
 
 
@@ -116,7 +142,8 @@ class ResultWriter:
     def write(self, item: Item) -> None:
         kept = {name: item.row.get(name, "") for name in self.columns.output[:-2]}
         score = "" if item.score is None else repr(item.score)
-        self.writer.writerow({**kept, "clip_score": score, "error": item.error})
+        row = {**kept, "clip_score": score, "error": item.error}
+        self.writer.writerow({name: inert(value) for name, value in row.items()})
         self.handle.flush()  # an interrupted run leaves whole rows for --resume
         if item.error:
             self.failures += 1

@@ -151,6 +151,8 @@ class _Peekable:
 
 def score_csv(args) -> int:
     columns, total = read_columns(args.input)
+    columns.image_root = getattr(args, "image_root", None)
+    columns.max_image_bytes = getattr(args, "max_image_bytes", columns.max_image_bytes)
     output = args.output or args.input.with_name(f"{args.input.stem}_with_scores.csv")
     print(f"Processing: {args.input} ({total} rows; image={columns.image}, text={columns.text})")
     batch_size = min(max(1, args.batch_size), MAX_PAIRS_PER_REQUEST)

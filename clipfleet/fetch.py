@@ -55,13 +55,20 @@ class ImageSource:
             raise InvalidRequestError("give exactly one of an image `url`, `base64` or a file")
 
 
+_URL_SAFE = bytes.maketrans(b"-_", b"+/")
+
+
 def decode_base64(text: str, limits: FetchLimits) -> bytes:
+    """Standard or URL-safe base64 (RFC 4648), with or without line breaks (MIME wraps at 76)
+    and padding; anything else is refused. Bounded before decoding: the text's length."""
     if text.startswith("data:"):
         text = text.partition(",")[2]
+    text = "".join(text.split())
     if len(text) * 3 // 4 > limits.max_bytes:
         raise PayloadTooLargeError(f"the base64 image is larger than {limits.max_bytes} bytes")
     try:
-        return base64.b64decode(text, validate=True)
+        data = text.encode("ascii").translate(_URL_SAFE)
+        return base64.b64decode(data + b"=" * (-len(data) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidRequestError("`base64` is not valid base64 data") from exc
 
@@ -152,9 +159,7 @@ class ImageFetcher:
         except (aiohttp.InvalidURL, UnicodeError) as exc:  # UnicodeError: IDNA, in resolution
             raise InvalidUrlError("the image url is not a valid url") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"the image url could not be fetched: {type(exc).__name__}"
-            ) from exc
+            raise UpstreamError(f"the image url could not be fetched: {_failure(exc)}") from exc
 
     async def _follow(self, url: URL) -> bytes:
         """GET, following up to max_redirects redirects; each hop is checked before it is sent."""
@@ -199,6 +204,17 @@ class ImageFetcher:
                 )
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _failure(exc: aiohttp.ClientError) -> str:
+    """What went wrong, in the client's terms (aiohttp's class names stay in the log)."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "its host name did not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError):
+        return "the connection to its host failed"
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        return "its server sent an invalid response"
+    return "the download failed"
 
 
 def _next_hop(url: URL, location: str) -> URL:

@@ -13,12 +13,14 @@ internal sources with `fetch.allow_private_networks` (CIDRs) and `fetch.allowed_
 An allowed host name skips the internal-address checks but never the metadata check: a metadata
 address (also embedded in IPv6) is reached only when listed exactly (/32, /128) in
 `allow_private_networks`. Only the ports in `fetch.allowed_ports` (default 80, 443) are reached.
-Refusals name the URL's host, never what it resolved to (no internal DNS oracle).
+Every refusal of an address says the same thing and names the URL's host, never what it
+resolved to nor what kind of address that is (no internal DNS oracle); the log has the kind.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from yarl import URL
 
 from clipfleet.errors import ForbiddenUrlError, InvalidRequestError
 
+logger = logging.getLogger("ray.serve")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -42,9 +45,19 @@ METADATA_ADDRESSES = frozenset(
         "fd00:ec2::254",  # AWS IMDS over IPv6
         "100.100.100.200",  # Alibaba Cloud
         "169.254.0.23",  # Tencent Cloud
+        "168.63.129.16",  # Azure WireServer (a public address: refused only as metadata)
+        "169.254.170.23",  # AWS EKS Pod Identity
+        "fd00:ec2::23",  # AWS EKS Pod Identity over IPv6
     )
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# One answer for every refused address, whatever kind it is: a client that guesses internal
+# names learns nothing from the refusal about what they resolve to (no DNS oracle).
+REFUSED = (
+    "the image url host {host!r} is not allowed: internal, reserved and cloud metadata "
+    "addresses are refused (an operator can allow internal networks in "
+    "fetch.allow_private_networks; a metadata address only by itself, as a /32 or /128)"
+)
 DEFAULT_PORTS = frozenset({80, 443})
 
 
@@ -64,10 +77,13 @@ def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
 
 
 def is_metadata(address: IPAddress) -> bool:
-    """A cloud metadata endpoint, also when an IPv6 address carries it."""
+    """A cloud metadata endpoint, also when an IPv6 address carries it (IPv4-compatible
+    ::a.b.c.d too: reserved, so refused anyway, but not to be reached through allowed_hosts)."""
     if address in METADATA_ADDRESSES:
         return True
     inner = embedded_ipv4(address)
+    if inner is None and address.version == 6 and int(address) >> 32 == 0:
+        inner = ipaddress.IPv4Address(int(address))
     return inner is not None and inner in METADATA_ADDRESSES
 
 
@@ -100,6 +116,17 @@ def parse_address(text: str) -> IPAddress | None:
         return ipaddress.ip_address(text.strip("[]"))
     except ValueError:
         return None
+
+
+def legacy_ipv4(host: str) -> bool:
+    """A host that C's inet_aton reads as an IPv4 address written other than as four decimal
+    numbers (2130706433, 0x7f.1, 0177.0.0.1, 127.1): refused by this policy itself, not left
+    to whichever resolver or client library sees it next."""
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return parse_address(host) is None
 
 
 @dataclass(frozen=True)
@@ -148,11 +175,8 @@ class AddressPolicy:
         else:
             reason = refusal_reason(address)
         if reason is not None:
-            raise ForbiddenUrlError(
-                f"the image url host {host!r} points to {reason}; internal addresses are "
-                "refused (an operator can allow them in fetch.allow_private_networks; a metadata "
-                "address only by itself, as a /32 or /128)"
-            )
+            logger.info("image url host %r refused: it points to %s", host, reason)
+            raise ForbiddenUrlError(REFUSED.format(host=host))
 
     def check_url(self, url: URL) -> None:
         """Scheme, port and host checks for one hop; literal-IP hosts are checked here."""
@@ -163,6 +187,8 @@ class AddressPolicy:
                 f"the image url port {url.port} is not allowed (allowed: "
                 f"{sorted(self.allowed_ports)}; an operator can add ports in fetch.allowed_ports)"
             )
+        if legacy_ipv4(url.host):
+            raise ForbiddenUrlError(REFUSED.format(host=url.host))
         address = parse_address(url.host)
         if address is not None:
             self.check_address(address, url.host, self.host_allowed(url.host))

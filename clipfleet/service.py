@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -38,12 +39,24 @@ from clipfleet.traffic import TrafficConfig, TrafficManager
 logger = logging.getLogger("ray.serve")
 
 
-def clip_model_label(spec: ClipModelSpec) -> str:
-    return f"{spec.model}/{spec.pretrained}" if spec.pretrained else spec.model
+def clip_model_label(spec: ClipModelSpec, public: bool = True) -> str:
+    """The model as responses name it (`model`, /readyz): a local directory or checkpoint file
+    by its last component, never its path; the detail documents (/v1/status) have the rest.
+    `public=False`: with paths, for the operator's own outputs (batch jobs)."""
+    name = public_name if public else str
+    return f"{name(spec.model)}/{name(spec.pretrained)}" if spec.pretrained else name(spec.model)
 
 
 def resnet_model_label(spec: ResNetSpec) -> str:
     return f"{spec.model}/{Path(spec.weights).name}"
+
+
+def public_name(source: str) -> str:
+    """A hub id or open_clip tag as it is; a local path (`local-dir:`, absolute, relative or
+    an existing file or folder) by its last component."""
+    path = source.removeprefix("local-dir:")
+    local = path != source or path.startswith(("/", "~", ".")) or os.path.exists(path)
+    return Path(path).name if local else source
 
 
 @dataclass(frozen=True)

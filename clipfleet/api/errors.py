@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from http import HTTPStatus
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +29,7 @@ from clipfleet.errors import (
 )
 
 logger = logging.getLogger("ray.serve")
+_STATUSES = {status.value for status in HTTPStatus}
 
 
 def render(error: ClipfleetError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -69,19 +71,45 @@ def _infrastructure_error(exc: BaseException) -> ClipfleetError | None:
     return None
 
 
+# Starlette's and FastAPI's own refusals, in our words: their texts ("Missing boundary in
+# multipart.", "There was an error parsing the body") name their internals, not the fix.
+FRAMEWORK_MESSAGES = {
+    400: "the request body could not be parsed: send JSON (Content-Type: application/json), "
+    "or multipart/form-data for the */upload routes",
+    404: "there is no such route; GET /docs lists them",
+    405: "this route does not take that HTTP method; GET /docs shows the one it takes",
+}
+_BODY_NOT_AN_OBJECT = ("model_attributes_type", "dict_type", "model_type")
+
+
+def _validation_error(first: dict) -> ClipfleetError:
+    if first.get("type") == "json_invalid":
+        return InvalidJsonError("the request body is not valid JSON")
+    if tuple(first.get("loc", ())) == ("body",) and first.get("type") in _BODY_NOT_AN_OBJECT:
+        message = "the request body must be a JSON object (Content-Type: application/json)"
+    else:  # pydantic's messages say what to fix; its "Value error, " prefix says nothing
+        message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    return InvalidRequestError(message, _validation_param(first), status=422)
+
+
+def _framework_message(exc: StarletteHTTPException) -> str:
+    """The body limit's 413 carries our text; the framework's own refusals get ours."""
+    if exc.status_code == 413:
+        return str(exc.detail)
+    if exc.status_code in FRAMEWORK_MESSAGES:
+        return FRAMEWORK_MESSAGES[exc.status_code]
+    return HTTPStatus(exc.status_code).phrase if exc.status_code in _STATUSES else "refused"
+
+
 def as_clipfleet_error(exc: BaseException, request_id: str | None) -> ClipfleetError:
     """The condition behind `exc`; anything unknown is logged and becomes a 500."""
     if isinstance(exc, RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        if first.get("type") == "json_invalid":
-            return InvalidJsonError("the request body is not valid JSON")
-        message = str(first.get("msg", "invalid request"))
-        return InvalidRequestError(message, _validation_param(first), status=422)
+        return _validation_error(exc.errors()[0] if exc.errors() else {})
     if any(isinstance(cause, ClientDisconnect) for cause in causes(exc)):
         # It hung up while sending its body (FastAPI wraps that in a 400).
         return ClientClosedError("the client closed the connection")
     if isinstance(exc, StarletteHTTPException):
-        return error_for_status(exc.status_code, str(exc.detail))
+        return error_for_status(exc.status_code, _framework_message(exc))
     error = find_clipfleet_error(exc) or _infrastructure_error(exc)
     if isinstance(error, ModelServingError):  # its replica logged the traceback
         logger.error("request %s: a model replica failed: %s", request_id, error.message)

@@ -61,7 +61,7 @@ class JobSettings:
 
     @property
     def model_label(self) -> str:
-        return clip_model_label(self.spec)
+        return clip_model_label(self.spec, public=False)
 
     @property
     def needs_image(self) -> bool:

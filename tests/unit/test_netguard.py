@@ -183,9 +183,16 @@ async def test_redirects_are_followed_hop_by_hop(hostile, location, status):
         await fetcher.close()
 
 
-@pytest.mark.parametrize(
-    "address", ["169.254.169.254", "fd00:ec2::254", "100.100.100.200", "::ffff:169.254.169.254"]
-)
+METADATA = [
+    *("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "::ffff:169.254.169.254"),
+    "168.63.129.16",  # Azure WireServer: a public address
+    *("169.254.170.23", "fd00:ec2::23"),  # EKS Pod Identity
+    "::169.254.169.254",  # IPv4-compatible
+    "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+]
+
+
+@pytest.mark.parametrize("address", METADATA)
 async def test_allowed_host_never_reaches_a_metadata_address(address):
     """allowed_hosts lifts the internal-address checks, not the metadata one."""
     fake = FakeResolver({"imgs.internal": [[address]]})
@@ -199,6 +206,33 @@ async def test_allowed_host_never_reaches_a_metadata_address(address):
     exact = f"{address}/{128 if ':' in address else 32}"
     allowed = AddressPolicy.from_lists([exact], ["imgs.internal"])
     assert await GuardedResolver(allowed, fake).resolve("imgs.internal", 80)
+
+
+async def test_every_refusal_says_the_same_whatever_the_address_is():
+    """No DNS oracle: guessed internal names answer alike, whatever kind of address they have."""
+    kinds = ["127.0.0.1", "10.0.0.7", "169.254.169.254", "fe80::1", "240.0.0.1", "64:ff9b::a00:1"]
+    fake = FakeResolver({"guess.corp.test": [[address] for address in kinds]})
+    messages = set()
+    for _ in kinds:
+        with pytest.raises(ForbiddenUrlError) as caught:
+            await GuardedResolver(AddressPolicy(), fake).resolve("guess.corp.test", 80)
+        messages.add(caught.value.message)
+    for literal in ("127.0.0.1", "[::1]", "169.254.169.254"):
+        with pytest.raises(ForbiddenUrlError) as caught:
+            AddressPolicy().check_url(URL(f"http://{literal}/a.jpg"))
+        messages.add(caught.value.message.replace(literal.strip("[]"), "guess.corp.test"))
+    assert len(messages) == 1, messages
+
+
+@pytest.mark.parametrize(
+    "host", ["2130706433", "0x7f000001", "0x7f.1", "0177.0.0.1", "127.1", "017700000001", "0"]
+)
+def test_other_ipv4_spellings_are_refused_by_the_policy_itself(host):
+    """Decimal, hex, octal and short forms never reach a resolver or aiohttp's own checks,
+    even where the address they spell is allowed."""
+    allowing = AddressPolicy.from_lists(["127.0.0.0/8", "0.0.0.0/8"], [host])
+    with pytest.raises(ForbiddenUrlError):
+        allowing.check_url(URL(f"http://{host}/a.jpg"))
 
 
 async def test_allowed_host_still_reaches_private_addresses():

@@ -150,7 +150,7 @@ STREAMED_CASES = {
 
 class HostileServer(LoopbackServer):
     """Loopback aiohttp server: /case/<name>, /big (21 MiB, chunked), /drip (a byte at a time),
-    /redirect?to=<location> (302)."""
+    /redirect?to=<location> (302), /bomb/<name> (tests.support.bombs)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -186,11 +186,18 @@ class HostileServer(LoopbackServer):
         async def redirect(request):
             raise web.HTTPFound(request.query["to"])
 
+        async def bomb(request):
+            from tests.support.bombs import decode_bomb
+
+            data = decode_bomb(request.match_info["name"])
+            return web.Response(body=data, headers={"Content-Type": "application/octet-stream"})
+
         app = web.Application()
         app.router.add_get("/case/{name}", case)
         app.router.add_get("/big", big)
         app.router.add_get("/drip", drip)
         app.router.add_get("/redirect", redirect)
+        app.router.add_get("/bomb/{name}", bomb)
         return app
 
 

@@ -1,5 +1,6 @@
-"""The hostile corpus against the decoder, the fetcher and the Ray-free app: every input gets
-its own 4xx/5xx envelope (or 200 for odd-but-valid images), and the service stays healthy."""
+"""The hostile images against the decoder and the fetcher: every input gets its own error (or
+pixels, for odd-but-valid images). Their replay through the app, with every other hostile
+request, is tests/unit/test_hostile_corpus.py's."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from tests.support.hostile import (
     declared_png,
     gray16_png,
 )
-from tests.support.images import image_base64, image_bytes
+from tests.support.images import image_bytes
 from tests.support.local_dag import build_local_service, loopback_fetch, tiny_app_args
 
 LIMITS = loopback_fetch(timeout_s=1.5)
@@ -61,36 +62,6 @@ async def test_fetcher_answers_each_case(hostile, name):
         assert asyncio.get_running_loop().time() - started < LIMITS.timeout_s + 1.0
     finally:
         await fetcher.close()
-
-
-@pytest.mark.parametrize("name", CASE_NAMES)
-def test_api_answers_each_case_with_the_envelope(client, hostile, name):
-    case = all_cases(hostile)[name]
-    images = [{"base64": image_base64()}, {"url": hostile.url(name)}]
-    response = client.post("/v1/embed/image", json={"images": images})
-    assert response.status_code == case.status, response.text
-    if case.status != 200:
-        error = response.json()["error"]
-        assert error["type"] == case.error_type and error["param"] == "images[1]"
-        assert "Traceback" not in response.text
-
-
-def test_huge_and_broken_base64(client):
-    huge = base64.b64encode(b"\0" * (LIMITS.max_bytes + 1024)).decode()
-    response = client.post("/v1/embed/image", json={"images": [{"base64": huge}]})
-    assert response.status_code == 413 and response.json()["error"]["param"] == "images[0]"
-    broken = client.post("/v1/embed/image", json={"images": [{"base64": "@@not base64@@"}]})
-    assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request"
-
-
-def test_still_healthy_after_the_corpus(client, hostile):
-    for name in CASE_NAMES:  # once more, all at once, through the upload route too
-        if name not in ("big", "drip"):
-            body = all_cases(hostile)[name].body
-            client.post("/v1/embed/image/upload", files={"image": ("x", body, "image/png")})
-    assert client.get("/readyz").status_code == 200
-    normal = client.post("/v1/embed/image", json={"images": [{"base64": image_base64()}]})
-    assert normal.status_code == 200 and len(normal.json()["embeddings"]) == 1
 
 
 def test_sixteen_bit_gray_is_scaled_not_clipped():

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= serve_config.yaml
 
 .PHONY: install run test test-unit test-integration test-e2e lint format weights clean \
-	loadtest loadtest-ui bench bench-peers overload cluster-sync
+	loadtest loadtest-ui bench bench-peers overload hostile cluster-sync
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -102,6 +102,11 @@ bench-peers: $(STAMP) $(PEERS_STAMP)
 overload: $(STAMP)
 	mkdir -p $(RESULTS)
 	$(BIN)/python -m loadtests.overload --config $(CONFIG) --out $(RESULTS)/overload.json
+
+# Hostile requests against `make run`'s config: what each costs (docs/security.md).
+hostile: $(STAMP)
+	mkdir -p $(RESULTS)
+	$(BIN)/python -m loadtests.hostile --out $(RESULTS)/hostile.json
 
 # Generate the GPU, bench and fast-int8 configs and the RayServices' serveConfigV2 from
 # serve_config.yaml + cluster/overlays/*.yaml (clipfleet/configgen.py).

@@ -18,7 +18,11 @@ one after another, each once the app is idle again (a small request answers with
    200 characters: status, latency, and the RSS growth (peak over before) of the Ingress
    replicas and of the fast profile's encoders;
 4. tag prompts, multipart: /v1/tag/upload with a 1 MiB template and two 200-character labels:
-   the same.
+   the same;
+5. a JSON body of 31.5 MB of `{},` (under limits.max_body_bytes) to /v1/embed/text: status,
+   latency, the Ingress replicas' RSS growth.
+
+`--attacks tokenizer,bombs,tag_json,tag_upload,json_bomb` runs some of them (default: all).
 
 Bounded: every request has a timeout, every wait a deadline. Loopback only.
 """
@@ -43,14 +47,11 @@ import yaml
 
 from loadtests.overload import free_port
 from loadtests.wait_ready import wait_ready
+from tests.support.bombs import MIXED
 from tests.support.images import image_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = {"X-Clipfleet-Variant": "stable"}
-BOMBS = (
-    *("jpeg_progressive", "jpeg_cmyk_progressive", "jpeg_ycck_progressive", "webp_animated"),
-    *("gif_disposed", "bmp_rle8", "tiff_one_strip", "giant_rgba_png"),
-)
 CONCURRENT_BOMBS = 24
 TIMEOUT_S = 90
 
@@ -134,8 +135,23 @@ def wait_idle(url: str, timeout_s: float = 240) -> float:
     return -1.0
 
 
+def cpu_seconds(title: str) -> float:
+    """User + system CPU seconds of the processes titled exactly `title` (all their threads)."""
+    total = 0.0
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any(part.endswith(title) for part in process.info["cmdline"] or ()):
+                times = process.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
 def tokenizer_attack(url: str, seed: int) -> dict:
     rng = random.Random(seed)
+    encoder = "ServeReplica:clipfleet:clip_fast"  # the stable variant, pinned
+    cpu_before = cpu_seconds(encoder)
     alone = timed_post(
         f"{url}/v1/embed/image", json={"images": [{"base64": small_image(seed)}]}, headers=PINNED
     )
@@ -145,12 +161,23 @@ def tokenizer_attack(url: str, seed: int) -> dict:
         attack = pool.submit(timed_post, f"{url}/v1/embed/text", json=texts, headers=PINNED)
         time.sleep(0.3)
         beside = pool.submit(timed_post, f"{url}/v1/embed/image", json=image, headers=PINNED)
-        return {"image_alone": alone, "attack": attack.result(), "image_beside": beside.result()}
+        answers = {"attack": attack.result(), "image_beside": beside.result()}
+    cpu = round(cpu_seconds(encoder) - cpu_before, 2)
+    return {"image_alone": alone, **answers, "encoder_cpu_s_attack_and_image": cpu}
+
+
+def json_bomb(url: str) -> dict:
+    body = b'{"texts": [' + b"{}," * ((31_500_000 - 16) // 3) + b"{}]}"
+    with RssSampler("ServeReplica:clipfleet:Ingress") as ingress:
+        headers = {"content-type": "application/json"}
+        answer = timed_post(f"{url}/v1/embed/text", data=body, headers=headers)
+        time.sleep(2)
+    return {**answer, "body_bytes": len(body), "ingress": ingress.report()}
 
 
 def bomb_attack(url: str, bomb_base: str) -> dict:
     def post(index: int) -> dict:
-        name = BOMBS[index % len(BOMBS)]
+        name = MIXED[index % len(MIXED)]
         body = {"images": [{"url": f"{bomb_base}/{name}"}]}
         return {"bomb": name, **timed_post(f"{url}/v1/embed/image", json=body)}
 
@@ -193,7 +220,7 @@ def tag_attack(url: str, upload: bool) -> dict:
 def serve_bombs() -> tuple[ThreadingHTTPServer, int]:
     from tests.support.decode_peaks import bomb_bytes
 
-    bodies = {name: bomb_bytes(name) for name in BOMBS}
+    bodies = {name: bomb_bytes(name) for name in MIXED}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -230,7 +257,10 @@ def start_app(config: Path, http_port: int, bomb_port: int) -> None:
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(document))
 
 
-def run(config: Path) -> dict:
+ATTACKS = ("tokenizer", "bombs", "tag_json", "tag_upload", "json_bomb")
+
+
+def run(config: Path, attacks: tuple[str, ...] = ATTACKS) -> dict:
     os.environ["CLIPFLEET_RANDOM_WEIGHTS"] = "1"
     server, bomb_port = serve_bombs()
     http_port = free_port()
@@ -241,14 +271,16 @@ def run(config: Path) -> dict:
         if wait_ready([f"{url}/readyz"], timeout_s=600, interval_s=2):
             raise RuntimeError(f"{url} not ready within 600 s")
         report["warm_up_s"] = wait_idle(url)
-        report["tokenizer"] = [tokenizer_attack(url, seed) for seed in (1, 2, 3)]
-        report["idle_after_tokenizer_s"] = wait_idle(url)
-        report["bombs"] = bomb_attack(url, f"http://127.0.0.1:{bomb_port}")
-        report["idle_after_bombs_s"] = wait_idle(url)
-        report["tag_json"] = tag_attack(url, upload=False)
-        report["idle_after_tag_json_s"] = wait_idle(url)
-        report["tag_upload"] = tag_attack(url, upload=True)
-        report["idle_after_tag_upload_s"] = wait_idle(url)
+        runs = {
+            "tokenizer": lambda: [tokenizer_attack(url, seed) for seed in (1, 2, 3)],
+            "bombs": lambda: bomb_attack(url, f"http://127.0.0.1:{bomb_port}"),
+            "tag_json": lambda: tag_attack(url, upload=False),
+            "tag_upload": lambda: tag_attack(url, upload=True),
+            "json_bomb": lambda: json_bomb(url),
+        }
+        for name in attacks:
+            report[name] = runs[name]()
+            report[f"idle_after_{name}_s"] = wait_idle(url)
     finally:
         import ray
         from ray import serve
@@ -263,8 +295,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "serve_config.yaml")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--attacks", default=",".join(ATTACKS))
     options = parser.parse_args()
-    text = json.dumps(run(options.config), indent=2)
+    text = json.dumps(run(options.config, tuple(options.attacks.split(","))), indent=2)
     print(text)
     if options.out:
         options.out.parent.mkdir(parents=True, exist_ok=True)

@@ -153,5 +153,13 @@ BUILDERS: dict[str, Callable[[], bytes]] = {
 }
 
 
+# The mix sent 24 at a time (tests/integration/test_decode_memory.py, loadtests/hostile.py):
+# one of each way to allocate beyond the raster, and a 49 MP RGBA PNG.
+MIXED = (
+    *("jpeg_progressive", "jpeg_cmyk_progressive", "jpeg_ycck_progressive", "webp_animated"),
+    *("gif_disposed", "bmp_rle8", "tiff_one_strip", "giant_rgba_png"),
+)
+
+
 def decode_bomb(name: str) -> bytes:
     return cached_bytes(CACHE_DIR, name, BUILDERS[name])

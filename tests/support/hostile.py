@@ -150,7 +150,7 @@ STREAMED_CASES = {
 
 class HostileServer(LoopbackServer):
     """Loopback aiohttp server: /case/<name>, /big (21 MiB, chunked), /drip (a byte at a time),
-    /redirect?to=<location> (302), /bomb/<name> (tests.support.bombs)."""
+    /redirect?to=<location> (302), /bomb/<name> (tests.support.bombs and the giants)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -187,9 +187,9 @@ class HostileServer(LoopbackServer):
             raise web.HTTPFound(request.query["to"])
 
         async def bomb(request):
-            from tests.support.bombs import decode_bomb
+            from tests.support.decode_peaks import bomb_bytes
 
-            data = decode_bomb(request.match_info["name"])
+            data = bomb_bytes(request.match_info["name"])
             return web.Response(body=data, headers={"Content-Type": "application/octet-stream"})
 
         app = web.Application()

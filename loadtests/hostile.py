@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import random
 import string
@@ -45,7 +44,7 @@ import psutil
 import requests
 import yaml
 
-from loadtests.overload import free_port
+from loadtests.overload import emit, free_port
 from loadtests.wait_ready import wait_ready
 from tests.support.bombs import MIXED
 from tests.support.images import image_bytes
@@ -297,11 +296,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     options = parser.parse_args()
-    text = json.dumps(run(options.config, tuple(options.attacks.split(","))), indent=2)
-    print(text)
-    if options.out:
-        options.out.parent.mkdir(parents=True, exist_ok=True)
-        options.out.write_text(text)
+    emit(run(options.config, tuple(options.attacks.split(","))), options.out)
 
 
 if __name__ == "__main__":

@@ -256,12 +256,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--out", type=Path)
     options = parser.parse_args()
-    report = run(options.config, options.seconds)
+    emit(run(options.config, options.seconds), options.out)
+
+
+def emit(report: dict, out: Path | None) -> None:
+    """Print the report as JSON, and write it to `out` too when given."""
     text = json.dumps(report, indent=2)
     print(text)
-    if options.out:
-        options.out.parent.mkdir(parents=True, exist_ok=True)
-        options.out.write_text(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
 
 
 if __name__ == "__main__":

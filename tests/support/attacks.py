@@ -19,6 +19,9 @@ ADDRESS_KINDS = ("loopback", "link-local", "private address", "points to", "embe
 
 @dataclass(frozen=True)
 class Attack:
+    """A request (path, method, body as JSON, raw bytes or multipart form and files, headers)
+    and its expected answer (status, envelope type and param, text it must not hold)."""
+
     name: str
     path: str
     status: int

@@ -216,6 +216,19 @@ ATTACKS: list[Attack] = [
         form={"text": "x" * 1001},
     ),
     Attack(
+        "seed001_500kb_model_config_name",
+        "/evaluator/v1/evaluation/single",
+        422,
+        "invalid_request",
+        "model_config_name",
+        json={
+            "image_input": "http://example.com/a.jpg",
+            "text_prompt": "x",
+            "model_config_name": "m" * 500_000,
+        },
+        absent=("m" * 64,),
+    ),
+    Attack(
         "embed_upload_bad_profile",
         "/v1/embed/image/upload",
         422,

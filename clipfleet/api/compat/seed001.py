@@ -32,7 +32,7 @@ from clipfleet.api.compat.common import (
     snapshot,
     system_resources,
 )
-from clipfleet.api.schemas import HARD_MAX_BASE64, HARD_MAX_ITEMS, HARD_MAX_TEXT
+from clipfleet.api.schemas import HARD_MAX_BASE64, HARD_MAX_ITEMS, HARD_MAX_TEXT, ProfileName
 from clipfleet.errors import find_clipfleet_error
 from clipfleet.service import ClipfleetService
 
@@ -70,7 +70,7 @@ ROLLED_BACK = Gauge(
 class EvaluationRequest(BaseModel):
     image_input: str = Field(min_length=1, max_length=HARD_MAX_BASE64)
     text_prompt: str = Field(min_length=1, max_length=HARD_MAX_TEXT)
-    model_config_name: str | None = Field(None, description="fast | accurate (a profile name)")
+    model_config_name: ProfileName | None = Field(None, description="fast | accurate (a profile)")
 
 
 class BatchEvaluationRequest(BaseModel):

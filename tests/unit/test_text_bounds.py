@@ -133,3 +133,25 @@ def test_bpe_cache_is_bounded(monkeypatch):
         tokenizer([letters(12, seed)])
     assert len(tokenizer.cache) <= 50 and specials.items() <= tokenizer.cache.items()
     assert (tokenizer(["<end_of_text> a cat"]) == before).all()
+
+
+def test_the_prompt_budget_is_validated_and_defaults_to_the_largest_text_request():
+    from pydantic import ValidationError
+
+    from clipfleet.config import ApiLimits
+
+    assert ApiLimits().prompt_char_budget == 64 * 1000
+    assert ApiLimits(max_items=8, max_text_chars=100).prompt_char_budget == 800
+    assert ApiLimits(max_prompt_chars=5000).prompt_char_budget == 5000
+    with pytest.raises(ValidationError, match="at least max_text_chars"):
+        ApiLimits(max_prompt_chars=999)
+
+
+def test_batch_tag_jobs_render_prompts_within_the_same_limits(tiny_args):
+    from clipfleet.batch.settings import SettingsError, tag_settings
+
+    assert tag_settings(tiny_args, ("cat",), "a photo of a {label}", 5).labels == ("cat",)
+    with pytest.raises(SettingsError, match="would be 1403 characters"):
+        tag_settings(tiny_args, ("x" * 200,), "{label}" * 7 + "abc", 5)
+    with pytest.raises(SettingsError, match="must contain"):
+        tag_settings(tiny_args, ("cat",), "a photo", 5)

@@ -8,8 +8,8 @@ context length:
 - a run of letters (or of symbols) longer than half the context in characters (at least
   `MIN_RUN_CHARS`) is cut to that: 38 for CLIP, 32 for SigLIP. Hardly a word of any language is
   that long (the longest English one has 45 letters, and would lose its last 7); a random-letter
-  run of that length already takes ~20 tokens, so 64 of them cost an encoder what 64 captions
-  do, not 20 s;
+  run of that length already takes ~21 tokens, so 64 of them cost an encoder what 64 long
+  captions do (a forward of 23 tokens each), not 20 s of BPE;
 - the whole text to `TEXT_CHARS_PER_TOKEN` characters per token of context (924 for CLIP):
   English runs ~4 characters per token, and even prose of long words (7.5) gives its first 77
   tokens well within that.

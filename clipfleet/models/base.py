@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -172,10 +173,17 @@ class ClipModel(ImageEncoderModel):
             "logit_bias": round(semantics.logit_bias, 4),
         }
 
-    @abstractmethod
     def tokenize(self, texts: list[str]) -> list[TextTokens]:
         """Each text's tokens, cut first to what the tokenizer can use
-        (clipfleet.models.text_bounds): what `encode_tokens` takes, and the usage count."""
+        (clipfleet.models.text_bounds): what `encode_tokens` takes, and the usage count. One
+        call at a time per model: requests tokenize on worker threads, and open_clip's BPE
+        cache is emptied when full (a lookup on another thread would miss it mid-way)."""
+        with self.__dict__.setdefault("_tokenize_lock", threading.Lock()):
+            return self._tokenize(texts)
+
+    @abstractmethod
+    def _tokenize(self, texts: list[str]) -> list[TextTokens]:
+        """`tokenize` of one backend."""
 
     @abstractmethod
     def _token_features(self, tokens: list[TextTokens]) -> torch.Tensor:

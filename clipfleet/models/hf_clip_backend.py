@@ -174,7 +174,7 @@ class TransformersClipModel(ClipModel):
             return _projected(self._model.get_image_features(**pixels))
         return _projected(self._model.get_image_features(pixel_values=pixels))
 
-    def tokenize(self, texts: list[str]) -> list[TextTokens]:
+    def _tokenize(self, texts: list[str]) -> list[TextTokens]:
         # Always the same padding/truncation arguments: a fast tokenizer whose settings change
         # while another thread uses it fails ("Already borrowed"). CLIP texts are padded per
         # batch (to its longest) when they are stacked; SigLIP pools the last position and was

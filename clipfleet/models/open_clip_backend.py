@@ -96,7 +96,7 @@ class OpenClipModel(ClipModel):
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._model.encode_image(pixels)
 
-    def tokenize(self, texts: list[str]) -> list[TextTokens]:
+    def _tokenize(self, texts: list[str]) -> list[TextTokens]:
         # The tokenizer pads to the context; HF tokenizers inside open_clip name their pad id.
         pad_id = getattr(getattr(self._tokenizer, "tokenizer", None), "pad_token_id", None)
         rows = self._tokenizer(usable_texts(texts, self._context_length))

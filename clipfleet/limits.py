@@ -24,8 +24,9 @@ class ApiLimits(BaseModel):
     max_items: int = Field(64, ge=1, le=4096)
     max_text_chars: int = Field(1000, ge=1, le=100_000)
     # Characters of text one request may send the text encoders, every text together (texts,
-    # score pairs' texts, rendered tag prompts): 413 past it. Unset: max_items x max_text_chars,
-    # what the largest /v1/embed/text request sends.
+    # score pairs' texts, rendered tag prompts, rerank queries and documents): 413 past it.
+    # Unset: (max_items + 1) x max_text_chars, the largest request a route takes (max_items
+    # texts, and a rerank or score query beside them).
     max_prompt_chars: int | None = Field(None, ge=1, le=10_000_000)
     max_labels: int = Field(256, ge=1, le=10_000)
     max_top_k: int = Field(50, ge=1)
@@ -51,7 +52,7 @@ class ApiLimits(BaseModel):
 
     @property
     def prompt_char_budget(self) -> int:
-        return self.max_prompt_chars or self.max_items * self.max_text_chars
+        return self.max_prompt_chars or (self.max_items + 1) * self.max_text_chars
 
 
 def check_count(count: int, field: str, limits: ApiLimits) -> None:

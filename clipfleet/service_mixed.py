@@ -76,14 +76,16 @@ class MixedOperations:
     def _routed_items(
         self, items: Sequence[Item], profile_name: str | None, routing: Routing | None, field: str
     ) -> tuple[Profile, str]:
-        """The limits (item count, text length) checked before any work, then the route."""
+        """The limits (item count, each text's length, all texts' characters) checked before
+        any work, then the route."""
         self.check_count(sum(item.counted for item in items), field)
-        for item in items:
-            if item.text is not None:
-                try:
-                    self.check_texts([item.text], field)
-                except ClipfleetError as exc:
-                    raise exc.at_param(item.param) from None
+        texts = [item for item in items if item.text is not None]
+        for item in texts:
+            try:
+                self.check_texts([item.text], field)
+            except ClipfleetError as exc:
+                raise exc.at_param(item.param) from None
+        self.check_texts([item.text for item in texts], field)  # the request's prompt budget
         return self.route(profile_name, routing)
 
     async def _item_vectors(

@@ -3,10 +3,15 @@ tests/support/hostile_corpus.py (the cases themselves live there, as data)."""
 
 from __future__ import annotations
 
+import base64
 import json
+import random
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.support.images import image_bytes
 
 # What no answer may hold, whatever was asked: tracebacks and the libraries' own words.
 NEVER = (
@@ -90,3 +95,21 @@ def check_answer(attack: Attack, status: int, text: str, envelope: dict | None) 
             assert error.get("param") == attack.param, (attack.name, error)
     for phrase in (*NEVER, *attack.absent):
         assert phrase not in text, (attack.name, phrase, text[:300])
+
+
+def letters(count: int, seed: int) -> str:
+    rng = random.Random(seed)
+    return "".join(rng.choice(string.ascii_lowercase) for _ in range(count))
+
+
+def values_bomb(size: int) -> Callable[[], bytes]:
+    """`size` bytes of JSON whose list holds size / 3 empty objects (the 31.5 MB attack)."""
+    return lambda: b'{"texts": [' + b"{}," * ((size - 16) // 3) + b"{}]}"
+
+
+def url_safe_image() -> str:
+    for seed in range(100):
+        text = base64.b64encode(image_bytes(seed=seed)).decode()
+        if "+" in text and "/" in text:
+            return text.replace("+", "-").replace("/", "_").rstrip("=")
+    raise AssertionError("no image with both + and / in its base64")

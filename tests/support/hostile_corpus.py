@@ -16,34 +16,12 @@ streamed cases and the decode bombs of tests/support/bombs.py).
 from __future__ import annotations
 
 import base64
-import random
-import string
-from collections.abc import Callable
 
-from tests.support.attacks import ADDRESS_KINDS, Attack
+from tests.support.attacks import ADDRESS_KINDS, Attack, letters, url_safe_image, values_bomb
 from tests.support.hostile import STREAMED_CASES, hostile_corpus
 from tests.support.images import image_base64, image_bytes
 
-
 # What no answer may hold, whatever was asked: tracebacks and the libraries' own words.
-def letters(count: int, seed: int) -> str:
-    rng = random.Random(seed)
-    return "".join(rng.choice(string.ascii_lowercase) for _ in range(count))
-
-
-def _values_bomb(size: int) -> Callable[[], bytes]:
-    """`size` bytes of JSON whose list holds size / 3 empty objects (the 31.5 MB attack)."""
-    return lambda: b'{"texts": [' + b"{}," * ((size - 16) // 3) + b"{}]}"
-
-
-def _url_safe_image() -> str:
-    for seed in range(100):
-        text = base64.b64encode(image_bytes(seed=seed)).decode()
-        if "+" in text and "/" in text:
-            return text.replace("+", "-").replace("/", "_").rstrip("=")
-    raise AssertionError("no image with both + and / in its base64")
-
-
 IMAGE = {"base64": image_base64()}
 LONG_WORDS = [letters(1000, seed) for seed in range(64)]
 WIDE_LABELS = [letters(200, seed) for seed in range(256)]
@@ -124,6 +102,20 @@ ATTACKS: list[Attack] = [
         "invalid_request",
         "dimensions",
         json={"texts": ["a cat"], "dimensions": True},
+    ),
+    Attack(
+        "rerank_64_long_word_documents",
+        "/v1/rerank",
+        200,
+        json={"model": "fast", "query": "a cat", "documents": LONG_WORDS, "modality": "text"},
+    ),
+    Attack(
+        "rerank_document_over_max_chars",
+        "/v1/rerank",
+        422,
+        "invalid_request",
+        "documents[1]",
+        json={"model": "fast", "query": "a", "documents": ["a", "x" * 1001], "modality": "text"},
     ),
     # -- tag prompts: rendered prompts obey the text limits, one budget per request -----------
     Attack(
@@ -243,7 +235,7 @@ ATTACKS: list[Attack] = [
         "/v1/embed/text",
         413,
         "payload_too_large",
-        content=_values_bomb(31_500_000),
+        content=values_bomb(31_500_000),
         content_type="application/json",
     ),
     Attack(
@@ -251,7 +243,7 @@ ATTACKS: list[Attack] = [
         "/v1/embed/text",
         413,
         "payload_too_large",
-        content=_values_bomb(7_000_000),
+        content=values_bomb(7_000_000),
         content_type="application/json",
         serve=True,
     ),
@@ -333,7 +325,7 @@ ATTACKS: list[Attack] = [
         serve=True,
     ),
     Attack(
-        "base64_url_safe", "/v1/embed/image", 200, json={"images": [{"base64": _url_safe_image()}]}
+        "base64_url_safe", "/v1/embed/image", 200, json={"images": [{"base64": url_safe_image()}]}
     ),
     Attack(
         "image_url_and_base64",

@@ -140,8 +140,8 @@ def test_the_prompt_budget_is_validated_and_defaults_to_the_largest_text_request
 
     from clipfleet.config import ApiLimits
 
-    assert ApiLimits().prompt_char_budget == 64 * 1000
-    assert ApiLimits(max_items=8, max_text_chars=100).prompt_char_budget == 800
+    assert ApiLimits().prompt_char_budget == 65 * 1000
+    assert ApiLimits(max_items=8, max_text_chars=100).prompt_char_budget == 900
     assert ApiLimits(max_prompt_chars=5000).prompt_char_budget == 5000
     with pytest.raises(ValidationError, match="at least max_text_chars"):
         ApiLimits(max_prompt_chars=999)

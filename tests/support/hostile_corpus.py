@@ -28,6 +28,24 @@ WIDE_LABELS = [letters(200, seed) for seed in range(256)]
 UPLOAD = {"image": ("a.jpg", image_bytes(), "image/jpeg")}
 
 
+# Malformed image URLs (issue 23, item 2): each a 400 invalid_url before any lookup; they
+# used to fail inside name resolution as a 500 (tests/unit/test_blame.py replays them at a canary).
+INVALID_HOSTS = [
+    "http://a..b/x.jpg",
+    "http://xn--/x.jpg",
+    "http://xn--zz.example/x.jpg",
+    f"http://{'a' * 64}.example/x.jpg",
+    "http://-lead.example/x.jpg",
+    "http://exa%20mple.example/x.jpg",
+    "http://a.b:99999/x.jpg",
+]
+
+
+def _invalid_url(name: str, url: str, serve: bool = False) -> Attack:
+    body = {"images": [{"url": url}]}
+    return Attack(name, "/v1/embed/image", 400, "invalid_url", "images[0]", json=body, serve=serve)
+
+
 def _refused_url(name: str, url: str, serve: bool = False) -> Attack:
     body = {"images": [{"url": url}]}
     return Attack(
@@ -350,21 +368,11 @@ ATTACKS: list[Attack] = [
     _refused_url("url_nat64_metadata", "http://[64:ff9b::a9fe:a9fe]/", serve=True),
     _refused_url("url_nat64_private", "http://[64:ff9b::a00:1]/"),
     _refused_url("url_port_22", "http://example.com:22/a.jpg"),
-    Attack(
-        "url_ftp",
-        "/v1/embed/image",
-        400,
-        "invalid_request",
-        "images[0]",
-        json={"images": [{"url": "ftp://example.com/a.jpg"}]},
-    ),
-    Attack(
-        "url_file",
-        "/v1/embed/image",
-        400,
-        "invalid_request",
-        "images[0]",
-        json={"images": [{"url": "file:///etc/passwd"}]},
+    _invalid_url("url_ftp", "ftp://example.com/a.jpg"),
+    _invalid_url("url_file", "file:///etc/passwd"),
+    *(
+        _invalid_url(f"url_invalid_host_{index}", url, serve=index == 0)
+        for index, url in enumerate(INVALID_HOSTS)
     ),
     # -- hostile images, fetched (tests.support.hostile), and two decode bombs -------------------
     *(

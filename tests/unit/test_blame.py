@@ -22,20 +22,12 @@ from clipfleet.api.app import create_app
 from clipfleet.config import AppArgs, ClipModelSpec, ProfileSpec, ResNetSpec
 from clipfleet.replicas.fetcher import Fetcher
 from clipfleet.traffic import RollbackPolicy, TrafficConfig
+from tests.support.hostile_corpus import INVALID_HOSTS
 from tests.support.images import image_base64
 from tests.support.local_dag import LocalHandle, build_local_service, loopback_fetch
 
 DEADLINE_S = 0.5  # of the app that serves the slow upstream
 FETCHER_BUG_URL = "http://fetcher-bug.test/x.jpg"
-INVALID_HOSTS = [
-    "http://a..b/x.jpg",
-    "http://xn--/x.jpg",
-    "http://xn--zz.example/x.jpg",
-    f"http://{'a' * 64}.example/x.jpg",
-    "http://-lead.example/x.jpg",
-    "http://exa%20mple.example/x.jpg",
-    "http://a.b:99999/x.jpg",
-]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,350 @@
+"""Where a served image's CPU goes: CPU-seconds per image, per process of the server's tree.
+
+    python -m loadtests.cpu_breakdown --shape embeddings --clients 32 --seconds 60
+    python -m loadtests.cpu_breakdown --shape embeddings16 --hf-dir /tmp/hf-clip-vit-b32
+    python -m loadtests.cpu_breakdown --shape score-url --config serve_config.yaml
+    python -m loadtests.cpu_breakdown --attach 8000 --shape embeddings   # a server you started
+
+Starts `serve run` of the config (as `make bench` runs it: loopback image server allowed, the
+encoders' embedding cache off, random weights, Ray workers at nice 0, a Ray cluster of its own,
+and, as `make run`, clipfleet.configgen.RAY_PROCESS_ENV),
+or attaches to the server listening on `--attach`'s port; runs a bounded closed-loop load (warm-up,
+then the measured window) and reads every process's CPU times (psutil, user + system, all
+threads) before and after the window. Ray workers are grouped by the actor they host (the Serve
+proxy, the controller, each deployment's replicas), the rest by program (raylet, GCS, dashboard,
+...). CPU-seconds per image is robust to other load on the machine, which throughput is not; the
+report also gives the machine's whole CPU use in the window and how much of it was outside the
+server (other users of the cores) so a reader can judge the noise.
+
+Shapes: `embeddings`: POST /v1/embeddings, `modality: image`, one base64 JPEG (800x600, ~142 KiB,
+every one unique) per request, `--clients` clients; `embeddings16`: 16 of them per request,
+`--multi-clients` clients; `score-url`: POST /v1/score with one image by URL and one text per
+request (what `make bench` measures), `--clients` clients.
+`--hf-dir` serves a random-init transformers CLIP ViT-B/32 saved as a local directory (made there
+if missing) as the default profile's CLIP instead of the config's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import psutil
+import yaml
+from PIL import Image
+
+from clipfleet.configgen import RAY_PROCESS_ENV
+from clipfleet.processes import stop_tree
+from loadtests import profiles
+from loadtests.bench import (
+    BENCH_CONFIG,
+    IMAGE_PORT,
+    app_args,
+    clipfleet_body,
+    image_url,
+    prepared,
+    start,
+    start_clipfleet,
+)
+from loadtests.client import run_load
+
+SHAPES = {"embeddings": 1, "embeddings16": 16, "score-url": 1}
+PHOTO_SIZE = (800, 600)
+# What --py-spy records (the busy processes of the request path).
+PROFILED = {"serve proxy", "Ingress", "ImageFetcher", "clip_fast", "Scorer"}
+
+
+def photo(index: int) -> bytes:
+    """A unique photo-like JPEG (smooth colour field plus fine grain), ~142 KiB at 800x600."""
+    width, height = PHOTO_SIZE
+    rng = np.random.default_rng(index)
+    coarse = rng.integers(0, 255, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
+    smooth = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+    grain = rng.integers(-9, 10, (height, width, 3), dtype=np.int16)
+    pixels = np.clip(np.asarray(smooth, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def data_urls(count: int) -> list[str]:
+    return [
+        "data:image/jpeg;base64," + base64.b64encode(photo(index)).decode()
+        for index in range(count)
+    ]
+
+
+def make_hf_clip_dir(folder: Path) -> Path:
+    """A random-init transformers CLIP ViT-B/32 (CLIPConfig's defaults) saved with its
+    tokenizer and image processor, loadable as `backend: transformers, model: <folder>`."""
+    if (folder / "config.json").exists():
+        return folder
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from clipfleet.models.hf_clip_backend import openai_clip_tokenizer
+
+    torch.manual_seed(0)
+    config = CLIPConfig()
+    CLIPModel(config).save_pretrained(folder)
+    openai_clip_tokenizer().save_pretrained(folder)
+    size = config.vision_config.image_size
+    CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    ).save_pretrained(folder)
+    return folder
+
+
+def with_hf_clip(config: Path, folder: Path) -> Path:
+    """`config` with its default profile's CLIP replaced by the transformers directory."""
+    document = yaml.safe_load(config.read_text())
+    args = document["applications"][0]["args"]
+    profile = args["profiles"][app_args(config).default_profile]
+    profile.pop("variants", None)
+    profile["clip"] = {"backend": "transformers", "model": str(folder)}
+    path = Path(tempfile.mkdtemp(prefix="clipfleet-cpu-")) / f"{config.stem}_hf.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def body_maker(shape: str, profile: str, urls: list[str]):
+    per_request = SHAPES[shape]
+    if shape == "score-url":
+        return clipfleet_body
+
+    def body(n: int) -> dict:
+        start = (n * per_request) % len(urls)
+        items = [urls[(start + i) % len(urls)] for i in range(per_request)]
+        return {"model": profile, "modality": "image", "input": items}
+
+    return body
+
+
+# -- processes ---------------------------------------------------------------------------------
+_REPLICA = re.compile(r"ray::ServeReplica:[^:\s]+:([^.\s]+)")
+_NAMED = [
+    (re.compile(r"ray::ProxyActor"), "serve proxy"),
+    (re.compile(r"ray::ServeController"), "serve controller"),
+    (re.compile(r"raylet"), "raylet"),
+    (re.compile(r"gcs_server"), "gcs"),
+    (
+        re.compile(r"[Dd]ashboard|agent|Agent|log_monitor|monitor\.py"),
+        "dashboard, agents, log monitor",
+    ),
+    (re.compile(r"ray::IDLE|default_worker"), "idle ray workers"),
+    (re.compile(r"serve run|\bserve\b"), "serve run driver"),
+]
+
+
+def label_of(proc: psutil.Process) -> str:
+    try:
+        title = " ".join(proc.cmdline()) or proc.name()
+    except psutil.Error:
+        return "gone"
+    match = _REPLICA.search(title)
+    if match:
+        return match.group(1)
+    for pattern, label in _NAMED:
+        if pattern.search(title):
+            return label
+    return f"other: {proc.name()}"
+
+
+def server_root(port: int) -> psutil.Process:
+    """The topmost process of the tree serving `port` (the `serve run` driver or the node)."""
+    listener = next(
+        (
+            c.pid
+            for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid
+        ),
+        None,
+    )
+    if listener is None:
+        raise SystemExit(f"nothing listens on port {port}")
+    proc = psutil.Process(listener)
+    while proc.parent() is not None and _is_ray(proc.parent()):
+        proc = proc.parent()
+    return proc
+
+
+def _is_ray(proc: psutil.Process) -> bool:
+    try:
+        title = " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+    return "ray" in title or "serve" in title
+
+
+class TreeCpu:
+    """CPU seconds (user + system) of every process in a tree, labelled once when first seen
+    as something other than an idle worker (Ray workers retitle themselves per call)."""
+
+    def __init__(self, root: psutil.Process) -> None:
+        self.root = root
+        self.labels: dict[int, str] = {}
+
+    def snapshot(self) -> dict[int, float]:
+        found = {}
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:
+                continue
+            if self.labels.get(proc.pid, "idle ray workers") == "idle ray workers":
+                self.labels[proc.pid] = label_of(proc)
+            found[proc.pid] = times.user + times.system
+        return found
+
+    def grouped(self, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+        groups: Counter[str] = Counter()
+        for pid, seconds in after.items():
+            groups[self.labels[pid]] += seconds - before.get(pid, 0.0)
+        return dict(groups)
+
+
+def machine_busy_s() -> float:
+    times = psutil.cpu_times()  # guest time is already counted in user
+    return times.user + times.nice + times.system + times.irq + times.softirq
+
+
+def measure(
+    url: str,
+    body,
+    clients: int,
+    seconds: float,
+    warmup_s: float,
+    tree: TreeCpu,
+    per_request: int,
+    profile_to: Path | None = None,
+) -> dict:
+    """One load window; with `profile_to`, py-spy records PROFILED processes through it."""
+    if warmup_s:
+        asyncio.run(run_load(url, body, clients, warmup_s))
+    me = psutil.Process()
+    before, busy, mine = tree.snapshot(), machine_busy_s(), sum(me.cpu_times()[:2])
+    recording = []
+    if profile_to is not None:
+        targets = {pid: label for pid, label in tree.labels.items() if label in PROFILED}
+        recording = profiles.start_recording(targets, profile_to, seconds)
+    load = asyncio.run(run_load(url, body, clients, seconds))
+    after, busy, mine = tree.snapshot(), machine_busy_s() - busy, sum(me.cpu_times()[:2]) - mine
+    summaries = profiles.finish(recording)
+    images = load["requests"] * per_request
+    groups = tree.grouped(before, after)
+    server_s = sum(groups.values())
+    return {
+        **load,
+        "images": images,
+        "images_per_s": images / seconds,
+        "server_cpu_s_per_image": server_s / images if images else float("nan"),
+        "cpu_s_per_image": {
+            label: round(value / images, 5) if images else None
+            for label, value in sorted(groups.items(), key=lambda item: -item[1])
+        },
+        "window_s": seconds,
+        "server_cpu_s": round(server_s, 2),
+        "load_generator_cpu_s": round(mine, 2),
+        "machine_busy_cpu_s": round(busy, 2),
+        "outside_server_cpu_s": round(busy - server_s - mine, 2),
+        "machine_cores": psutil.cpu_count(),
+        **({"py_spy": summaries} if summaries else {}),
+    }
+
+
+def print_report(shape: str, result: dict) -> None:
+    print(
+        f"\n{shape}: {result['images_per_s']:.1f} img/s, p50 {result['p50_ms'] / 1000:.2f} s, "
+        f"p95 {result['p95_ms'] / 1000:.2f} s, {result['errors']} errors; server "
+        f"{result['server_cpu_s_per_image'] * 1000:.1f} CPU-ms per image"
+    )
+    for label, value in result["cpu_s_per_image"].items():
+        if value and value * 1000 >= 0.05:
+            print(f"  {label:34s} {value * 1000:8.1f} ms")
+    outside = result["outside_server_cpu_s"] / result["window_s"]
+    print(
+        f"  (machine: {result['machine_busy_cpu_s'] / result['window_s']:.2f} of "
+        f"{result['machine_cores']} cores busy, {outside:.2f} of them outside the server and "
+        "the load generator)"
+    )
+    profiles.print_summaries(result.get("py_spy", {}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--shape", action="append", choices=sorted(SHAPES))
+    parser.add_argument("--config", type=Path, default=BENCH_CONFIG)
+    parser.add_argument("--hf-dir", type=Path, help="serve this transformers CLIP directory")
+    parser.add_argument("--attach", type=int, help="port of a running server to measure")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument(
+        "--multi-clients", type=int, default=8, help="clients for embeddings16 (8 x 16 in flight)"
+    )
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--warmup", type=float, default=10)
+    parser.add_argument("--images", type=int, default=2000, help="distinct base64 images")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--py-spy", type=Path, help="record py-spy profiles into this folder")
+    args = parser.parse_args()
+    shapes = args.shape or ["embeddings"]
+    config = args.config
+    if args.hf_dir:
+        config = with_hf_clip(config, make_hf_clip_dir(args.hf_dir))
+    profile = app_args(config).default_profile
+    urls = data_urls(args.images) if any(s != "score-url" for s in shapes) else []
+    python = sys.executable
+    images = None
+    if "score-url" in shapes:
+        command = [python, "-m", "loadtests.images", "--port", str(IMAGE_PORT)]
+        images = start(command, image_url(0), 60)
+    serve: subprocess.Popen | None = None
+    try:
+        port = args.attach
+        if port is None:
+            os.environ.update(RAY_PROCESS_ENV)  # as `make run` starts it (the proxy's too)
+            serve = start_clipfleet(prepared(config))
+            port = 8000
+        tree = TreeCpu(psutil.Process(serve.pid) if serve else server_root(port))
+        report = {"config": str(args.config), "hf_dir": str(args.hf_dir or ""), "shapes": {}}
+        report["command"] = " ".join(["python -m loadtests.cpu_breakdown", *sys.argv[1:]])
+        for shape in shapes:
+            route = "/v1/score" if shape == "score-url" else "/v1/embeddings"
+            result = measure(
+                f"http://127.0.0.1:{port}{route}",
+                body_maker(shape, profile, urls),
+                args.multi_clients if SHAPES[shape] > 1 else args.clients,
+                args.seconds,
+                args.warmup,
+                tree,
+                SHAPES[shape],
+                args.py_spy / shape if args.py_spy else None,
+            )
+            report["shapes"][shape] = result
+            print_report(shape, result)
+    finally:
+        if serve is not None:
+            stop_tree(serve)
+        if images is not None:
+            stop_tree(images)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+    print(f"\nat {time.strftime('%Y-%m-%d %H:%M')}: {report['command']}")
+
+
+if __name__ == "__main__":
+    main()

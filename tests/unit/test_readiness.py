@@ -50,3 +50,43 @@ def test_ready_when_every_deployment_runs_a_replica_and_probes_call_nobody():
         assert view.current()[0] is False
 
     asyncio.run(scenario())
+
+
+def test_replica_states_are_counted_from_the_controllers_details(monkeypatch):
+    """serve_state reads the controller's JSON details as they come (the REST API's schema),
+    without serve.status()'s pydantic parse (which cloudpickles each deployment's router)."""
+    import ray.serve.context as serve_context
+
+    from clipfleet import serve_state
+
+    details = {
+        "applications": {
+            "clipfleet": {
+                "deployments": {
+                    "Scorer": {"status": "HEALTHY", "replicas": [{"state": "RUNNING"}]},
+                    "clip_fast": {
+                        "status": "UPDATING",
+                        "replicas": [{"state": "RUNNING"}, {"state": "STARTING"}],
+                    },
+                }
+            },
+            "other": {"deployments": {"X": {"status": "HEALTHY", "replicas": []}}},
+        }
+    }
+
+    class Client:
+        def get_serve_details(self):
+            return details
+
+    class Replica:
+        app_name = "clipfleet"
+
+    monkeypatch.setattr(serve_context, "_get_internal_replica_context", lambda: Replica())
+    monkeypatch.setattr(serve_context, "_get_global_client", lambda **_: Client())
+    app, deployments = serve_state.deployment_states()
+    assert app == "clipfleet"
+    assert deployments == {
+        "Scorer": {"status": "HEALTHY", "replicas": {"RUNNING": 1}},
+        "clip_fast": {"status": "UPDATING", "replicas": {"RUNNING": 1, "STARTING": 1}},
+    }
+    assert serve_state.running_replicas(deployments, "clip_fast") == 1

@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Every Ray process `serve run` starts (its proxy too) gets clipfleet.configgen.RAY_PROCESS_ENV.
 run: $(STAMP)
-	$(BIN)/serve run $(CONFIG)
+	env $$($(BIN)/python -m clipfleet.configgen --ray-env) $(BIN)/serve run $(CONFIG)
 
 # The unit tier runs first as a fast gate; the Ray tiers only run when it passes.
 test: $(STAMP)

@@ -2,6 +2,7 @@
 
     python -m clipfleet.configgen           # or: make cluster-sync
     python -m clipfleet.configgen --check   # exit 1 when a generated file is stale
+    python -m clipfleet.configgen --ray-env # RAY_PROCESS_ENV as NAME=value words (`make run`)
 
 serve_config.yaml is the base. Each target applies its overlays (cluster/overlays/*.yaml) in order:
 mappings merge key by key (`args` included) and a `null` deletes the key, as in a JSON merge
@@ -10,6 +11,10 @@ Every config is validated on the way: `args` by AppArgs, and each `deployments` 
 deployment those args produce (clipfleet.config.deployment_names), so a typo fails here instead
 of configuring nothing. An inherited entry whose deployment the overlay's args no longer produce
 (a profile the overlay removed) is dropped.
+
+RAY_PROCESS_ENV is the environment every Ray process of a clipfleet node starts with (the Serve
+proxy included, which no application's runtime_env reaches): `make run` passes it to `serve run`,
+and the RayServices' containers list it, generated here too (the lines marked ENV_MARKER).
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = "serve_config.yaml"
 OVERLAYS = "cluster/overlays"
 MARKER = "serveConfigV2: |"
+# Arguments and results up to 2 MiB inside Ray's calls, not through the object store: the Serve
+# proxy hands each request body to the ingress as such a result (docs/performance.md).
+RAY_PROCESS_ENV = {"RAY_max_direct_call_object_size": "2097152"}
+ENV_MARKER = "# make cluster-sync (RAY_PROCESS_ENV)"
 
 
 class ConfigError(ValueError):
@@ -179,6 +188,22 @@ def embed(manifest_text: str, body: list[str]) -> str:
     return "\n".join(lines[: start + 1] + block + lines[end:]) + "\n"
 
 
+def with_process_env(manifest_text: str) -> str:
+    """Every container `env:` list of the manifest starting with RAY_PROCESS_ENV's entries
+    (lines marked ENV_MARKER; earlier generated ones replaced)."""
+    lines = [line for line in manifest_text.splitlines() if not line.endswith(ENV_MARKER)]
+    out: list[str] = []
+    for index, line in enumerate(lines):
+        out.append(line)
+        if line.strip() != "env:" or index + 1 == len(lines):
+            continue
+        following = lines[index + 1]
+        indent = " " * (len(following) - len(following.lstrip()))
+        for name, value in RAY_PROCESS_ENV.items():
+            out.append(f'{indent}- {{name: {name}, value: "{value}"}}  {ENV_MARKER}')
+    return "\n".join(out) + "\n"
+
+
 def generate(target: Target, read=None, current: str | None = None) -> str:
     """The text `target.path` should hold (`current`: its manifest text, for embedded ones)."""
     body = render(compose(target.overlays, read), target.overlays)
@@ -186,7 +211,7 @@ def generate(target: Target, read=None, current: str | None = None) -> str:
         return "\n".join(body) + "\n"
     if current is None:
         current = (ROOT / target.path).read_text()
-    return embed(current, body)
+    return with_process_env(embed(current, body))
 
 
 def stale_targets() -> list[str]:
@@ -196,7 +221,11 @@ def stale_targets() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clipfleet.configgen", description=__doc__)
     parser.add_argument("--check", action="store_true", help="only report stale files")
+    parser.add_argument("--ray-env", action="store_true", help="print RAY_PROCESS_ENV")
     options = parser.parse_args(argv)
+    if options.ray_env:
+        print(" ".join(f"{name}={value}" for name, value in RAY_PROCESS_ENV.items()))
+        return 0
     try:
         if options.check:
             stale = stale_targets()

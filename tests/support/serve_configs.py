@@ -90,12 +90,19 @@ def snapshot() -> dict[str, dict]:
     return yaml.safe_load(EFFECTIVE_SNAPSHOT.read_text())
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """No `&id001` anchors: Ray hands the same options dict to deployments built alike."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def main() -> None:
     values = {name: effective(config) for name, config in deployed_configs().items()}
     EFFECTIVE_SNAPSHOT.parent.mkdir(exist_ok=True)
     EFFECTIVE_SNAPSHOT.write_text(
         "# Effective Serve configs (tests/support/serve_configs.py); regenerate on purpose only.\n"
-        + yaml.safe_dump(values, sort_keys=True, width=100)
+        + yaml.dump(values, Dumper=_PlainDumper, sort_keys=True, width=100)
     )
 
 

@@ -149,3 +149,32 @@ def test_check_mode_reports_stale_files(monkeypatch, capsys):
     monkeypatch.setattr(configgen, "load", reading(**{GPU.overlays[0]: lambda o: {**o, "x": 1}}))
     assert configgen.main(["--check"]) == 1
     assert "cluster/serve_config.gpu.yaml is stale" in capsys.readouterr().err
+
+
+def _ray_containers(manifest: dict) -> list[dict]:
+    spec = manifest["spec"]["rayClusterConfig"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    return [c for group in groups for c in group["template"]["spec"]["containers"]]
+
+
+@pytest.mark.parametrize("path", ["cluster/rayservice.yaml", "cluster/rayservice.gpu.yaml"])
+def test_every_ray_container_starts_with_the_process_env(path):
+    """RAY_PROCESS_ENV reaches every Ray process of a pod (the Serve proxy included), generated
+    into each container's env; an edit there is undone by `make cluster-sync`."""
+    services = [d for d in yaml.safe_load_all((ROOT / path).read_text()) if d]
+    (service,) = [d for d in services if d["kind"] == "RayService"]
+    containers = _ray_containers(service)
+    assert len(containers) >= 2
+    for container in containers:
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert {k: env.get(k) for k in configgen.RAY_PROCESS_ENV} == configgen.RAY_PROCESS_ENV
+    edited = (ROOT / path).read_text().replace('value: "2097152"}', 'value: "1"}')
+    assert configgen.with_process_env(edited) == (ROOT / path).read_text()
+
+
+def test_the_apps_runtime_env_agrees_with_the_process_env():
+    """serve_config.yaml's replicas get the same value where no process env was set."""
+    app = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]
+    env_vars = app["runtime_env"]["env_vars"]
+    assert {k: env_vars[k] for k in configgen.RAY_PROCESS_ENV} == configgen.RAY_PROCESS_ENV
+    assert configgen.main(["--ray-env"]) == 0

@@ -5,7 +5,8 @@ resolved address is checked and connected to as checked, and redirects are follo
 checked hop at a time. The whole download (all hops, body included) shares one deadline. With
 tracing on, each hop is an HTTP client span (clipfleet.observability.tracing.http_client_traces).
 Decodes run on a small thread pool of their own, at most `fetch.decode_budget_bytes` of
-estimated decode memory at a time (clipfleet.imaging.DecodePlan.cost_bytes).
+estimated decode memory at a time (clipfleet.decoding.BudgetedDecoder). Inline images (base64,
+uploads) need no download: `inline_bytes` checks and decodes their text, wherever they are read.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import aiohttp
@@ -22,8 +21,8 @@ import numpy as np
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
-from clipfleet.budget import ByteBudget
 from clipfleet.config import FetchLimits
+from clipfleet.decoding import BudgetedDecoder
 from clipfleet.errors import (
     InvalidRequestError,
     InvalidUrlError,
@@ -32,7 +31,6 @@ from clipfleet.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from clipfleet.imaging import DecodePlan, open_image
 from clipfleet.netguard import AddressPolicy, GuardedResolver
 from clipfleet.observability import tracing
 from clipfleet.urls import host_problem, parse_image_url
@@ -54,6 +52,11 @@ class ImageSource:
         if given != 1:
             raise InvalidRequestError("give exactly one of an image `url`, `base64` or a file")
 
+    @property
+    def inline(self) -> bool:
+        """The image is in the request itself (no download)."""
+        return self.url is None
+
 
 _URL_SAFE = bytes.maketrans(b"-_", b"+/")
 
@@ -73,6 +76,17 @@ def decode_base64(text: str, limits: FetchLimits) -> bytes:
         raise InvalidRequestError("`base64` is not valid base64 data") from exc
 
 
+def inline_bytes(source: ImageSource, limits: FetchLimits) -> bytes:
+    """An inline image's bytes (base64 decoded), within `max_bytes`."""
+    if source.data is not None:
+        if len(source.data) > limits.max_bytes:
+            raise PayloadTooLargeError(f"the image is larger than {limits.max_bytes} bytes")
+        return source.data
+    if source.base64 is not None:
+        return decode_base64(source.base64, limits)
+    raise InvalidRequestError("the image is not inline: it has a url")
+
+
 # One host's share of the connection pool: a batch of urls on one slow host can't take every
 # connection from requests to other hosts, nor open dozens of sockets at once to one origin.
 CONNECTIONS_PER_HOST = 16
@@ -89,8 +103,11 @@ class ImageFetcher:
         )
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
-        self.decode_budget = ByteBudget(limits.decode_budget_bytes)
-        self._decoders = ThreadPoolExecutor(limits.decode_threads, "clipfleet-decode")
+        self.decoder = BudgetedDecoder(limits)
+
+    @property
+    def decode_budget(self):
+        return self.decoder.budget
 
     def _client(self) -> aiohttp.ClientSession:
         # Created lazily: a ClientSession must be made inside the running event loop.
@@ -111,40 +128,18 @@ class ImageFetcher:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-        self._decoders.shutdown(wait=False, cancel_futures=True)
+        self.decoder.close()
 
     async def load(self, source: ImageSource) -> np.ndarray:
         return await self.decode(await self.read_bytes(source))
 
     async def decode(self, data: bytes) -> np.ndarray:
-        """Header first (cheap), then the pixels once the budget has room for their cost. The
-        bytes stay held until the decoding thread is done, even if the caller is cancelled."""
-        loop = asyncio.get_running_loop()
-        plan: DecodePlan = await loop.run_in_executor(self._decoders, open_image, data, self.limits)
-        try:
-            held = await self.decode_budget.acquire(plan.cost_bytes)
-        except BaseException:
-            plan.close()
-            raise
-
-        def finished(_: Future) -> None:  # on the decoding thread, or where it was cancelled
-            plan.close()
-            with contextlib.suppress(RuntimeError):  # the loop is gone: so is the budget
-                loop.call_soon_threadsafe(self.decode_budget.release, held)
-
-        decoding = self._decoders.submit(plan.decode)
-        decoding.add_done_callback(finished)
-        return await asyncio.wrap_future(decoding)
+        """Header first (cheap), then the pixels once the budget has room for their cost."""
+        return await self.decoder.decode(data)
 
     async def read_bytes(self, source: ImageSource) -> bytes:
-        if source.data is not None:
-            if len(source.data) > self.limits.max_bytes:
-                raise PayloadTooLargeError(
-                    f"the image is larger than {self.limits.max_bytes} bytes"
-                )
-            return source.data
-        if source.base64 is not None:
-            return decode_base64(source.base64, self.limits)
+        if source.inline:
+            return inline_bytes(source, self.limits)
         return await self.download(source.url or "")
 
     async def download(self, url: str) -> bytes:

@@ -29,9 +29,11 @@ from clipfleet.fanout import Judged, gather_items, raise_for
 from clipfleet.fanout import once_more_if_replica_lost as again
 from clipfleet.fetch import ImageSource
 from clipfleet.limits import check_count, check_texts, render_prompts
+from clipfleet.models.geometry import InputGeometry
 from clipfleet.multiplex import MultiplexedProfiles
 from clipfleet.readiness import ReadinessView
 from clipfleet.scoring import ScoreSemantics
+from clipfleet.service_images import ImageOperations
 from clipfleet.service_mixed import MixedOperations
 from clipfleet.service_views import ServiceViews
 from clipfleet.traffic import TrafficConfig, TrafficManager
@@ -89,7 +91,7 @@ def counts_against_variant(exc: BaseException) -> bool:
     return is_variant_fault(exc)
 
 
-class ClipfleetService(ServiceViews, MixedOperations):
+class ClipfleetService(ServiceViews, MixedOperations, ImageOperations):
     def __init__(
         self,
         args: AppArgs,
@@ -119,6 +121,7 @@ class ClipfleetService(ServiceViews, MixedOperations):
         self._logit_scales: dict[tuple[str, str], float] = {}
         self._semantics: dict[tuple[str, str], ScoreSemantics] = {}
         self._spaces: dict[tuple[str, str, str], Any] = {}  # (profile, variant, encoder)
+        self._geometries: dict[tuple[str, str], InputGeometry | None] = {}
         self.multiplexed = MultiplexedProfiles(args.multiplexed, multiplexed_encoders or {})
         self.readiness_view: ReadinessView | None = None
 
@@ -203,21 +206,6 @@ class ClipfleetService(ServiceViews, MixedOperations):
                     latency_s = time.monotonic() - started
                 self.traffic.record(profile.name, variant, ok, latency_s)
 
-    def _fetch(self, source: ImageSource):
-        return self.fetcher.fetch.remote(source)
-
-    async def _image_beside(self, clip: Any, source: ImageSource, other: Any, judged: Judged):
-        """The image's vector, timed by its encoder (what the canary guard judges), while
-        `other` (the text side, already sent) runs beside it; `other` is cancelled if the image
-        fails, so a failed request stops using encoder capacity."""
-        try:
-            image_vector, seconds = await clip.embed_image.remote(self._fetch(source), timed=True)
-        except BaseException:
-            other.cancel()
-            raise
-        judged.add(seconds)
-        return image_vector
-
     def _served(self, profile: Profile, variant: str, label: str, **body) -> dict:
         return {**body, "profile": profile.name, "variant": variant, "model": label}
 
@@ -236,33 +224,16 @@ class ClipfleetService(ServiceViews, MixedOperations):
                     "multiplexed profiles serve CLIP models only", "encoder", status=422
                 )
             profile = self.profile(profile_name)
-            resnet = profile.resnet
-            responses = [
-                again(lambda s=s: resnet.embed_image.remote(self._fetch(s))) for s in sources
-            ]
-            vectors = await gather_items(responses, "images")
+            key = ("", profile.resnet_label)
+            vectors = await self._image_vectors(profile.resnet, key, sources)
             body = _embedding_body(vectors, encoder)
             return self._served(profile, STABLE_VARIANT, profile.resnet_label, **body)
         profile, variant = self.route(profile_name, routing)
         clip = profile.clip[variant]
         async with self._observed(profile, variant, routing) as judged:
-            vectors = await self._image_vectors(clip, sources, judged)
+            vectors = await self._image_vectors(clip, (profile.name, variant), sources, judged)
         body = _embedding_body(vectors, encoder)
         return self._served(profile, variant, profile.clip_labels[variant], **body)
-
-    async def _image_vectors(
-        self, clip: Any, sources: Sequence[ImageSource], judged: Judged, field: str = "images"
-    ) -> list[np.ndarray]:
-        """One vector per image from `clip` (a variant's encoder), each timed for the guard."""
-        responses = [
-            again(lambda s=source: clip.embed_image.remote(self._fetch(s), timed=True))
-            for source in sources
-        ]
-        vectors = []
-        for vector, seconds in await gather_items(responses, field):
-            vectors.append(vector)
-            judged.add(seconds)
-        return vectors
 
     async def _text_vectors(
         self, clip: Any, texts: Sequence[str], count_tokens: bool
@@ -307,9 +278,11 @@ class ClipfleetService(ServiceViews, MixedOperations):
         async def score_pair(
             source: ImageSource, text: str, judged: Judged, extra: dict[str, Any]
         ) -> dict:
-            text_vector = clip.embed_text.remote(text)
-            image_vector = await self._image_beside(clip, source, text_vector, judged)
-            return await self.scorer.score_pair.remote(image_vector, text_vector, **extra)
+            """One encoder call for the pair's image and text, then the Scorer stage."""
+            image = await self._image_input(source, (profile.name, variant), clip)
+            vectors, seconds = await clip.embed_pair.remote(image, text, timed=True)
+            judged.add(seconds)
+            return await self.scorer.score_pair.remote(*vectors, **extra)
 
         async with self._observed(profile, variant, routing) as judged:
             semantics = await self.semantics(profile, variant)
@@ -349,7 +322,8 @@ class ClipfleetService(ServiceViews, MixedOperations):
                 extra = {"activation": semantics.activation, "logit_bias": semantics.logit_bias}
                 extra["threshold"] = threshold
             label_vectors = clip.embed_texts.remote(prompts)
-            image_vector = await self._image_beside(clip, source, label_vectors, judged)
+            key = (profile.name, variant)
+            image_vector = await self._image_beside(clip, key, source, label_vectors, judged)
             return await self.scorer.tag.remote(
                 image_vector, label_vectors, labels, semantics.logit_scale, top_k, **extra
             )

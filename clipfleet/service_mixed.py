@@ -3,7 +3,7 @@
 
 A mixin of ClipfleetService: each operation routes once, so every vector of a request comes
 from one variant (one embedding space), and embeds through the service's own calls (the texts
-in one `embed_texts` call, the images through the fetcher and `embed_image`, as /v1/embed/*).
+in one `embed_texts` call, the images as /v1/embed/* sends them: clipfleet.service_images).
 """
 
 from __future__ import annotations
@@ -89,7 +89,12 @@ class MixedOperations:
         return self.route(profile_name, routing)
 
     async def _item_vectors(
-        self, clip: Any, items: Sequence[Item], judged: Judged, count_tokens: bool
+        self,
+        clip: Any,
+        key: tuple[str, str],
+        items: Sequence[Item],
+        judged: Judged,
+        count_tokens: bool,
     ) -> tuple[list[np.ndarray], list[int]]:
         """Each item's vector, in order: the texts in one call beside the images' fan-out."""
         text_at = [index for index, item in enumerate(items) if item.text is not None]
@@ -100,7 +105,9 @@ class MixedOperations:
             texts = asyncio.ensure_future(self._text_vectors(clip, wanted, count_tokens))
         try:
             sources = [items[index].image for index in image_at]
-            images = await self._image_vectors(clip, sources, judged, _IMAGES) if image_at else []
+            images = (
+                await self._image_vectors(clip, key, sources, judged, _IMAGES) if image_at else []
+            )
         except Exception as exc:
             if texts is not None:
                 texts.cancel()
@@ -127,7 +134,8 @@ class MixedOperations:
         profile, variant = self._routed_items(items, profile_name, routing, field)
         clip = profile.clip[variant]
         async with self._observed(profile, variant, routing) as judged:
-            vectors, token_counts = await self._item_vectors(clip, items, judged, count_tokens)
+            key = (profile.name, variant)
+            vectors, token_counts = await self._item_vectors(clip, key, items, judged, count_tokens)
         body = {
             "embeddings": vectors,
             "token_counts": token_counts,
@@ -153,7 +161,8 @@ class MixedOperations:
         clip = profile.clip[variant]
         async with self._observed(profile, variant, routing) as judged:
             semantics = await self.semantics(profile, variant)
-            vectors, token_counts = await self._item_vectors(clip, items, judged, True)
+            key = (profile.name, variant)
+            vectors, token_counts = await self._item_vectors(clip, key, items, judged, True)
         first = np.stack([vectors[i] for i, _ in pairs])
         second = np.stack([vectors[len(left) + j] for _, j in pairs])
         body = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clipfleet.config import ClipModelSpec, random_weights_enabled
+from clipfleet.config import ClipModelSpec, FetchLimits, random_weights_enabled
 from clipfleet.replicas import clip
 from deployments._context import replica_id
 from deployments._encoder import (
@@ -16,7 +16,8 @@ from deployments._encoder import (
 
 @encoder_deployment
 class ClipEncoder(BatchedImagesAndTexts, clip.ClipEncoder):
-    def __init__(self, spec: ClipModelSpec) -> None:
+    def __init__(self, spec: ClipModelSpec, limits: FetchLimits | None = None) -> None:
         plan = prepare_replica()
-        super().__init__(spec, plan, random_weights_enabled(), replica_id(), node_lease(plan))
+        lease = node_lease(plan)
+        super().__init__(spec, plan, random_weights_enabled(), replica_id(), lease, limits)
         fleet_drills(self.guard)

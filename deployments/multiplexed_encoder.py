@@ -12,7 +12,7 @@ from __future__ import annotations
 from ray import serve
 from ray.serve.deployment import Deployment
 
-from clipfleet.config import MultiplexedProfileSpec, random_weights_enabled
+from clipfleet.config import FetchLimits, MultiplexedProfileSpec, random_weights_enabled
 from clipfleet.multiplex import LoadedModel
 from clipfleet.replicas import multiplexed
 from deployments._context import replica_id
@@ -29,8 +29,11 @@ _RAY_WRAPPER_ATTR = "__serve_multiplex_wrapper"  # where @serve.multiplexed keep
 class MultiplexedClipEncoderBase(BatchedImagesAndTexts, multiplexed.MultiplexedClipEncoder):
     """Everything but the loader, whose decoration depends on the profile's LRU size."""
 
-    def __init__(self, profile: str, spec: MultiplexedProfileSpec) -> None:
-        super().__init__(profile, spec, prepare_replica(), random_weights_enabled(), replica_id())
+    def __init__(
+        self, profile: str, spec: MultiplexedProfileSpec, limits: FetchLimits | None = None
+    ) -> None:
+        plan = prepare_replica()
+        super().__init__(profile, spec, plan, random_weights_enabled(), replica_id(), limits=limits)
         fleet_drills(self.guard)
 
     def _lru_models(self) -> dict[str, LoadedModel]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clipfleet.config import ResNetSpec, random_weights_enabled
+from clipfleet.config import FetchLimits, ResNetSpec, random_weights_enabled
 from clipfleet.replicas import encoder
 from deployments._context import replica_id
 from deployments._encoder import (
@@ -16,7 +16,8 @@ from deployments._encoder import (
 
 @encoder_deployment
 class ResNetEncoder(BatchedImages, encoder.ResNetEncoder):
-    def __init__(self, spec: ResNetSpec) -> None:
+    def __init__(self, spec: ResNetSpec, limits: FetchLimits | None = None) -> None:
         plan = prepare_replica()
-        super().__init__(spec, plan, random_weights_enabled(), replica_id(), node_lease(plan))
+        lease = node_lease(plan)
+        super().__init__(spec, plan, random_weights_enabled(), replica_id(), lease, limits)
         fleet_drills(self.guard)

@@ -45,15 +45,15 @@ class ServeBinder:
     def scorer(self):
         return self.deploy(Scorer, SCORER_DEPLOYMENT).bind()
 
-    def clip_encoder(self, name, spec):
-        return self.deploy(ClipEncoder, name).bind(spec)
+    def clip_encoder(self, name, spec, limits):
+        return self.deploy(ClipEncoder, name).bind(spec, limits)
 
-    def resnet_encoder(self, name, spec):
-        return self.deploy(ResNetEncoder, name).bind(spec)
+    def resnet_encoder(self, name, spec, limits):
+        return self.deploy(ResNetEncoder, name).bind(spec, limits)
 
-    def multiplexed_encoder(self, name, profile, spec):
+    def multiplexed_encoder(self, name, profile, spec, limits):
         # Built per profile: Ray fixes the LRU size when the loader is decorated.
-        return self.deploy(multiplexed_encoder(spec), name).bind(profile, spec)
+        return self.deploy(multiplexed_encoder(spec), name).bind(profile, spec, limits)
 
     def ingress(self, args, graph):
         return self.deploy(Ingress, INGRESS_DEPLOYMENT).bind(args, *graph)

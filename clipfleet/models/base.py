@@ -16,6 +16,7 @@ from PIL import Image
 
 from clipfleet.models.device import DevicePlan, inference, l2_normalize
 from clipfleet.models.fingerprint import describe_transform
+from clipfleet.models.geometry import InputGeometry, torchvision_geometry
 from clipfleet.scoring import ScoreSemantics
 
 logger = logging.getLogger("clipfleet.models")
@@ -94,6 +95,12 @@ class ImageEncoderModel(ABC):
             stacked = stacked.pin_memory()  # page-locked: the copy to the GPU is a real DMA
         stacked = stacked.to(self.plan.device, non_blocking=True)
         return self._run(self._image_features, stacked)
+
+    def input_geometry(self) -> InputGeometry | None:
+        """The square this model's preprocessing keeps (an image decoded straight to it gives
+        the same input); None where its preprocessing is anything else."""
+        transform = getattr(self, "_preprocess", None)
+        return torchvision_geometry(transform) if transform is not None else None
 
     def image_tower(self) -> torch.nn.Module:
         """The module behind `_image_features` (what runtime=onnx exports)."""

@@ -36,6 +36,7 @@ from clipfleet.models.base import (
     to_pil,
 )
 from clipfleet.models.device import DevicePlan
+from clipfleet.models.geometry import InputGeometry, hf_processor_geometry
 from clipfleet.models.text_bounds import usable_texts
 
 logger = logging.getLogger("clipfleet.models")
@@ -159,6 +160,9 @@ class TransformersClipModel(ClipModel):
         if "pixel_attention_mask" in inputs:  # SigLIP 2 (NaFlex): patches, mask and shapes
             return {key: value[0] for key, value in inputs.items()}
         return inputs["pixel_values"][0]
+
+    def input_geometry(self) -> InputGeometry | None:
+        return hf_processor_geometry(self._processor)
 
     def encode_images(self, pixel_batch: list) -> np.ndarray:
         if not isinstance(pixel_batch[0], dict):

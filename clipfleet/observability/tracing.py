@@ -44,7 +44,16 @@ REQUEST_ID_ATTRIBUTE = "clipfleet.request_id"
 # The deployment methods that accept `traceparent=` (decorated with @traced): TracedHandle adds
 # it to calls of these only, so every other method (describe, ...) is called as before.
 TRACED_METHODS = frozenset(
-    {"fetch", "embed_image", "embed_text", "embed_texts", "score_pair", "tag"}
+    {
+        "fetch",
+        "embed_image",
+        "embed_images",
+        "embed_pair",
+        "embed_text",
+        "embed_texts",
+        "score_pair",
+        "tag",
+    }
 )
 TRACEPARENT = "traceparent"
 

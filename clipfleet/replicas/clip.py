@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from clipfleet.cache import text_key
-from clipfleet.config import ClipModelSpec
+from clipfleet.config import ClipModelSpec, FetchLimits
 from clipfleet.models.base import TextTokens
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import DevicePlan
@@ -18,9 +18,12 @@ from clipfleet.replicas import LOCAL_REPLICA
 from clipfleet.replicas.encoder import (
     ImageEncoder,
     cached_embedding,
+    embed_both,
+    embed_timed,
     embed_tokenized,
     inject_faults,
 )
+from clipfleet.replicas.images import EncoderImage
 from clipfleet.replicas.serving import serving
 
 
@@ -34,9 +37,10 @@ class ClipEncoder(ImageEncoder):
         random_weights: bool = False,
         replica_id: str = LOCAL_REPLICA,
         lease: ForwardLease | None = None,
+        limits: FetchLimits | None = None,
     ) -> None:
         model = apply_runtime(load_clip_model(spec, plan, random_weights), spec)
-        super().__init__(model, replica_id, lease)
+        super().__init__(model, replica_id, lease, limits)
 
     def _forwards(self) -> dict:
         return {**super()._forwards(), "text": self.model.encode_tokens}
@@ -45,7 +49,20 @@ class ClipEncoder(ImageEncoder):
     @serving
     async def embed_text(self, text: str) -> np.ndarray:
         await inject_faults(self.config)
+        return await self._text_vector(text)
+
+    async def _text_vector(self, text: str) -> np.ndarray:
         return (await embed_tokenized(self.model, [text], False, self._embed_one_text))[0]
+
+    @traced("encoder.embed_pair")
+    @serving
+    async def embed_pair(
+        self, image: EncoderImage, text: str, timed: bool = False
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[tuple[np.ndarray, np.ndarray], float]:
+        """A /v1/score pair's two vectors in one call; with `timed`, also the seconds spent
+        here (see `embed_timed`)."""
+        pair = embed_both(self._embed_image(image), self._text_vector(text))
+        return await embed_timed(pair, timed)
 
     @traced("encoder.embed_texts")
     @serving

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from clipfleet.batching import ForwardScheduler
-from clipfleet.cache import EmbeddingCache, image_key
+from clipfleet.cache import EmbeddingCache
 from clipfleet.config import EncoderConfig, FetchLimits, ResNetSpec
 from clipfleet.embedding_space import space_of, stamp
-from clipfleet.gpu_decode import EncodedJpeg, decode_on_cpu, decode_on_device, preprocess_on_device
+from clipfleet.fanout import gather_items
 from clipfleet.models.base import ImageEncoderModel, TextTokens
 from clipfleet.models.device import DevicePlan
 from clipfleet.models.onnx_runtime import apply_runtime
@@ -28,14 +28,12 @@ from clipfleet.observability import metrics
 from clipfleet.observability.resources import process_resources
 from clipfleet.observability.tracing import traced
 from clipfleet.replicas import LOCAL_REPLICA
+from clipfleet.replicas.images import EncoderImage, ImageInputs
 from clipfleet.replicas.serving import StallGuard, serving
 
 logger = logging.getLogger("ray.serve")
 
 DEFAULT_CONFIG = EncoderConfig()
-# A JPEG shipped undecoded already passed the fetcher's limits; decoding it here on a CPU
-# only needs the shrink-before-shipping size (the default, as in the fetcher).
-JPEG_LIMITS = FetchLimits(max_pixels=2**62)
 
 
 def apply_encoder_config(
@@ -93,6 +91,26 @@ async def embed_tokenized(
     return (matrix, [tokens.count for tokens in tokenized]) if count_tokens else matrix
 
 
+async def embed_each(
+    embed: Callable[[Any], Awaitable[np.ndarray]], images: Sequence[Any]
+) -> np.ndarray:
+    """(N, D): `embed` of each image, concurrently (each joins the batch queue on its own).
+    The first failure cancels the others and is raised naming its item (`images[2]`)."""
+    return np.stack(await gather_items([embed(image) for image in images], "images"))
+
+
+async def embed_both(image: Awaitable[np.ndarray], text: Awaitable[np.ndarray]) -> tuple:
+    """(image vector, text vector), computed side by side (each in its own batch queue); the
+    first failure cancels the other and is raised."""
+    tasks = [asyncio.ensure_future(image), asyncio.ensure_future(text)]
+    try:
+        image_vector, text_vector = await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()  # a no-op once done; stops the other side of a failed pair
+    return image_vector, text_vector
+
+
 async def inject_faults(config: EncoderConfig) -> None:
     """user_config's fault knobs (rollout drills): added latency, then a random error."""
     if config.fault_latency_s:
@@ -112,7 +130,7 @@ def stall_view(guard: StallGuard, config: EncoderConfig) -> dict[str, Any]:
 
 
 class ImageEncoder:
-    """Per item: preprocess on the event loop's thread pool; per batch: one forward pass.
+    """Per item: decode and/or preprocess on a worker thread; per batch: one forward pass.
 
     `_batch_image(pixels)` is the per-item hook: here it hands the scheduler a one-item list
     (concurrent items still merge there while a forward runs); a Serve shell replaces it with
@@ -123,10 +141,13 @@ class ImageEncoder:
         model: ImageEncoderModel,
         replica_id: str = LOCAL_REPLICA,
         lease: ForwardLease | None = None,
+        limits: FetchLimits | None = None,
     ) -> None:
-        """lease: the node's CPU forward lease, shared with the other encoders on it."""
+        """lease: the node's CPU forward lease, shared with the other encoders on it; limits:
+        the application's fetch limits, which inline images are decoded within."""
         self.model = model
         self.replica_id = replica_id
+        self.inputs = ImageInputs(limits)
         self.config = DEFAULT_CONFIG
         self.cache = EmbeddingCache(self.config.cache)
         self.lease = lease
@@ -161,32 +182,29 @@ class ImageEncoder:
     @traced("encoder.embed_image")
     @serving
     async def embed_image(
-        self, image: np.ndarray | EncodedJpeg, timed: bool = False
+        self, image: EncoderImage, timed: bool = False
     ) -> np.ndarray | tuple[np.ndarray, float]:
         """The embedding; with `timed`, also the seconds spent here (see `embed_timed`)."""
         return await embed_timed(self._embed_image(image), timed)
 
-    async def _embed_image(self, image: np.ndarray | EncodedJpeg) -> np.ndarray:
+    @traced("encoder.embed_images")
+    @serving
+    async def embed_images(
+        self, images: list[EncoderImage], timed: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, float]:
+        """(N, D) for a request's N images in one call (see `embed_each`); with `timed`, also
+        the seconds spent here."""
+        return await embed_timed(embed_each(self._embed_image, images), timed)
+
+    async def _embed_image(self, image: EncoderImage) -> np.ndarray:
         await inject_faults(self.config)
-        key = image.key() if isinstance(image, EncodedJpeg) else image_key(image)
+        received, key = await self.inputs.receive(image, keyed=self.cache.config.enabled)
 
         async def compute() -> np.ndarray:
-            with metrics.timed_stage("preprocess"):
-                pixels = await asyncio.to_thread(self._preprocess, image)
+            pixels = await self.inputs.model_input(received, self.model)
             return await self._batch_image(pixels)
 
         return await cached_embedding(self.cache, key, "image", compute)
-
-    def _preprocess(self, image: np.ndarray | EncodedJpeg) -> torch.Tensor:
-        """Decoded pixels -> the model's input; a JPEG shipped undecoded (fetch.gpu_decode) is
-        decoded on this replica's GPU, or on its CPU where it has none."""
-        if isinstance(image, EncodedJpeg):
-            device = self.model.plan.device
-            if device.type != "cuda":
-                return self.model.preprocess_image(decode_on_cpu(image, JPEG_LIMITS))
-            (decoded,) = decode_on_device([image], device)
-            return preprocess_on_device(self.model, decoded)
-        return self.model.preprocess_image(image)
 
     async def _batch_image(self, pixels: torch.Tensor) -> np.ndarray:
         (vector,) = await self._forward_images([pixels])
@@ -221,6 +239,10 @@ class ImageEncoder:
             "pending": self.scheduler.pending(),
             "stall": stall_view(self.guard, self.config),
             "cache": self.cache.stats(),
+            # the square images are decoded to for this model (None: the fetch default)
+            "input_geometry": geometry.as_dict()
+            if (geometry := self.model.input_geometry())
+            else None,
             "torch_threads": torch.get_num_threads(),
             "forward_lease": self.lease.stats() if self.lease is not None else None,
             "process": process_resources(self.model.info.device),
@@ -237,6 +259,7 @@ class ResNetEncoder(ImageEncoder):
         random_weights: bool = False,
         replica_id: str = LOCAL_REPLICA,
         lease: ForwardLease | None = None,
+        limits: FetchLimits | None = None,
     ) -> None:
         model = apply_runtime(ResNetModel(spec, plan, random_weights), spec)
-        super().__init__(model, replica_id, lease)
+        super().__init__(model, replica_id, lease, limits)

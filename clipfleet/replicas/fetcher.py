@@ -12,6 +12,7 @@ import psutil
 from clipfleet.config import FetchLimits
 from clipfleet.fetch import ImageFetcher, ImageSource
 from clipfleet.gpu_decode import EncodedJpeg, jpeg_for_device
+from clipfleet.models.geometry import InputGeometry
 from clipfleet.observability import metrics
 from clipfleet.observability.tracing import traced
 from clipfleet.replicas import LOCAL_REPLICA
@@ -25,11 +26,16 @@ class Fetcher:
     def __init__(self, limits: FetchLimits, replica_id: str = LOCAL_REPLICA) -> None:
         self._fetcher = ImageFetcher(limits)
         self.replica_id = replica_id
+        self._shaped: dict[InputGeometry, FetchLimits] = {}
 
     @traced("ImageFetcher.fetch")
-    async def fetch(self, source: ImageSource) -> np.ndarray | EncodedJpeg:
+    async def fetch(
+        self, source: ImageSource, geometry: InputGeometry | None = None
+    ) -> np.ndarray | EncodedJpeg:
         """ImageFetcher.load, in its two stages, each timed and its failures counted.
-        With `gpu_decode`, a JPEG within the limits is shipped undecoded (EncodedJpeg)."""
+        `geometry`: the square the receiving encoder's model keeps (clipfleet.models.geometry),
+        decoded straight to it; None: the generic `ship_*` size. With `gpu_decode`, a JPEG
+        within the limits is shipped undecoded (EncodedJpeg)."""
         with metrics.counting_failures("fetch"), metrics.timed_stage("fetch"):
             data = await self._fetcher.read_bytes(source)
         if self._fetcher.limits.gpu_decode:
@@ -38,9 +44,17 @@ class Fetcher:
                 metrics.record_image(source_kind(source), len(data), jpeg.width * jpeg.height)
                 return jpeg
         with metrics.counting_failures("decode"), metrics.timed_stage("decode"):
-            image = await self._fetcher.decode(data)
+            image = await self._fetcher.decoder.decode(data, self._limits_for(geometry))
         metrics.record_image(source_kind(source), len(data), image.shape[0] * image.shape[1])
         return image
+
+    def _limits_for(self, geometry: InputGeometry | None) -> FetchLimits:
+        limits = self._fetcher.limits
+        if geometry is None:
+            return limits
+        if geometry not in self._shaped:
+            self._shaped[geometry] = geometry.limits(limits)
+        return self._shaped[geometry]
 
     async def memory(self) -> dict:
         """This replica's process: pid, resident memory now and at its peak, decode budget."""

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from clipfleet.batching import ForwardScheduler
-from clipfleet.cache import EmbeddingCache, image_key, text_key
-from clipfleet.config import MultiplexedProfileSpec
+from clipfleet.cache import EmbeddingCache, text_key
+from clipfleet.config import FetchLimits, MultiplexedProfileSpec
 from clipfleet.embedding_space import stamp
 from clipfleet.errors import InvalidRequestError
 from clipfleet.models.base import TextTokens
@@ -35,10 +35,13 @@ from clipfleet.replicas.encoder import (
     DEFAULT_CONFIG,
     apply_encoder_config,
     cached_embedding,
+    embed_both,
+    embed_each,
     embed_timed,
     embed_tokenized,
     stall_view,
 )
+from clipfleet.replicas.images import EncoderImage, ImageInputs
 from clipfleet.replicas.serving import StallGuard, serving
 
 # The model id of the request being served, where no Serve replica context provides one.
@@ -79,9 +82,12 @@ class MultiplexedClipEncoder:
         random_weights: bool = False,
         replica_id: str = LOCAL_REPLICA,
         load: Callable[[ResolvedModel], Any] | None = None,
+        limits: FetchLimits | None = None,
     ) -> None:
-        """load: blocking, resolved spec -> ClipModel (default: load and warm up on `plan`)."""
+        """load: blocking, resolved spec -> ClipModel (default: load and warm up on `plan`);
+        limits: the application's fetch limits, which inline images are decoded within."""
         self.plan = plan
+        self.inputs = ImageInputs(limits)
         self.random_weights = random_weights
         self.replica_id = replica_id
         self.pool = ModelPool(ModelCatalog(profile, spec), load or self._build)
@@ -131,18 +137,26 @@ class MultiplexedClipEncoder:
     @traced("multiplexed.embed_image")
     @serving
     async def embed_image(
-        self, image: np.ndarray, timed: bool = False
+        self, image: EncoderImage, timed: bool = False
     ) -> np.ndarray | tuple[np.ndarray, float]:
         """As ClipEncoder.embed_image: with `timed`, also the seconds spent here."""
         return await embed_timed(self._embed_image(image), timed)
 
-    async def _embed_image(self, image: np.ndarray) -> np.ndarray:
+    @traced("multiplexed.embed_images")
+    @serving
+    async def embed_images(
+        self, images: list[EncoderImage], timed: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, float]:
+        """As ClipEncoder.embed_images."""
+        return await embed_timed(embed_each(self._embed_image, images), timed)
+
+    async def _embed_image(self, image: EncoderImage) -> np.ndarray:
         loaded = await self._model()
-        key = _model_key(loaded.model_id) + image_key(image)  # the same image, per model
+        received, key = await self.inputs.receive(image, keyed=self.cache.config.enabled)
+        key = _model_key(loaded.model_id) + key  # the same image, per model
 
         async def compute() -> np.ndarray:
-            with metrics.timed_stage("preprocess"):
-                pixels = await asyncio.to_thread(loaded.model.preprocess_image, image)
+            pixels = await self.inputs.model_input(received, loaded.model)
             return await self._batch_image(pixels)
 
         return await cached_embedding(self.cache, key, "image", compute)
@@ -150,7 +164,19 @@ class MultiplexedClipEncoder:
     @traced("multiplexed.embed_text")
     @serving
     async def embed_text(self, text: str) -> np.ndarray:
+        return await self._embed_text(text)
+
+    async def _embed_text(self, text: str) -> np.ndarray:
         return (await self._embed_texts([text], False))[0]
+
+    @traced("multiplexed.embed_pair")
+    @serving
+    async def embed_pair(
+        self, image: EncoderImage, text: str, timed: bool = False
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[tuple[np.ndarray, np.ndarray], float]:
+        """As ClipEncoder.embed_pair."""
+        pair = embed_both(self._embed_image(image), self._embed_text(text))
+        return await embed_timed(pair, timed)
 
     @traced("multiplexed.embed_texts")
     @serving

@@ -14,8 +14,10 @@ class Scorer:
     def __init__(self, replica_id: str = LOCAL_REPLICA) -> None:
         self.replica_id = replica_id
 
+    # Coroutines though they never wait: Serve runs a plain method on a thread pool, a hop
+    # that costs more than these few vector operations.
     @traced("Scorer.score_pair")
-    def score_pair(
+    async def score_pair(
         self,
         image_embedding: np.ndarray,
         text_embedding: np.ndarray,
@@ -25,7 +27,7 @@ class Scorer:
             return clip_scores(image_embedding, text_embedding, semantics)[0]
 
     @traced("Scorer.tag")
-    def tag(self, image_embedding: np.ndarray, label_embeddings: np.ndarray, *args, **kwargs):
+    async def tag(self, image_embedding: np.ndarray, label_embeddings: np.ndarray, *args, **kwargs):
         """clipfleet.scoring.zero_shot's tags (labels, logit_scale, top_k, activation, ...)."""
         with metrics.timed_stage("score"):
             return zero_shot(image_embedding, label_embeddings, *args, **kwargs)

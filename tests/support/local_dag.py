@@ -120,14 +120,16 @@ class LocalBinder:
     def scorer(self) -> Any:
         return self.handle(Scorer())
 
-    def clip_encoder(self, name: str, spec: ClipModelSpec) -> Any:
-        return self.handle(ClipEncoder(spec, self.plan))
+    def clip_encoder(self, name: str, spec: ClipModelSpec, limits: FetchLimits) -> Any:
+        return self.handle(ClipEncoder(spec, self.plan, limits=limits))
 
-    def resnet_encoder(self, name: str, spec: ResNetSpec) -> Any:
-        return self.handle(ResNetEncoder(spec, self.plan))
+    def resnet_encoder(self, name: str, spec: ResNetSpec, limits: FetchLimits) -> Any:
+        return self.handle(ResNetEncoder(spec, self.plan, limits=limits))
 
-    def multiplexed_encoder(self, name: str, profile: str, spec: MultiplexedProfileSpec) -> Any:
-        return self.handle(MultiplexedClipEncoder(profile, spec, self.plan))
+    def multiplexed_encoder(
+        self, name: str, profile: str, spec: MultiplexedProfileSpec, limits: FetchLimits
+    ) -> Any:
+        return self.handle(MultiplexedClipEncoder(profile, spec, self.plan, limits=limits))
 
     def ingress(self, args: AppArgs, graph: Graph) -> ClipfleetService:
         return ClipfleetService(args, **graph._asdict())

@@ -47,6 +47,7 @@ class Encoder:
         self.failing = failing
         self.embed_image = Call(lambda image, timed=False: (np.ones(4), ENCODER_S))
         self.embed_texts = Call(self._texts)
+        self.describe = Call(lambda: {"input_geometry": None})
 
     def _texts(self, texts):
         if self.failing:
@@ -60,7 +61,7 @@ class SlowFetcher:
     def __init__(self) -> None:
         self.fetch = Call(self._fetch)
 
-    async def _fetch(self, source):
+    async def _fetch(self, source, geometry=None):
         await asyncio.sleep(DOWNLOAD_S)
         return np.zeros((8, 8, 3), np.uint8)
 

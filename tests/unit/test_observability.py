@@ -155,13 +155,8 @@ def test_one_request_yields_one_connected_trace(tiny_args, spans, client_for):
     trace_id = int(CLIENT_TRACE, 16)
     finished = [span for span in spans.get_finished_spans() if span.context.trace_id == trace_id]
     names = sorted(span.name for span in finished)
-    assert names == [
-        "ImageFetcher.fetch",
-        "POST /v1/score",
-        "Scorer.score_pair",
-        "encoder.embed_image",
-        "encoder.embed_text",
-    ]
+    # an inline (base64) image goes straight to the encoder (no fetch span), with its text
+    assert names == ["POST /v1/score", "Scorer.score_pair", "encoder.embed_pair"]
     (root,) = [span for span in finished if span.name == "POST /v1/score"]
     assert root.parent.span_id == int(CLIENT_SPAN, 16) and root.parent.is_remote
     assert root.instrumentation_scope.name == "opentelemetry.instrumentation.asgi"

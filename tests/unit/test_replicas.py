@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from clipfleet.config import AppArgs, MultiplexedProfileSpec, ResNetSpec
-from clipfleet.errors import InvalidRequestError, ModelServingError
+from clipfleet.errors import InvalidRequestError, ModelServingError, UnsupportedMediaTypeError
 from clipfleet.fetch import ImageSource
 from clipfleet.graph import wire
 from clipfleet.replicas.encoder import ResNetEncoder
@@ -57,6 +57,25 @@ def test_a_repeated_text_or_image_is_a_cache_hit_with_no_forward(clip):
     assert forwards(clip, "text") == 1 and forwards(clip, "image") == 1
     assert clip.cache.stats()["hits"] == 2 and clip.cache.stats()["misses"] == 2
     assert 0 <= seconds < 60
+
+
+def test_a_pairs_image_and_text_come_from_one_call(clip):
+    """/v1/score's one encoder call per pair: the same vectors as the two separate calls; a
+    bad image fails the pair with its own error, and the text side is not left running."""
+    asyncio.run(clip.reconfigure({"cache": {"enabled": False}}))
+
+    async def scenario():
+        (image, text), seconds = await clip.embed_pair(IMAGE, "a cat", timed=True)
+        separate = await clip.embed_image(IMAGE), await clip.embed_text("a cat")
+        with pytest.raises(UnsupportedMediaTypeError):
+            await clip.embed_pair(ImageSource(data=b"\xff\xd8 not a jpeg"), "a dog")
+        await asyncio.sleep(0.2)
+        return image, text, seconds, separate, clip.scheduler.pending()
+
+    image, text, seconds, (image_alone, text_alone), pending = asyncio.run(scenario())
+    np.testing.assert_allclose(image, image_alone, atol=1e-6)
+    np.testing.assert_allclose(text, text_alone, atol=1e-6)
+    assert 0 <= seconds < 60 and pending == {"image": 0, "text": 0}
 
 
 def test_a_disabled_cache_runs_every_forward(clip):
@@ -159,8 +178,9 @@ def test_fetcher_decodes_and_reports_memory(tiny_args):
 def test_scorer_scores_pairs_and_tags():
     scorer = Scorer()
     vector = np.ones(4, np.float32) / 2
-    assert scorer.score_pair(vector, vector)["cosine"] == pytest.approx(1.0)
-    tags = scorer.tag(vector, np.stack([vector, -vector]), ["same", "opposite"], 100.0, 1)
+    assert asyncio.run(scorer.score_pair(vector, vector))["cosine"] == pytest.approx(1.0)
+    labels = ["same", "opposite"]
+    tags = asyncio.run(scorer.tag(vector, np.stack([vector, -vector]), labels, 100.0, 1))
     assert [tag["label"] for tag in tags] == ["same"]
 
 
@@ -209,13 +229,13 @@ class RecordingBinder:
     def scorer(self):
         return self._node("scorer")
 
-    def clip_encoder(self, name, spec):
+    def clip_encoder(self, name, spec, limits):
         return self._node("clip", name)
 
-    def resnet_encoder(self, name, spec):
+    def resnet_encoder(self, name, spec, limits):
         return self._node("resnet", name)
 
-    def multiplexed_encoder(self, name, profile, spec):
+    def multiplexed_encoder(self, name, profile, spec, limits):
         return self._node("multiplexed", name, profile)
 
     def ingress(self, args, graph):

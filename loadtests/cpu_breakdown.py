@@ -1,14 +1,14 @@
 """Where a served image's CPU goes: CPU-seconds per image, per process of the server's tree.
 
-    python -m loadtests.cpu_breakdown --shape embeddings --clients 32 --seconds 60
-    python -m loadtests.cpu_breakdown --shape embeddings16 --hf-dir /tmp/hf-clip-vit-b32
-    python -m loadtests.cpu_breakdown --shape score-url --config serve_config.yaml
-    python -m loadtests.cpu_breakdown --attach 8000 --shape embeddings   # a server you started
+    python -m loadtests.cpu_breakdown --peers --shape embeddings --shape embeddings16
+    python -m loadtests.cpu_breakdown --shape embeddings --shape score-url    # bench_config.yaml
+    python -m loadtests.cpu_breakdown --config serve_config.yaml --shape score-url
+    python -m loadtests.cpu_breakdown --attach 8000 --shape embeddings        # a running server
 
-Starts `serve run` of the config (as `make bench` runs it: loopback image server allowed, the
-encoders' embedding cache off, random weights, Ray workers at nice 0, a Ray cluster of its own,
-and, as `make run`, clipfleet.configgen.RAY_PROCESS_ENV),
-or attaches to the server listening on `--attach`'s port; runs a bounded closed-loop load (warm-up,
+Starts `serve run` of the config as the benchmarks do (loadtests/servers.py: its own Ray
+cluster, workers at nice 0, the encoders' embedding cache off, the loopback image server allowed,
+clipfleet.configgen.RAY_PROCESS_ENV as `make run` sets it; random weights unless `--peers`), or
+attaches to the server listening on `--attach`'s port; runs a bounded closed-loop load (warm-up,
 then the measured window) and reads every process's CPU times (psutil, user + system, all
 threads) before and after the window. Ray workers are grouped by the actor they host (the Serve
 proxy, the controller, each deployment's replicas), the rest by program (raylet, GCS, dashboard,
@@ -16,12 +16,12 @@ proxy, the controller, each deployment's replicas), the rest by program (raylet,
 report also gives the machine's whole CPU use in the window and how much of it was outside the
 server (other users of the cores) so a reader can judge the noise.
 
-Shapes: `embeddings`: POST /v1/embeddings, `modality: image`, one base64 JPEG (800x600, ~142 KiB,
-every one unique) per request, `--clients` clients; `embeddings16`: 16 of them per request,
-`--multi-clients` clients; `score-url`: POST /v1/score with one image by URL and one text per
-request (what `make bench` measures), `--clients` clients.
-`--hf-dir` serves a random-init transformers CLIP ViT-B/32 saved as a local directory (made there
-if missing) as the default profile's CLIP instead of the config's.
+`--peers`: `make bench-peers`'s clipfleet (loadtests/bench_config.peers.yaml: the random-init
+Hugging Face CLIP ViT-B/32 directory infinity-emb serves too, batch 32; loadtests/peers.py builds
+it). Shapes: `embeddings`: POST /v1/embeddings, `modality: image`, one base64 JPEG (the peer
+benchmark's unique ~144 KiB photos, loadtests/photos.py) per request, `--clients` clients;
+`embeddings16`: 16 of them per request, `--multi-clients` clients; `score-url`: POST /v1/score
+with one image by URL and one text per request (what `make bench` measures), `--clients` clients.
 """
 
 from __future__ import annotations
@@ -29,104 +29,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import io
 import json
-import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import psutil
-import yaml
-from PIL import Image
 
-from clipfleet.configgen import RAY_PROCESS_ENV
-from clipfleet.processes import stop_tree
 from loadtests import profiles
-from loadtests.bench import (
-    BENCH_CONFIG,
-    IMAGE_PORT,
-    app_args,
-    clipfleet_body,
-    image_url,
-    prepared,
-    start,
-    start_clipfleet,
-)
+from loadtests.bench import BENCH_CONFIG, IMAGE_PORT, PORT, clipfleet_body, image_url
 from loadtests.client import run_load
+from loadtests.peers import PEERS, PEERS_CONFIG, Clipfleet, setup
+from loadtests.photos import ensure_photos
+from loadtests.servers import default_profile, prepared, start, start_clipfleet, stop_tree
 
 SHAPES = {"embeddings": 1, "embeddings16": 16, "score-url": 1}
-PHOTO_SIZE = (800, 600)
 # What --py-spy records (the busy processes of the request path).
 PROFILED = {"serve proxy", "Ingress", "ImageFetcher", "clip_fast", "Scorer"}
 
 
-def photo(index: int) -> bytes:
-    """A unique photo-like JPEG (smooth colour field plus fine grain), ~142 KiB at 800x600."""
-    width, height = PHOTO_SIZE
-    rng = np.random.default_rng(index)
-    coarse = rng.integers(0, 255, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
-    smooth = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
-    grain = rng.integers(-9, 10, (height, width, 3), dtype=np.int16)
-    pixels = np.clip(np.asarray(smooth, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+def data_uris(count: int) -> list[str]:
+    paths = ensure_photos(PEERS / "images", count)
+    return [f"data:image/jpeg;base64,{base64.b64encode(p.read_bytes()).decode()}" for p in paths]
 
 
-def data_urls(count: int) -> list[str]:
-    return [
-        "data:image/jpeg;base64," + base64.b64encode(photo(index)).decode()
-        for index in range(count)
-    ]
-
-
-def make_hf_clip_dir(folder: Path) -> Path:
-    """A random-init transformers CLIP ViT-B/32 (CLIPConfig's defaults) saved with its
-    tokenizer and image processor, loadable as `backend: transformers, model: <folder>`."""
-    if (folder / "config.json").exists():
-        return folder
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from clipfleet.models.hf_clip_backend import openai_clip_tokenizer
-
-    torch.manual_seed(0)
-    config = CLIPConfig()
-    CLIPModel(config).save_pretrained(folder)
-    openai_clip_tokenizer().save_pretrained(folder)
-    size = config.vision_config.image_size
-    CLIPImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-    ).save_pretrained(folder)
-    return folder
-
-
-def with_hf_clip(config: Path, folder: Path) -> Path:
-    """`config` with its default profile's CLIP replaced by the transformers directory."""
-    document = yaml.safe_load(config.read_text())
-    args = document["applications"][0]["args"]
-    profile = args["profiles"][app_args(config).default_profile]
-    profile.pop("variants", None)
-    profile["clip"] = {"backend": "transformers", "model": str(folder)}
-    path = Path(tempfile.mkdtemp(prefix="clipfleet-cpu-")) / f"{config.stem}_hf.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
-
-
-def body_maker(shape: str, profile: str, urls: list[str]):
+def body_maker(shape: str, profile: str, uris: list[str]):
     per_request = SHAPES[shape]
     if shape == "score-url":
         return clipfleet_body
 
     def body(n: int) -> dict:
-        start = (n * per_request) % len(urls)
-        items = [urls[(start + i) % len(urls)] for i in range(per_request)]
+        first = (n * per_request) % len(uris)
+        items = [uris[(first + i) % len(uris)] for i in range(per_request)]
         return {"model": profile, "modality": "image", "input": items}
 
     return body
@@ -188,7 +125,7 @@ def _is_ray(proc: psutil.Process) -> bool:
     return "ray" in title or "serve" in title
 
 
-class TreeCpu:
+class ProcessCpu:
     """CPU seconds (user + system) of every process in a tree, labelled once when first seen
     as something other than an idle worker (Ray workers retitle themselves per call)."""
 
@@ -226,7 +163,7 @@ def measure(
     clients: int,
     seconds: float,
     warmup_s: float,
-    tree: TreeCpu,
+    tree: ProcessCpu,
     per_request: int,
     profile_to: Path | None = None,
 ) -> dict:
@@ -282,14 +219,26 @@ def print_report(shape: str, result: dict) -> None:
     profiles.print_summaries(result.get("py_spy", {}))
 
 
+def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    """`serve run` of the config as the benchmarks run it; (process, default profile)."""
+    url = f"http://127.0.0.1:{PORT}"
+    if args.peers:
+        setup(args.images)  # the model directory and ResNet file it names
+        config = prepared(PEERS_CONFIG, PORT, IMAGE_PORT, edit=Clipfleet(PORT, None).edit)
+        return start_clipfleet(config, url, random_weights=False), "fast"
+    config = prepared(args.config, PORT, IMAGE_PORT)
+    return start_clipfleet(config, url), default_profile(args.config)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--shape", action="append", choices=sorted(SHAPES))
     parser.add_argument("--config", type=Path, default=BENCH_CONFIG)
-    parser.add_argument("--hf-dir", type=Path, help="serve this transformers CLIP directory")
+    parser.add_argument("--peers", action="store_true", help="make bench-peers's clipfleet")
     parser.add_argument("--attach", type=int, help="port of a running server to measure")
+    parser.add_argument("--profile", default="fast", help="with --attach: the model to ask for")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument(
         "--multi-clients", type=int, default=8, help="clients for embeddings16 (8 x 16 in flight)"
@@ -301,31 +250,25 @@ def main() -> None:
     parser.add_argument("--py-spy", type=Path, help="record py-spy profiles into this folder")
     args = parser.parse_args()
     shapes = args.shape or ["embeddings"]
-    config = args.config
-    if args.hf_dir:
-        config = with_hf_clip(config, make_hf_clip_dir(args.hf_dir))
-    profile = app_args(config).default_profile
-    urls = data_urls(args.images) if any(s != "score-url" for s in shapes) else []
-    python = sys.executable
+    uris = data_uris(args.images) if any(s != "score-url" for s in shapes) else []
     images = None
     if "score-url" in shapes:
-        command = [python, "-m", "loadtests.images", "--port", str(IMAGE_PORT)]
+        command = [sys.executable, "-m", "loadtests.images", "--port", str(IMAGE_PORT)]
         images = start(command, image_url(0), 60)
     serve: subprocess.Popen | None = None
     try:
-        port = args.attach
+        port, profile = args.attach, args.profile
         if port is None:
-            os.environ.update(RAY_PROCESS_ENV)  # as `make run` starts it (the proxy's too)
-            serve = start_clipfleet(prepared(config))
-            port = 8000
-        tree = TreeCpu(psutil.Process(serve.pid) if serve else server_root(port))
-        report = {"config": str(args.config), "hf_dir": str(args.hf_dir or ""), "shapes": {}}
+            (serve, profile), port = start_server(args), PORT
+        tree = ProcessCpu(psutil.Process(serve.pid) if serve else server_root(port))
+        config = str(PEERS_CONFIG if args.peers else args.config)
+        report = {"config": config, "shapes": {}}
         report["command"] = " ".join(["python -m loadtests.cpu_breakdown", *sys.argv[1:]])
         for shape in shapes:
             route = "/v1/score" if shape == "score-url" else "/v1/embeddings"
             result = measure(
                 f"http://127.0.0.1:{port}{route}",
-                body_maker(shape, profile, urls),
+                body_maker(shape, profile, uris),
                 args.multi_clients if SHAPES[shape] > 1 else args.clients,
                 args.seconds,
                 args.warmup,

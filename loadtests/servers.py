@@ -15,6 +15,7 @@ import requests
 import yaml
 
 from clipfleet.config import FIXED_DEPLOYMENTS, AppArgs, FetchLimits, deployment_names
+from clipfleet.configgen import RAY_PROCESS_ENV
 from clipfleet.processes import stop_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +74,8 @@ def start_clipfleet(
     # Ray runs its workers at nice 15 (RAY_worker_niceness) so the raylet stays responsive; the
     # ceilings, the peers and the load generator run at nice 0, so give clipfleet the same.
     # RAY_ADDRESS=local: a cluster of its own, never one that `ray start` left on this machine.
-    env = {"RAY_worker_niceness": "0", "RAY_ADDRESS": "local"}
+    # RAY_PROCESS_ENV: every Ray process as `make run` starts it (the Serve proxy's included).
+    env = {**RAY_PROCESS_ENV, "RAY_worker_niceness": "0", "RAY_ADDRESS": "local"}
     if random_weights:
         env["CLIPFLEET_RANDOM_WEIGHTS"] = "1"
     # serve_config.yaml starts five encoders (ViT-L-14 among them): give it time on 2 cores

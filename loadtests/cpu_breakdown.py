@@ -166,15 +166,16 @@ def measure(
     tree: ProcessCpu,
     per_request: int,
     profile_to: Path | None = None,
+    profile_labels: frozenset[str] = frozenset(PROFILED),
 ) -> dict:
-    """One load window; with `profile_to`, py-spy records PROFILED processes through it."""
+    """One load window; with `profile_to`, py-spy records the `profile_labels` processes."""
     if warmup_s:
         asyncio.run(run_load(url, body, clients, warmup_s))
     me = psutil.Process()
     before, busy, mine = tree.snapshot(), machine_busy_s(), sum(me.cpu_times()[:2])
     recording = []
     if profile_to is not None:
-        targets = {pid: label for pid, label in tree.labels.items() if label in PROFILED}
+        targets = {pid: label for pid, label in tree.labels.items() if label in profile_labels}
         recording = profiles.start_recording(targets, profile_to, seconds)
     load = asyncio.run(run_load(url, body, clients, seconds))
     after, busy, mine = tree.snapshot(), machine_busy_s() - busy, sum(me.cpu_times()[:2]) - mine
@@ -248,6 +249,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000, help="distinct base64 images")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--py-spy", type=Path, help="record py-spy profiles into this folder")
+    parser.add_argument(
+        "--py-spy-labels",
+        default=",".join(sorted(PROFILED)),
+        help="the process groups --py-spy records (labels as the report prints them)",
+    )
     args = parser.parse_args()
     shapes = args.shape or ["embeddings"]
     uris = data_uris(args.images) if any(s != "score-url" for s in shapes) else []
@@ -275,6 +281,7 @@ def main() -> None:
                 tree,
                 SHAPES[shape],
                 args.py_spy / shape if args.py_spy else None,
+                frozenset(args.py_spy_labels.split(",")),
             )
             report["shapes"][shape] = result
             print_report(shape, result)

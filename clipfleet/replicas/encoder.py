@@ -28,7 +28,7 @@ from clipfleet.observability import metrics
 from clipfleet.observability.resources import process_resources
 from clipfleet.observability.tracing import traced
 from clipfleet.replicas import LOCAL_REPLICA
-from clipfleet.replicas.images import EncoderImage, ImageInputs
+from clipfleet.replicas.images import EncoderImage, ImageInputs, client_seconds
 from clipfleet.replicas.serving import StallGuard, serving
 
 logger = logging.getLogger("ray.serve")
@@ -70,10 +70,13 @@ async def embed_timed(
     embedding: Awaitable[np.ndarray], timed: bool
 ) -> np.ndarray | tuple[np.ndarray, float]:
     """`embedding`'s vector; with `timed`, (vector, seconds this replica spent on it: queue,
-    preprocess and forward), the latency the ingress judges a canary on."""
+    preprocess and forward), the latency the ingress judges a canary on. Time spent decoding
+    a client's inline image is not in it (`client_seconds`): a client picks its images."""
     started = time.perf_counter()
-    vector = await embedding
-    return (vector, time.perf_counter() - started) if timed else vector
+    with client_seconds() as clients:
+        vector = await embedding
+        seconds = time.perf_counter() - started - clients()
+    return (vector, max(seconds, 0.0)) if timed else vector
 
 
 async def embed_tokenized(

@@ -8,12 +8,21 @@
 - `np.ndarray`: pixels a fetcher decoded (image URLs), preprocessed as they are;
 - `EncodedJpeg`: a JPEG a fetcher shipped undecoded (`fetch.gpu_decode`), decoded with nvJPEG
   on a GPU (clipfleet.gpu_decode), on the CPU elsewhere.
+
+Decoding a client's bytes here is the client's doing, not the variant's: its failures are the
+client's errors (4xx, never marked as the variant's fault: clipfleet/replicas/serving.py), and
+its seconds (base64, the decode budget's wait, the decode) are left out of the latency the
+canary guard judges (`client_seconds`), as they were when the fetcher decoded every image.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import hashlib
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +47,37 @@ OFF_LOOP_BYTES = 1024 * 1024
 # A JPEG shipped undecoded already passed the fetcher's limits; decoding it here on a CPU
 # only needs the shrink-before-shipping size (the default, as in the fetcher).
 JPEG_LIMITS = FetchLimits(max_pixels=2**62)
+
+# Seconds spent on clients' image bytes during one encoder call, per item (the asyncio task
+# that embeds it); None outside `client_seconds`.
+_CLIENT_SPENT: contextvars.ContextVar[dict[Any, float] | None] = contextvars.ContextVar(
+    "clipfleet_client_image_seconds", default=None
+)
+
+
+@contextlib.contextmanager
+def client_seconds() -> Iterator[Callable[[], float]]:
+    """Within the block, a function giving the longest time any one item of the call spent on
+    its client's bytes (items decode side by side: the longest is what delayed the call)."""
+    spent: dict[Any, float] = {}
+    token = _CLIENT_SPENT.set(spent)
+    try:
+        yield lambda: max(spent.values(), default=0.0)
+    finally:
+        _CLIENT_SPENT.reset(token)
+
+
+@contextlib.contextmanager
+def _clients_time() -> Iterator[None]:
+    """Counts the block's seconds as the current item's time on its client's bytes."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        spent = _CLIENT_SPENT.get()
+        if spent is not None:
+            item = asyncio.current_task()
+            spent[item] = spent.get(item, 0.0) + time.perf_counter() - started
 
 
 @dataclass(frozen=True)
@@ -73,12 +113,12 @@ class ImageInputs:
             received = self.received(image)
             return received, self.key(received) if keyed else b""
 
-        if (
-            isinstance(image, ImageSource)
-            and len(image.base64 or image.data or b"") > OFF_LOOP_BYTES
-        ):
-            return await asyncio.to_thread(work)
-        return work()
+        if not isinstance(image, ImageSource):
+            return work()
+        with _clients_time():
+            if len(image.base64 or image.data or b"") > OFF_LOOP_BYTES:
+                return await asyncio.to_thread(work)
+            return work()
 
     def received(self, image: EncoderImage) -> np.ndarray | EncodedJpeg | EncodedImage:
         """An inline source as its bytes (base64 decoded, within max_bytes); others as sent."""
@@ -94,7 +134,8 @@ class ImageInputs:
     async def model_input(self, image: np.ndarray | EncodedJpeg | EncodedImage, model: Any) -> Any:
         """The model's preprocessed input for `image`."""
         if isinstance(image, EncodedImage):
-            return await self.decode(image, model)
+            with _clients_time():
+                return await self.decode(image, model)
         with metrics.timed_stage("preprocess"):
             return await asyncio.to_thread(preprocess, model, image)
 

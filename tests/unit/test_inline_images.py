@@ -156,16 +156,39 @@ def test_inline_limits_and_the_failing_items_name(local):
     assert upload.status_code == 415 and upload.json()["error"]["param"] == "images[0]"
 
 
-def test_a_requests_inline_images_take_one_encoder_call_and_no_fetch(local):
+def _inline_image_requests() -> list[tuple[str, dict]]:
+    """The routes that take several images, each with all of PHOTOS inline (issue 24's too)."""
+    urls = [f"data:image/jpeg;base64,{_b64(data)}" for data in PHOTOS.values()]
+    parts = [{"content": [{"type": "image_url", "image_url": {"url": url}}]} for url in urls]
+    return [
+        ("/v1/embed/image", {"images": [{"base64": _b64(data)} for data in PHOTOS.values()]}),
+        ("/v1/embeddings", {"model": "fast", "modality": "image", "input": urls}),
+        (
+            "/v1/rerank",
+            {"model": "fast", "query": "a cat", "documents": [{"image": u} for u in urls]},
+        ),
+        (
+            "/v2/embed",
+            {"model": "fast", "images": urls, "input_type": "image", "embedding_types": ["float"]},
+        ),
+        (
+            "/v2/embed",
+            {"model": "fast", "inputs": parts, "embedding_types": ["float"]},
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("path", "body"), _inline_image_requests(), ids=lambda x: str(x)[:20])
+def test_a_requests_inline_images_take_one_encoder_call_and_no_fetch(local, path, body):
     service, client = local
     fetcher, clip = service.fetcher, service.profiles["fast"].clip["stable"]
     assert isinstance(fetcher, LocalHandle) and isinstance(clip, LocalHandle)
     fetches, clip_calls = len(fetcher.calls), len(clip.calls)
-    images = [{"base64": _b64(data)} for data in PHOTOS.values()]
-    response = client.post("/v1/embed/image", json={"images": images})
-    assert response.status_code == 200 and len(response.json()["embeddings"]) == len(PHOTOS)
+    response = client.post(path, json=body)
+    assert response.status_code == 200, response.text
     assert len(fetcher.calls) == fetches  # the fetcher was not asked
-    assert [name for name, _ in clip.calls[clip_calls:]] == ["embed_images"]
+    image_calls = [name for name, _ in clip.calls[clip_calls:] if "image" in name]
+    assert image_calls == ["embed_images"]
 
 
 # -- URLs: the fetcher decodes to the receiving model's square ---------------------------------

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import psutil
 
-from loadtests import profiles
+from loadtests import profiles, results
 from loadtests.bench import BENCH_CONFIG, IMAGE_PORT, PORT, clipfleet_body, image_url
 from loadtests.client import run_load
 from loadtests.peers import PEERS, PEERS_CONFIG, Clipfleet, setup
@@ -255,6 +255,7 @@ def main() -> None:
         help="the process groups --py-spy records (labels as the report prints them)",
     )
     args = parser.parse_args()
+    results.provenance()  # the code measured is the code as it starts
     shapes = args.shape or ["embeddings"]
     uris = data_uris(args.images) if any(s != "score-url" for s in shapes) else []
     images = None
@@ -268,8 +269,18 @@ def main() -> None:
             (serve, profile), port = start_server(args), PORT
         tree = ProcessCpu(psutil.Process(serve.pid) if serve else server_root(port))
         config = str(PEERS_CONFIG if args.peers else args.config)
-        report = {"config": config, "shapes": {}}
-        report["command"] = " ".join(["python -m loadtests.cpu_breakdown", *sys.argv[1:]])
+        commit, dirty = results.provenance()
+        report = {
+            "kind": "cpu-breakdown",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "commit": commit,
+            "dirty": dirty,
+            "command": " ".join(["python -m loadtests.cpu_breakdown", *sys.argv[1:]]),
+            "machine": results.machine(),
+            "versions": results.versions(),
+            "config": config,
+            "shapes": {},
+        }
         for shape in shapes:
             route = "/v1/score" if shape == "score-url" else "/v1/embeddings"
             result = measure(

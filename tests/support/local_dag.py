@@ -106,6 +106,15 @@ def tiny_app_args(model_dir: Path, **overrides) -> AppArgs:
     return AppArgs(profiles=profiles, **overrides)
 
 
+def canary_app_args(model_dir: Path, **overrides) -> AppArgs:
+    """One profile, `fast`, with the tiny open_clip model as both its stable and its canary
+    variant (the traffic split and the canary guard are the test's to set)."""
+    spec = ClipModelSpec(model=f"local-dir:{model_dir / 'open_clip'}")
+    resnet = ResNetSpec(model="resnet18", weights=str(model_dir / "resnet18.pt"))
+    profile = ProfileSpec(variants={"stable": spec, "canary": spec}, resnet=resnet)
+    return AppArgs(profiles={"fast": profile}, **overrides)
+
+
 class LocalBinder:
     """clipfleet.graph.Binder over the plain classes of clipfleet.replicas, on the CPU with the
     models' own weights, each behind `handle(target)` (a LocalHandle unless told otherwise)."""

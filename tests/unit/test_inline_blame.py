@@ -11,14 +11,7 @@ import time
 
 import pytest
 
-from clipfleet.config import (
-    AppArgs,
-    ClipModelSpec,
-    FetchLimits,
-    MultiplexedProfileSpec,
-    ProfileSpec,
-    ResNetSpec,
-)
+from clipfleet.config import FetchLimits, MultiplexedProfileSpec, ResNetSpec
 from clipfleet.errors import (
     ClipfleetError,
     ModelServingError,
@@ -33,7 +26,7 @@ from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncod
 from clipfleet.traffic import RollbackPolicy, TrafficConfig
 from tests.support.hostile import hostile_corpus
 from tests.support.images import image_bytes
-from tests.support.local_dag import build_local_service
+from tests.support.local_dag import build_local_service, canary_app_args
 from tests.support.tiny_models import make_open_clip_dir
 
 LIMITS = FetchLimits(max_bytes=2_000_000)
@@ -174,10 +167,7 @@ def _requests(name: str) -> list[tuple[str, dict, str]]:
 def canary(model_dir, client_for):
     """The tiny open_clip model as a stable and a canary variant, every request routed to the
     canary; the guard rolls it back after 5 failures the variant is blamed for."""
-    spec = ClipModelSpec(model=f"local-dir:{model_dir / 'open_clip'}")
-    resnet = ResNetSpec(model="resnet18", weights=str(model_dir / "resnet18.pt"))
-    profile = ProfileSpec(variants={"stable": spec, "canary": spec}, resnet=resnet)
-    service = build_local_service(AppArgs(profiles={"fast": profile}, fetch=LIMITS))
+    service = build_local_service(canary_app_args(model_dir, fetch=LIMITS))
     clock = [2000.0]
     service.traffic._clock = lambda: clock[0]
     weights = {"fast": {"stable": 50, "canary": 50}}

@@ -44,10 +44,10 @@ def canary_service(model_dir):
     fetcher = service.fetcher._target
     fetch = fetcher.fetch
 
-    async def fetch_with_a_bug(source):  # a bug outside the encoder, of any class
+    async def fetch_with_a_bug(source, geometry=None):  # a bug outside the encoder, any class
         if source.url == FETCHER_BUG_URL:
             raise UnicodeError("label empty or too long")
-        return await fetch(source)
+        return await fetch(source, geometry)
 
     fetcher.fetch = fetch_with_a_bug
     clock = [5000.0]

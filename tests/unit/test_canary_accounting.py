@@ -125,7 +125,7 @@ class FailingFetcher:
         self.error = error
         self.fetch = Call(self._fetch)
 
-    async def _fetch(self, source):
+    async def _fetch(self, source, geometry=None):
         raise self.error
 
 

@@ -66,6 +66,7 @@ def test_replica_states_are_counted_from_the_controllers_details(monkeypatch):
                     "Scorer": {"status": "HEALTHY", "replicas": [{"state": "RUNNING"}]},
                     "clip_fast": {
                         "status": "UPDATING",
+                        "message": "1 replica starting",
                         "replicas": [{"state": "RUNNING"}, {"state": "STARTING"}],
                     },
                 }
@@ -86,7 +87,11 @@ def test_replica_states_are_counted_from_the_controllers_details(monkeypatch):
     app, deployments = serve_state.deployment_states()
     assert app == "clipfleet"
     assert deployments == {
-        "Scorer": {"status": "HEALTHY", "replicas": {"RUNNING": 1}},
-        "clip_fast": {"status": "UPDATING", "replicas": {"RUNNING": 1, "STARTING": 1}},
+        "Scorer": {"status": "HEALTHY", "message": "", "replicas": {"RUNNING": 1}},
+        "clip_fast": {
+            "status": "UPDATING",
+            "message": "1 replica starting",
+            "replicas": {"RUNNING": 1, "STARTING": 1},
+        },
     }
     assert serve_state.running_replicas(deployments, "clip_fast") == 1

@@ -14,6 +14,7 @@ from clipfleet.batch.inputs import InputTable, Location
 from clipfleet.batch.output import ShardWriter, prepare_output
 from clipfleet.batch.settings import JobSettings
 from clipfleet.batch.stages import ROW_ID, SHARD, DecodePlan, ModelActor, decode_batch
+from clipfleet.config import FetchLimits, random_weights_enabled
 
 RESULT_COLUMNS = ("clip_score", "embedding", "embedding_space", "tags", "model", "error")
 
@@ -132,16 +133,31 @@ def decode_resources(num_cpus: float) -> dict:
     return {"num_cpus": num_cpus}
 
 
+def service_decode_limits(settings: JobSettings) -> FetchLimits:
+    """The limits the service decodes this model's images with: straight to its input square
+    where its preprocessing keeps one (clipfleet.models.geometry), so the job's vectors are the
+    service's, in the same embedding space. Asked of the model itself, loaded once here."""
+    from clipfleet.models.clip import load_clip_model
+    from clipfleet.models.device import choose_device
+
+    model = load_clip_model(settings.spec, choose_device("cpu"), random_weights_enabled())
+    geometry = model.input_geometry()
+    return geometry.limits(settings.args.fetch) if geometry else settings.args.fetch
+
+
 def build_dataset(settings, source, todo, shard_rows, address, decode_cpus):
     import ray
     import ray.data
 
     connect(address)
+    limits = settings.args.fetch
+    if settings.needs_image:  # in a worker: the model's memory goes with it
+        limits = ray.get(ray.remote(service_decode_limits).remote(settings))
     plan = DecodePlan(
         base=source.base,
         image_column=source.image_column if settings.needs_image else None,
         text_column=source.text_column if settings.needs_text else None,
-        limits=settings.args.fetch,
+        limits=limits,
         max_text_chars=settings.args.limits.max_text_chars,
     )
     sizing = settings.sizing

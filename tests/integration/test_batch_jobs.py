@@ -77,9 +77,8 @@ def test_score_job_matches_the_plain_encoders_and_the_service(
     scores, errors = result["clip_score"].to_pylist(), result["error"].to_pylist()
     assert scores[2] is None and errors[2].startswith("unsupported_media_type")
     good = [i for i in range(ROWS) if i != 2]
-    images = [
-        decode_image((folder / table["image"][i].as_py()).read_bytes(), FetchLimits()) for i in good
-    ]
+    limits = plain.input_geometry().limits(FetchLimits())  # decoded as the service decodes
+    images = [decode_image((folder / table["image"][i].as_py()).read_bytes(), limits) for i in good]
     texts = [table["caption"][i].as_py() for i in good]
     expected = clip_scores(plain.embed_images(images), plain.encode_texts(texts))
     np.testing.assert_allclose(
@@ -127,7 +126,8 @@ def test_folder_of_images_embeds_every_image(data, plain, ray_address, tmp_path)
     by_path = {row["path"]: row for row in result}
     assert len(by_path) == len(result) == ROWS + 1
     assert by_path["broken.jpg"]["embedding"] is None
-    want = plain.embed_images([decode_image((images / "img000.jpg").read_bytes(), FetchLimits())])
+    limits = plain.input_geometry().limits(FetchLimits())  # decoded as the service decodes
+    want = plain.embed_images([decode_image((images / "img000.jpg").read_bytes(), limits)])
     assert float(np.dot(by_path["img000.jpg"]["embedding"], want[0])) >= 0.9999
     assert by_path["img000.jpg"]["model"] == plain.info.model
 

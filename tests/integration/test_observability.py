@@ -77,12 +77,9 @@ def test_one_request_is_one_trace_across_processes(traffic, spans_file):
     def client_trace():
         spans = [s for s in read_spans(spans_file) if s["trace_id"] == CLIENT_TRACE]
         names = {s["name"] for s in spans}
-        wanted = {
-            "POST /v1/score",
-            "ImageFetcher.fetch",
-            "encoder.embed_image",
-            "Scorer.score_pair",
-        }
+        # an inline image goes straight to the encoder, with its text (one embed_pair call);
+        # the fetcher's span for an image URL: test_image_url_fetch_is_a_client_span_in_the_fetcher
+        wanted = {"POST /v1/score", "encoder.embed_pair", "Scorer.score_pair"}
         return spans if wanted <= names else None
 
     spans = wait_for(client_trace, 30, message="spans from every deployment")
@@ -91,9 +88,9 @@ def test_one_request_is_one_trace_across_processes(traffic, spans_file):
     children = [s for s in spans if s is not root]
     assert {s["parent_span_id"] for s in children} == {root["span_id"]}
     assert {s["attributes"]["clipfleet.request_id"] for s in spans} == {REQUEST_ID}
-    assert len({s["pid"] for s in spans}) >= 4  # ingress, fetcher, encoder, scorer processes
+    assert len({s["pid"] for s in spans}) >= 3  # ingress, encoder, scorer processes
     deployments = {s["resource"].get("serve.deployment") for s in spans}
-    assert {"Ingress", "ImageFetcher", "Scorer", "clip_fast"} <= deployments
+    assert {"Ingress", "Scorer", "clip_fast"} <= deployments
 
 
 def scrape(port: int) -> dict[str, list]:
@@ -118,8 +115,7 @@ EXPECTED_SERIES = [
     ("ray_clipfleet_requests_total", {"route": "/v1/score", "profile": "fast", "status": "200"}),
     ("ray_clipfleet_request_errors_total", {"route": "/v1/embed/image", "status": "415"}),
     ("ray_clipfleet_request_seconds_count", {"route": "/v1/embed/text", "variant": "stable"}),
-    ("ray_clipfleet_stage_seconds_count", {"stage": "fetch", "deployment": "ImageFetcher"}),
-    ("ray_clipfleet_stage_seconds_count", {"stage": "decode"}),
+    ("ray_clipfleet_stage_seconds_count", {"stage": "decode", "deployment": "clip_fast"}),
     ("ray_clipfleet_stage_seconds_count", {"stage": "encode", "deployment": "clip_fast"}),
     ("ray_clipfleet_stage_seconds_count", {"stage": "score", "deployment": "Scorer"}),
     ("ray_clipfleet_batch_size_count", {"kind": "text", "deployment": "clip_fast"}),
@@ -152,7 +148,8 @@ def test_metrics_reach_rays_endpoint(serve_apps, traffic):
     latency = app_samples(samples, "ray_clipfleet_request_seconds_sum", route="/v1/score")
     assert 0 < latency[0].value < 60
     pixels = app_samples(samples, "ray_clipfleet_image_pixels_total", source="base64")
-    assert sum(s.value for s in pixels) == 96 * 72  # one image made it through decoding
+    # one image made it through decoding, at most at its own size (decoded to the model's square)
+    assert 0 < sum(s.value for s in pixels) <= 96 * 72
     weights = app_samples(samples, "ray_clipfleet_traffic_weight", variant="stable")
     assert {weight.value for weight in weights} == {100}
     routes = {s.labels["route"] for s in app_samples(samples, "ray_clipfleet_requests_total")}

@@ -1,15 +1,18 @@
-"""A bounded LRU of embeddings keyed by content hash (per encoder replica, so per variant)."""
+"""A bounded LRU of embeddings keyed by content hash (per encoder replica, so per variant), and
+the content keys: the same keys name entries in the shared second level
+(clipfleet.shared_cache) and route requests by content (clipfleet.affinity)."""
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
 from clipfleet.config import CacheConfig
 
-__all__ = ["CacheConfig", "EmbeddingCache", "image_key", "text_key"]
+__all__ = ["CacheConfig", "EmbeddingCache", "image_key", "text_key", "texts_key"]
 
 
 def image_key(pixels: np.ndarray) -> bytes:
@@ -24,9 +27,20 @@ def text_key(text: str) -> bytes:
     return b"t" + hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
+def texts_key(texts: list[str]) -> bytes:
+    """One key for a list of texts sent in one call (its route): the hash of their keys."""
+    digest = hashlib.blake2b(digest_size=16)
+    for text in texts:
+        digest.update(text_key(text))
+    return b"l" + digest.digest()
+
+
 class EmbeddingCache:
-    def __init__(self, config: CacheConfig) -> None:
+    """`shared`: the second level (clipfleet.shared_cache.SharedCache), when configured."""
+
+    def __init__(self, config: CacheConfig, shared: Any = None) -> None:
         self.config = config
+        self.shared = shared
         self._entries: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self.bytes = 0
         self.hits = 0
@@ -65,4 +79,5 @@ class EmbeddingCache:
             "hits": self.hits,
             "misses": self.misses,
             "hit_ratio": self.hits / lookups if lookups else 0.0,
+            "shared": self.shared.stats() if self.shared is not None else None,
         }

@@ -11,7 +11,9 @@ import os
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from clipfleet.config_fleet import AffinityConfig, SharedCacheConfig, StrictModel
 
 from clipfleet.limits import ApiLimits
 
@@ -23,10 +25,6 @@ _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 def random_weights_enabled() -> bool:
     """True when CLIPFLEET_RANDOM_WEIGHTS asks for random initialisation (testing only)."""
     return os.environ.get(RANDOM_WEIGHTS_ENV, "").strip().lower() in _TRUE_WORDS
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RuntimeChoice(StrictModel):
@@ -144,11 +142,13 @@ class BatchingConfig(StrictModel):
 
 
 class CacheConfig(StrictModel):
-    """The encoders' embedding LRU, keyed by content hash (decoded pixels, or the text)."""
+    """The encoders' embedding LRU, keyed by content hash (decoded pixels, or the text), and
+    optionally a `shared` second level in Valkey / Redis."""
 
     enabled: bool = True
     max_entries: int = Field(20_000, ge=0)
     max_bytes: int = Field(128 * 1024 * 1024, ge=0)
+    shared: SharedCacheConfig | None = None
 
 
 class EncoderConfig(BatchingConfig):
@@ -291,6 +291,7 @@ class AppArgs(StrictModel):
     prompt_template: str = "a photo of a {label}."
     # Multiplexed profiles (requests name `<profile>:<model-id>`); see docs/models.md.
     multiplexed: dict[str, MultiplexedProfileSpec] = {}
+    affinity: AffinityConfig = AffinityConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -348,6 +349,18 @@ class AppArgs(StrictModel):
                 )
             if name in self.profiles:
                 raise ValueError(f"{name!r} is both a profile and a multiplexed profile")
+        return self
+
+    @model_validator(mode="after")
+    def _affinity_names(self) -> AppArgs:
+        encoders = deployment_names(self) - set(FIXED_DEPLOYMENTS)
+        encoders -= {multiplexed_deployment_name(profile) for profile in self.multiplexed}
+        unknown = sorted(set(self.affinity.deployments) - encoders)
+        if unknown:
+            raise ValueError(
+                f"affinity.deployments {unknown} are not CLIP / ResNet encoder deployments of "
+                f"this config; choose from {sorted(encoders)}"
+            )
         return self
 
 

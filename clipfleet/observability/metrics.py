@@ -88,6 +88,18 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("clipfleet_embedding_cache_hits", "counter", "Embedding cache hits", ("kind",)),
     MetricSpec("clipfleet_embedding_cache_misses", "counter", "Embedding cache misses", ("kind",)),
     MetricSpec(
+        "clipfleet_shared_cache_results",
+        "counter",
+        "Shared (Valkey / Redis) embedding cache calls by result: hits, misses, errors, "
+        "skipped (breaker open), write_errors",
+        ("result", "kind"),
+    ),
+    MetricSpec(
+        "clipfleet_shared_cache_breaker_open",
+        "gauge",
+        "Shared embedding cache breaker: 0 closed, 0.5 half-open (one trial call), 1 open",
+    ),
+    MetricSpec(
         "clipfleet_canary_rollbacks",
         "counter",
         "Automatic canary rollbacks",
@@ -272,9 +284,22 @@ def counting_failures(stage: str) -> Iterator[None]:
 
 
 def record_cache(hit: bool, kind: str) -> None:
-    """Hook for the embedding cache (not built yet): call once per lookup."""
+    """The embedding cache's first level (per replica): call once per lookup."""
     name = "clipfleet_embedding_cache_hits" if hit else "clipfleet_embedding_cache_misses"
     _safely(_metric(name).inc, 1, {"kind": kind})
+
+
+def record_shared_cache(result: str, kind: str) -> None:
+    """One shared-cache call's result (clipfleet.shared_cache)."""
+    tags = {"result": result, "kind": kind}
+    _safely(_metric("clipfleet_shared_cache_results").inc, 1, tags)
+
+
+BREAKER_LEVELS = {"closed": 0.0, "half_open": 0.5, "open": 1.0}
+
+
+def record_shared_cache_breaker(state: str) -> None:
+    _safely(_metric("clipfleet_shared_cache_breaker_open").set, BREAKER_LEVELS[state], {})
 
 
 def record_traffic(status: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:

@@ -47,7 +47,8 @@ class ClipEncoder(ImageEncoder):
 
     @traced("encoder.embed_text")
     @serving
-    async def embed_text(self, text: str) -> np.ndarray:
+    async def embed_text(self, text: str, route_key: bytes | None = None) -> np.ndarray:
+        """`route_key`: for the content-affinity router (clipfleet.affinity), unused here."""
         await inject_faults(self.config)
         return await self._text_vector(text)
 
@@ -67,11 +68,12 @@ class ClipEncoder(ImageEncoder):
     @traced("encoder.embed_texts")
     @serving
     async def embed_texts(
-        self, texts: list[str], count_tokens: bool = False
+        self, texts: list[str], count_tokens: bool = False, route_key: bytes | None = None
     ) -> np.ndarray | tuple[np.ndarray, list[int]]:
         """(N, D) for N texts, each tokenized once (cut to what the tokenizer can use) and
         joining the shared batch queue with other requests'; with `count_tokens`, also the
-        tokens per text (start/end included, truncated to the context): usage figures."""
+        tokens per text (start/end included, truncated to the context): usage figures.
+        `route_key`: for the content-affinity router (clipfleet.affinity), unused here."""
         await inject_faults(self.config)
         return await embed_tokenized(self.model, texts, count_tokens, self._embed_one_text)
 

@@ -30,6 +30,7 @@ from clipfleet.observability.tracing import traced
 from clipfleet.replicas import LOCAL_REPLICA
 from clipfleet.replicas.images import EncoderImage, ImageInputs, client_seconds
 from clipfleet.replicas.serving import StallGuard, serving
+from clipfleet.shared_cache import SharedCache
 
 logger = logging.getLogger("ray.serve")
 
@@ -48,20 +49,42 @@ def apply_encoder_config(
         method.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
     encoder.scheduler.max_batch_size = config.max_batch_size
     if config.cache != encoder.cache.config:
-        encoder.cache = EmbeddingCache(config.cache)
+        old = encoder.cache
+        encoder.cache = EmbeddingCache(config.cache, shared_level(config, encoder))
+        if old.shared is not None:
+            asyncio.get_running_loop().create_task(old.shared.close())
     encoder.config = config
     return config
+
+
+def shared_level(config: EncoderConfig, encoder: Any) -> SharedCache | None:
+    """The shared second level, namespaced by the model's space; None when not configured (or
+    for an encoder without one space, e.g. a multiplexed one: logged)."""
+    shared = config.cache.shared
+    if shared is None or not config.cache.enabled:
+        return None
+    space = getattr(encoder, "cache_space", None)
+    if space is None:
+        logger.warning("cache.shared is ignored by %s", type(encoder).__name__)
+        return None
+    return SharedCache(shared, space)
 
 
 async def cached_embedding(
     cache: EmbeddingCache, key: bytes, kind: str, compute: Callable[[], Awaitable[np.ndarray]]
 ) -> np.ndarray:
-    """The cached vector for `key`, or `compute()`'s, then cached; hits and misses counted."""
+    """The cached vector for `key` (this replica's LRU, then the shared level), or
+    `compute()`'s, then cached in both; hits and misses counted."""
     vector = cache.get(key)
     if cache.config.enabled:
         metrics.record_cache(vector is not None, kind)
     if vector is None:
-        vector = await compute()
+        if cache.shared is not None:
+            vector = await cache.shared.get(key, kind)
+        if vector is None:
+            vector = await compute()
+            if cache.shared is not None:
+                cache.shared.put_soon(key, vector)
         cache.put(key, vector)
     return vector
 
@@ -169,6 +192,11 @@ class ImageEncoder:
     def _forwards(self) -> dict:
         return {"image": self.model.encode_images}
 
+    @property
+    def cache_space(self) -> str:
+        """The shared cache's namespace: the model's space (clipfleet.shared_cache)."""
+        return self.model.info.extra["model_space"]
+
     async def reconfigure(self, user_config: dict[str, Any], batched: Sequence = ()) -> None:
         """user_config: EncoderConfig (batching, cache, fault injection); unknown keys are
         rejected. `batched`: the shell's @serve.batch methods, resized live. Async: it runs on
@@ -185,9 +213,10 @@ class ImageEncoder:
     @traced("encoder.embed_image")
     @serving
     async def embed_image(
-        self, image: EncoderImage, timed: bool = False
+        self, image: EncoderImage, timed: bool = False, route_key: bytes | None = None
     ) -> np.ndarray | tuple[np.ndarray, float]:
-        """The embedding; with `timed`, also the seconds spent here (see `embed_timed`)."""
+        """The embedding; with `timed`, also the seconds spent here (see `embed_timed`).
+        `route_key` is read by the content-affinity router (clipfleet.affinity), not here."""
         return await embed_timed(self._embed_image(image), timed)
 
     @traced("encoder.embed_images")

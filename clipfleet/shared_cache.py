@@ -10,7 +10,8 @@ already in the content key: it hashes the pixels as shipped, or the JPEG file (`
 only with gpu_decode). Value: one dtype byte (`h` float16, `f` float32) and the raw vector.
 
 The server is an optimisation, never a dependency: each call is bounded by `timeout_s` (socket
-and connect timeouts, no client retries, and an asyncio deadline over all of it); writes are
+and connect timeouts, one retry on a broken pooled connection, an asyncio deadline over all
+of it); writes are
 sent in the background; after `breaker_failures` failures in a row the breaker opens and the
 server is not called for `breaker_cooldown_s`, then one call tries it (half-open) and closes
 the breaker on success. Any failure is a miss.
@@ -29,6 +30,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from clipfleet.config import SharedCacheConfig
 from clipfleet.observability import metrics
@@ -83,7 +85,7 @@ class Breaker:
 
 
 def client_for(config: SharedCacheConfig) -> aioredis.Redis:
-    """An asyncio client with short timeouts and no retries: the caller bounds every call."""
+    """An asyncio client with short timeouts: the caller bounds every call."""
     url = (
         config.url.replace("valkey", "redis", 1) if config.url.startswith("valkey") else config.url
     )
@@ -92,7 +94,9 @@ def client_for(config: SharedCacheConfig) -> aioredis.Redis:
         password=os.environ.get(config.password_env) or None,
         socket_timeout=config.timeout_s,
         socket_connect_timeout=config.timeout_s,
-        retry=Retry(NoBackoff(), 0),
+        # one immediate retry on a broken connection (a pooled one the server closed, e.g.
+        # after it restarted); none on a timeout: the call's deadline covers both tries
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         health_check_interval=0,
     )
 

@@ -28,7 +28,8 @@ def server(monkeypatch):
 
 
 def config(url: str, **overrides) -> SharedCacheConfig:
-    return SharedCacheConfig(url=url, **{"breaker_cooldown_s": 0.3, **overrides})
+    """Timeouts for a busy 2-core CI machine (the shipped default is 0.05 s)."""
+    return SharedCacheConfig(url=url, **{"breaker_cooldown_s": 0.3, "timeout_s": 0.25, **overrides})
 
 
 async def settle(cache: SharedCache) -> None:
@@ -105,7 +106,7 @@ async def test_a_stopped_server_fails_nothing_and_the_breaker_opens_then_closes(
     assert cache.breaker.state == "open" and cache.stats()["skipped"] >= 15
     assert elapsed < 3 * 2 * cache.config.timeout_s + 0.5  # 3 failed calls, then none
     server.start()  # empty: no persistence
-    await asyncio.sleep(0.35)  # the cooldown: the next call is the half-open trial
+    await asyncio.sleep(0.4)  # the cooldown: the next call is the half-open trial
     assert await cache.get(text_key("x"), "text") is None
     assert cache.breaker.state == "closed"
     cache.put_soon(text_key("x"), np.ones(4, dtype=np.float32))

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from clipfleet.affinity import with_affinity
 from clipfleet.config import (
     STABLE_VARIANT,
     AppArgs,
@@ -105,6 +106,7 @@ class ClipfleetService(ServiceViews, MixedOperations, ImageOperations):
         self.args = args
         self.fetcher = fetcher
         self.scorer = scorer
+        clip_encoders, resnet_encoders = with_affinity(args, clip_encoders, resnet_encoders)
         self.profiles = {
             name: Profile(
                 name=name,

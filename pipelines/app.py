@@ -11,12 +11,15 @@ defaults.
 import logging
 
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 from ray.serve.deployment import Deployment
 
+from clipfleet.affinity import ROUTER_CLASS
 from clipfleet.config import (
     FETCHER_DEPLOYMENT,
     INGRESS_DEPLOYMENT,
     SCORER_DEPLOYMENT,
+    AffinityConfig,
     AppArgs,
     random_weights_enabled,
 )
@@ -33,10 +36,20 @@ logger = logging.getLogger("ray.serve")
 
 class ServeBinder:
     """clipfleet.graph.Binder over Serve: each node a bound deployment, named as
-    clipfleet.config names it."""
+    clipfleet.config names it; the encoders `affinity` names get the content-affinity
+    router (clipfleet.affinity)."""
+
+    def __init__(self, affinity: AffinityConfig = AffinityConfig()) -> None:
+        self.affinity = affinity
 
     def deploy(self, deployment: Deployment, name: str | None = None) -> Deployment:
         """The deployment a node is bound from (a subclass may add options, e.g. placement)."""
+        if name in self.affinity.deployments:
+            router = RequestRouterConfig(
+                request_router_class=ROUTER_CLASS,
+                request_router_kwargs={"max_owner_queue": self.affinity.max_owner_queue},
+            )
+            return deployment.options(name=name, request_router_config=router)
         return deployment.options(name=name) if name else deployment
 
     def fetcher(self, limits):
@@ -62,4 +75,4 @@ class ServeBinder:
 def build_app(args: AppArgs) -> Application:
     if random_weights_enabled():
         logger.warning("CLIPFLEET_RANDOM_WEIGHTS=1: every model gets RANDOM weights (tests only)")
-    return wire(args, ServeBinder())
+    return wire(args, ServeBinder(args.affinity))

@@ -95,6 +95,12 @@ SPECS: tuple[MetricSpec, ...] = (
         ("result", "kind"),
     ),
     MetricSpec(
+        "clipfleet_affinity_routes",
+        "counter",
+        "Content-affinity routing decisions: owner (the key's replica) or fallback (owner busy)",
+        ("result",),
+    ),
+    MetricSpec(
         "clipfleet_shared_cache_breaker_open",
         "gauge",
         "Shared embedding cache breaker: 0 closed, 0.5 half-open (one trial call), 1 open",
@@ -293,6 +299,11 @@ def record_shared_cache(result: str, kind: str) -> None:
     """One shared-cache call's result (clipfleet.shared_cache)."""
     tags = {"result": result, "kind": kind}
     _safely(_metric("clipfleet_shared_cache_results").inc, 1, tags)
+
+
+def record_affinity(result: str) -> None:
+    """One content-affinity routing decision (clipfleet.affinity_router), in the caller."""
+    _safely(_metric("clipfleet_affinity_routes").inc, 1, {"result": result})
 
 
 BREAKER_LEVELS = {"closed": 0.0, "half_open": 0.5, "open": 1.0}

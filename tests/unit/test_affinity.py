@@ -1,0 +1,129 @@
+"""Content-affinity routing without Ray: rendezvous ownership (adding or losing a replica moves
+only its share), the fallback when the owner's queue is over the bound, the keys the ingress
+attaches (the embedding cache's own), and the `affinity` config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clipfleet.affinity import (
+    ROUTE_KEY,
+    AffinityHandle,
+    choose_owner,
+    image_route_key,
+    owner_of,
+    with_affinity,
+)
+from clipfleet.cache import image_key, text_key, texts_key
+from clipfleet.config import AppArgs
+from tests.support.local_dag import LocalResponse
+
+KEYS = [text_key(f"image {index}") for index in range(4000)]
+
+
+def owners(replicas: list[str]) -> dict[bytes, str]:
+    return {key: owner_of(key, replicas) for key in KEYS}
+
+
+def test_each_replica_owns_a_fair_share():
+    counts = {}
+    for owner in owners(["a", "b", "c", "d"]).values():
+        counts[owner] = counts.get(owner, 0) + 1
+    assert set(counts) == {"a", "b", "c", "d"}
+    assert all(800 < count < 1200 for count in counts.values())  # 1000 each, give or take
+
+
+def test_adding_a_replica_moves_only_the_keys_it_wins():
+    before, after = owners(["a", "b", "c"]), owners(["a", "b", "c", "d"])
+    moved = [key for key in KEYS if before[key] != after[key]]
+    assert all(after[key] == "d" for key in moved)  # nothing moves between a, b and c
+    assert 0.2 < len(moved) / len(KEYS) < 0.3  # about 1/4
+
+
+def test_losing_a_replica_moves_only_its_keys():
+    before, after = owners(["a", "b", "c", "d"]), owners(["a", "b", "d"])
+    moved = [key for key in KEYS if before[key] != after[key]]
+    assert moved and all(before[key] == "c" for key in moved)
+    assert len(moved) == sum(owner == "c" for owner in before.values())
+
+
+def test_ownership_does_not_depend_on_replica_order():
+    assert owners(["a", "b", "c"]) == owners(["c", "a", "b"])
+    assert owner_of(KEYS[0], []) is None
+
+
+def test_owner_over_the_bound_falls_back():
+    key = KEYS[0]
+    owner = owner_of(key, ["a", "b"])
+    other = "b" if owner == "a" else "a"
+    assert choose_owner(key, {owner: 3, other: 0}, bound=4) == owner
+    assert choose_owner(key, {owner: None, other: 0}, bound=4) == owner  # unknown: try it
+    assert choose_owner(key, {owner: 4, other: 0}, bound=4) is None
+    assert choose_owner(key, {}, bound=4) is None
+
+
+class Recorder:
+    """An encoder handle that records the keyword arguments of each call."""
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def __getattr__(self, name):
+        recorder = self
+
+        class Method:
+            def remote(self, *args, **kwargs):
+                recorder.calls.append((name, args, kwargs))
+
+                async def answer():
+                    return name
+
+                return LocalResponse(answer())
+
+        return Method()
+
+
+async def test_calls_carry_the_cache_key_of_their_content():
+    inner = Recorder()
+    handle = AffinityHandle(inner)
+    pixels = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+
+    async def fetched():
+        return pixels
+
+    assert await handle.embed_image.remote(LocalResponse(fetched()), timed=True) == "embed_image"
+    await handle.embed_text.remote("a cat")
+    await handle.embed_texts.remote(["a cat", "a dog"])
+    await handle.count_tokens.remote(["a cat"])
+    keys = [kwargs.get(ROUTE_KEY) for _, _, kwargs in inner.calls]
+    assert keys == [image_key(pixels), text_key("a cat"), texts_key(["a cat", "a dog"]), None]
+    image_call = inner.calls[0]
+    assert image_call[1][0] is pixels and image_call[2]["timed"] is True
+
+
+def test_a_jpeg_shipped_undecoded_routes_by_its_own_cache_key():
+    class Jpeg:
+        def key(self) -> bytes:
+            return b"j-key"
+
+    assert image_route_key(Jpeg()) == b"j-key"
+
+
+def args(**affinity) -> AppArgs:
+    profile = {"clip": {"model": "ViT-B-32"}, "resnet": {"model": "resnet50", "weights": "x"}}
+    return AppArgs(profiles={"fast": profile}, affinity=affinity)
+
+
+def test_config_names_encoder_deployments_only():
+    assert args(deployments=["clip_fast", "resnet_resnet50"]).affinity.max_owner_queue == 8
+    with pytest.raises(ValueError, match="clip_slow"):
+        args(deployments=["clip_slow"])
+    with pytest.raises(ValueError, match="Ingress"):
+        args(deployments=["Ingress"])
+
+
+def test_only_the_named_deployments_are_wrapped():
+    chosen = args(deployments=["clip_fast"])
+    clips, resnets = with_affinity(chosen, {"fast": {"stable": "h1"}}, {"fast": "h2"})
+    assert isinstance(clips["fast"]["stable"], AffinityHandle) and resnets["fast"] == "h2"

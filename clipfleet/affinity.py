@@ -17,6 +17,7 @@ calling the encoder with the same object reference, so the pixels are not shippe
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -88,7 +89,8 @@ class _Method:
 
     async def _image(self, image: Any, **kwargs: Any) -> Any:
         passed, value = await fetched(image)
-        return await self._method.remote(passed, **{**kwargs, ROUTE_KEY: image_route_key(value)})
+        key = await asyncio.to_thread(image_route_key, value)  # hashlib frees the GIL
+        return await self._method.remote(passed, **{**kwargs, ROUTE_KEY: key})
 
 
 class AffinityHandle:

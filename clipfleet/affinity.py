@@ -64,12 +64,12 @@ def image_route_key(image: Any) -> bytes:
 
 async def fetched(response: Any) -> tuple[Any, Any]:
     """(what to pass on to the encoder, the image): a DeploymentResponse's object reference
-    and its value; a local test response's value twice."""
-    to_ref = getattr(response, "_to_object_ref", None)
-    if to_ref is None:
+    and its value; otherwise (a handle that is not by reference, a local test response) the
+    value twice."""
+    if not getattr(response, "by_reference", False):
         image = await response
         return image, image
-    ref = await to_ref()
+    ref = await response._to_object_ref()
     return ref, await ref
 
 

@@ -127,3 +127,49 @@ def test_only_the_named_deployments_are_wrapped():
     chosen = args(deployments=["clip_fast"])
     clips, resnets = with_affinity(chosen, {"fast": {"stable": "h1"}}, {"fast": "h2"})
     assert isinstance(clips["fast"]["stable"], AffinityHandle) and resnets["fast"] == "h2"
+
+
+class FakeReplica:
+    """What the router reads of a RunningReplica."""
+
+    def __init__(self, unique_id: str) -> None:
+        from ray.serve._private.common import DeploymentID
+        from ray.serve.request_router import ReplicaID
+
+        self.replica_id = ReplicaID(unique_id, DeploymentID("clip_fast", "app"))
+        self.max_ongoing_requests = 64
+        self.node_id = self.availability_zone = None
+        self.multiplexed_model_ids: set[str] = set()
+
+    async def get_queue_len(self, deadline_s: float) -> int:
+        return 0
+
+
+async def test_the_serve_router_ranks_the_owner_first_and_skips_it_over_the_bound():
+    from ray.serve._private.common import DeploymentHandleSource, DeploymentID, RequestMetadata
+    from ray.serve.request_router import PendingRequest
+
+    from clipfleet.affinity_router import ContentAffinityRouter
+
+    router = ContentAffinityRouter(
+        deployment_id=DeploymentID("clip_fast", "app"),
+        handle_source=DeploymentHandleSource.UNKNOWN,
+        use_replica_queue_len_cache=True,
+    )
+    router.initialize_state(max_owner_queue=4)
+    replicas = [FakeReplica(name) for name in "abc"]
+    router.update_replicas(replicas)
+
+    def request(**kwargs) -> PendingRequest:
+        return PendingRequest([], kwargs, RequestMetadata(request_id="r", internal_request_id="r"))
+
+    def ids(ranks) -> list[list[str]]:
+        return [[replica.replica_id.unique_id for replica in rank] for rank in ranks]
+
+    owner = owner_of(KEYS[0], "abc")
+    ranks = ids(await router.choose_replicas(replicas, request(route_key=KEYS[0])))
+    assert ranks[0] == [owner] and len(ranks) == 2  # then the power-of-two pair
+    assert len(ids(await router.choose_replicas(replicas, request()))) == 1  # no key
+    router.replica_queue_len_cache.update(replicas["abc".index(owner)].replica_id, 4)
+    ranks = ids(await router.choose_replicas(replicas, request(route_key=KEYS[0])))
+    assert len(ranks) == 1 and len(ranks[0]) == 2  # owner over the bound: the pair only

@@ -100,3 +100,16 @@ def test_stopping_the_server_mid_stream_fails_no_request(fleet, redis_server):
     assert statuses == [200] * len(images)
     stats = replica_stats(handle("clip_accurate"), 2).values()
     assert sum(one["shared"]["errors"] + one["shared"]["skipped"] for one in stats) > 0
+
+
+def test_a_bad_image_is_the_same_client_error_with_and_without_affinity(fleet):
+    """With affinity the Ingress reads the fetch's answer itself: a fetch failure must still
+    reach the client as the fetcher's 4xx, as it does on the default path."""
+    import requests
+
+    answers = {}
+    for profile in ("fast", "accurate"):  # clip_fast has affinity, clip_accurate not
+        body = {"images": [{"base64": "bm90IGFuIGltYWdl"}], "profile": profile}
+        response = requests.post(f"{fleet}/v1/embed/image", json=body, timeout=60)
+        answers[profile] = (response.status_code, response.json()["error"]["type"])
+    assert answers["fast"] == answers["accurate"] and 400 <= answers["fast"][0] < 500, answers

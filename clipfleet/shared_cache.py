@@ -58,11 +58,14 @@ class Breaker:
         self._opened_at = 0.0
 
     def allow(self) -> bool:
-        """Whether a call may go to the server now."""
+        """Whether a call may go to the server now. A trial that never reported (its caller
+        was cancelled) is replaced by a new one after another cooldown."""
         if self.state == "closed":
             return True
-        if self.state == "open" and self._clock() - self._opened_at >= self.cooldown_s:
-            self._set("half_open")  # this caller is the one trial
+        if self._clock() - self._opened_at >= self.cooldown_s:
+            self._opened_at = self._clock()  # when this trial started
+            if self.state == "open":
+                self._set("half_open")  # this caller is the one trial
             return True
         return False
 

@@ -142,7 +142,9 @@ def test_breaker_states():
     breaker.failure()  # the trial failed: open again, a new cooldown
     assert breaker.state == "open" and not breaker.allow()
     now[0] = 10.0
-    assert breaker.allow()
+    assert breaker.allow() and breaker.state == "half_open"
+    now[0] = 15.0  # that trial never reported (its caller was cancelled): another one
+    assert breaker.allow() and not breaker.allow()
     breaker.success()
     assert breaker.state == "closed" and breaker.failures == 0
 

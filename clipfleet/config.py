@@ -14,7 +14,6 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from clipfleet.config_fleet import AffinityConfig, SharedCacheConfig, StrictModel
-
 from clipfleet.limits import ApiLimits
 
 RANDOM_WEIGHTS_ENV = "CLIPFLEET_RANDOM_WEIGHTS"

@@ -91,13 +91,16 @@ def test_two_replicas_share_hits_through_the_server(fleet, redis_server):
 
 
 def test_stopping_the_server_mid_stream_fails_no_request(fleet, redis_server):
-    images = repeating_stream(DISTINCT, 2, seed=300)
+    images = repeating_stream(DISTINCT, 5, seed=300)
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(send_stream, fleet, images, "accurate", 2)
-        time.sleep(1.0)
+        time.sleep(0.3)
         redis_server.stop()
         statuses = running.result(timeout=240)
-    assert statuses == [200] * len(images)
+    # and images no replica has seen, certainly looked up while the server is down
+    unseen = repeating_stream(10, 1, seed=400)
+    statuses += send_stream(fleet, unseen, "accurate", 2)
+    assert statuses == [200] * (len(images) + len(unseen))
     stats = replica_stats(handle("clip_accurate"), 2).values()
     assert sum(one["shared"]["errors"] + one["shared"]["skipped"] for one in stats) > 0
 

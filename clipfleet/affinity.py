@@ -3,16 +3,22 @@
 Each encoder replica keeps its own embedding LRU (clipfleet.cache). Spread at random over N
 replicas, a repeated image or text is computed up to N times and every cache holds a copy of
 the same hot set. With affinity, the content's key (the cache's own key: clipfleet.cache's
-image_key / EncodedJpeg.key / text_key) travels with the call as the `route_key` keyword, and
-the deployment's router (clipfleet.affinity_router) sends it to the replica that owns it by
-rendezvous hashing: the replica with the highest hash(key, replica id). Adding or losing a
-replica moves only the keys that replica wins or owned. An owner with `max_owner_queue` or
-more requests in flight is skipped: the call goes to the less loaded of two random replicas
-(Serve's default policy), so a hot key never queues behind one replica.
+image_key / EncodedJpeg.key / EncodedImage.key / text_key) travels with the call as the
+`route_key` keyword, and the deployment's router (clipfleet.affinity_router) sends it to the
+replica that owns it by rendezvous hashing: the replica with the highest hash(key, replica
+id). Adding or losing a replica moves only the keys that replica wins or owned. An owner with
+`max_owner_queue` or more requests in flight is skipped: the call goes to the less loaded of
+two random replicas (Serve's default policy), so a hot key never queues behind one replica.
 
-The ingress side (AffinityHandle) computes the keys: a text's at once; an image's from the
+The ingress side (AffinityHandle) computes the keys: a text's at once; a URL image's from the
 fetcher's answer, which it reads (zero-copy from the object store on the same node) before
-calling the encoder with the same object reference, so the pixels are not shipped twice.
+calling the encoder with the same object reference, so the pixels are not shipped twice; an
+inline image's (base64, upload: sent to the encoder undecoded) from its bytes, base64 decoded
+here only to be hashed (EncodedImage.key(), what the encoder caches it under: about 0.5 ms of
+the ingress's CPU per 100 KB of base64, docs/configuration.md). A call with several images
+(`embed_images`) goes to its first image's owner; a /v1/score pair (`embed_pair`) to its
+image's. An inline image the encoder will refuse has no key: it goes where Serve sends it, and
+the encoder gives the client's error.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from clipfleet.cache import image_key, text_key, texts_key
-from clipfleet.config import AppArgs, clip_deployment_name, resnet_deployment_name
+from clipfleet.config import AppArgs, FetchLimits, clip_deployment_name, resnet_deployment_name
+from clipfleet.errors import ClipfleetError
+from clipfleet.fetch import ImageSource
+from clipfleet.replicas.images import OFF_LOOP_BYTES, inline_image
 
 ROUTE_KEY = "route_key"
 ROUTER_CLASS = "clipfleet.affinity_router.ContentAffinityRouter"
@@ -62,6 +71,14 @@ def image_route_key(image: Any) -> bytes:
     return key() if callable(key) else image_key(image)
 
 
+def inline_route_key(source: ImageSource, limits: FetchLimits) -> bytes | None:
+    """The key an encoder caches an inline image under; None for one it will refuse."""
+    try:
+        return inline_image(source, limits).key()
+    except ClipfleetError:
+        return None
+
+
 async def fetched(response: Any) -> tuple[Any, Any]:
     """(what to pass on to the encoder, the image): a DeploymentResponse's object reference
     and its value; otherwise (a handle that is not by reference, a local test response) the
@@ -74,39 +91,61 @@ async def fetched(response: Any) -> tuple[Any, Any]:
 
 
 class _Method:
-    def __init__(self, handle: Any, name: str) -> None:
+    def __init__(self, handle: Any, name: str, limits: FetchLimits) -> None:
         self._method = getattr(handle, name)
         self._name = name
+        self._limits = limits
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        if self._name == "embed_image":
+        if self._name in ("embed_image", "embed_pair"):
             return self._image(*args, **kwargs)
+        if self._name == "embed_images":
+            return self._first_image(*args, **kwargs)
         if self._name == "embed_text":
             kwargs[ROUTE_KEY] = text_key(args[0])
         elif self._name == "embed_texts":
             kwargs[ROUTE_KEY] = texts_key(list(args[0]))
         return self._method.remote(*args, **kwargs)
 
-    async def _image(self, image: Any, **kwargs: Any) -> Any:
+    async def _image(self, image: Any, *args: Any, **kwargs: Any) -> Any:
+        passed, key = await self._keyed(image)
+        return await self._method.remote(passed, *args, **{**kwargs, ROUTE_KEY: key})
+
+    async def _first_image(self, images: list[Any], *args: Any, **kwargs: Any) -> Any:
+        """The call goes to its first image's owner (a one-image request's exactly): the
+        ingress sends a request's images in one call only when they are all inline."""
+        _, key = await self._keyed(images[0]) if images else (None, None)
+        return await self._method.remote(images, *args, **{**kwargs, ROUTE_KEY: key})
+
+    async def _keyed(self, image: Any) -> tuple[Any, bytes | None]:
+        """(what the encoder is sent, the cache key it will use for it)."""
+        if isinstance(image, ImageSource):
+            size = len(image.base64 or image.data or b"")
+            if size > OFF_LOOP_BYTES:
+                return image, await asyncio.to_thread(inline_route_key, image, self._limits)
+            return image, inline_route_key(image, self._limits)
         passed, value = await fetched(image)
-        key = await asyncio.to_thread(image_route_key, value)  # hashlib frees the GIL
-        return await self._method.remote(passed, **{**kwargs, ROUTE_KEY: key})
+        return passed, await asyncio.to_thread(image_route_key, value)  # hashlib frees the GIL
 
 
 class AffinityHandle:
-    """An encoder's handle whose embed_* calls carry their content's `route_key`. embed_image
-    returns a coroutine (it reads the fetched image first): callers await it."""
+    """An encoder's handle whose embed_* calls carry their content's `route_key`. The image
+    calls return a coroutine (they read or hash the image first): callers await them.
+    `limits`: the application's fetch limits (an inline image over them gets no key)."""
 
-    ROUTED = frozenset({"embed_image", "embed_text", "embed_texts"})
+    ROUTED = frozenset({"embed_image", "embed_images", "embed_pair", "embed_text", "embed_texts"})
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, limits: FetchLimits = FetchLimits()) -> None:
         self._handle = handle
+        self._limits = limits
 
     def __getattr__(self, name: str) -> Any:
-        return _Method(self._handle, name) if name in self.ROUTED else getattr(self._handle, name)
+        if name in self.ROUTED:
+            return _Method(self._handle, name, self._limits)
+        return getattr(self._handle, name)
 
     def options(self, **options: Any) -> AffinityHandle:
-        return AffinityHandle(self._handle.options(**options))
+        return AffinityHandle(self._handle.options(**options), self._limits)
 
 
 def with_affinity(
@@ -116,7 +155,7 @@ def with_affinity(
     chosen = set(args.affinity.deployments)
 
     def wrap(handle: Any, name: str) -> Any:
-        return AffinityHandle(handle) if name in chosen else handle
+        return AffinityHandle(handle, args.fetch) if name in chosen else handle
 
     clips = {
         profile: {

@@ -58,10 +58,10 @@ class ClipEncoder(ImageEncoder):
     @traced("encoder.embed_pair")
     @serving
     async def embed_pair(
-        self, image: EncoderImage, text: str, timed: bool = False
+        self, image: EncoderImage, text: str, timed: bool = False, route_key: bytes | None = None
     ) -> tuple[np.ndarray, np.ndarray] | tuple[tuple[np.ndarray, np.ndarray], float]:
         """A /v1/score pair's two vectors in one call; with `timed`, also the seconds spent
-        here (see `embed_timed`)."""
+        here (see `embed_timed`). `route_key`: the image's, for the content-affinity router."""
         pair = embed_both(self._embed_image(image), self._text_vector(text))
         return await embed_timed(pair, timed)
 

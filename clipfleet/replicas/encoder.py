@@ -222,10 +222,10 @@ class ImageEncoder:
     @traced("encoder.embed_images")
     @serving
     async def embed_images(
-        self, images: list[EncoderImage], timed: bool = False
+        self, images: list[EncoderImage], timed: bool = False, route_key: bytes | None = None
     ) -> np.ndarray | tuple[np.ndarray, float]:
         """(N, D) for a request's N images in one call (see `embed_each`); with `timed`, also
-        the seconds spent here."""
+        the seconds spent here. `route_key`: as embed_image's."""
         return await embed_timed(embed_each(self._embed_image, images), timed)
 
     async def _embed_image(self, image: EncoderImage) -> np.ndarray:

@@ -95,6 +95,13 @@ class EncodedImage:
 EncoderImage = np.ndarray | EncodedJpeg | EncodedImage | ImageSource
 
 
+def inline_image(source: ImageSource, limits: FetchLimits) -> EncodedImage:
+    """An inline source's bytes (base64 decoded, within max_bytes): what an encoder caches it
+    under (`key()`), and what the ingress routes it by (clipfleet.affinity)."""
+    kind = "base64" if source.base64 is not None else "upload"
+    return EncodedImage(inline_bytes(source, limits), kind)
+
+
 class ImageInputs:
     """One per encoder replica: `limits` are the application's fetch limits (what an image may
     be, the decode budget), applied to inline images exactly as the fetcher applies them."""
@@ -122,10 +129,7 @@ class ImageInputs:
 
     def received(self, image: EncoderImage) -> np.ndarray | EncodedJpeg | EncodedImage:
         """An inline source as its bytes (base64 decoded, within max_bytes); others as sent."""
-        if isinstance(image, ImageSource):
-            kind = "base64" if image.base64 is not None else "upload"
-            return EncodedImage(inline_bytes(image, self.limits), kind)
-        return image
+        return inline_image(image, self.limits) if isinstance(image, ImageSource) else image
 
     @staticmethod
     def key(image: np.ndarray | EncodedJpeg | EncodedImage) -> bytes:

@@ -4,8 +4,12 @@ attaches (the embedding cache's own), and the `affinity` config."""
 
 from __future__ import annotations
 
+import base64
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from clipfleet.affinity import (
     ROUTE_KEY,
@@ -16,8 +20,12 @@ from clipfleet.affinity import (
     with_affinity,
 )
 from clipfleet.cache import image_key, text_key, texts_key
-from clipfleet.config import AppArgs
-from tests.support.local_dag import LocalResponse
+from clipfleet.config import AppArgs, FetchLimits, ResNetSpec
+from clipfleet.fetch import ImageSource
+from clipfleet.models.device import choose_device
+from clipfleet.replicas.encoder import ResNetEncoder
+from clipfleet.replicas.images import EncodedImage
+from tests.support.local_dag import LocalHandle, LocalResponse
 
 KEYS = [text_key(f"image {index}") for index in range(4000)]
 
@@ -100,6 +108,63 @@ async def test_calls_carry_the_cache_key_of_their_content():
     assert keys == [image_key(pixels), text_key("a cat"), texts_key(["a cat", "a dog"]), None]
     image_call = inner.calls[0]
     assert image_call[1][0] is pixels and image_call[2]["timed"] is True
+
+
+async def test_inline_images_carry_the_key_of_their_bytes():
+    """base64 and upload alike: the hash of the bytes (EncodedImage.key()); a call with several
+    images, its first's; a pair, its image's; an image the encoder will refuse, no key."""
+    inner = Recorder()
+    handle = AffinityHandle(inner, FetchLimits(max_bytes=1024))
+    data = b"the bytes of an image"
+    as_base64 = ImageSource(base64=base64.b64encode(data).decode())
+    assert await handle.embed_image.remote(as_base64, timed=True) == "embed_image"
+    await handle.embed_image.remote(ImageSource(data=data))
+    await handle.embed_pair.remote(ImageSource(data=data), "a cat", timed=True)
+    await handle.embed_images.remote([ImageSource(data=data), ImageSource(data=b"other")])
+    await handle.embed_image.remote(ImageSource(base64="not base64 !"))
+    await handle.embed_image.remote(ImageSource(data=b"x" * 1025))  # over max_bytes
+    keys = [kwargs.get(ROUTE_KEY) for _, _, kwargs in inner.calls]
+    assert keys == [EncodedImage(data).key()] * 4 + [None, None]
+    assert inner.calls[0][1] == (as_base64,) and inner.calls[0][2]["timed"] is True
+    assert inner.calls[2][1][1] == "a cat" and len(inner.calls[3][1][0]) == 2
+
+
+class KeyedHandle:
+    """A LocalHandle over an encoder that records the route key of each call."""
+
+    def __init__(self, encoder) -> None:
+        self.local = LocalHandle(encoder)
+        self.keys = []
+
+    def __getattr__(self, name):
+        method, keys = getattr(self.local, name), self.keys
+
+        class Method:
+            def remote(self, *args, **kwargs):
+                keys.append(kwargs.get(ROUTE_KEY))
+                return method.remote(*args, **kwargs)
+
+        return Method()
+
+
+def jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((40, 60, 3), 90, dtype=np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+async def test_an_inline_images_route_key_is_the_key_its_encoder_caches_it_under(model_dir):
+    spec = ResNetSpec(model="resnet18", weights=str(model_dir / "resnet18.pt"))
+    encoder = ResNetEncoder(spec, choose_device("cpu"))
+    keyed = KeyedHandle(encoder)
+    handle = AffinityHandle(keyed)
+    data = jpeg()
+    await handle.embed_image.remote(ImageSource(base64=base64.b64encode(data).decode()))
+    (route_key,) = keyed.keys
+    assert route_key is not None and encoder.cache.stats()["entries"] == 1
+    assert encoder.cache.get(route_key) is not None  # what the encoder cached it under
+    await handle.embed_images.remote([ImageSource(data=data)])  # an upload: the same key
+    assert keyed.keys[1] == route_key and encoder.cache.stats()["entries"] == 1
 
 
 def test_a_jpeg_shipped_undecoded_routes_by_its_own_cache_key():

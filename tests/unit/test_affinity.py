@@ -16,6 +16,7 @@ from clipfleet.affinity import (
     AffinityHandle,
     choose_owner,
     image_route_key,
+    inline_route_key,
     owner_of,
     with_affinity,
 )
@@ -238,3 +239,30 @@ async def test_the_serve_router_ranks_the_owner_first_and_skips_it_over_the_boun
     router.replica_queue_len_cache.update(replicas["abc".index(owner)].replica_id, 4)
     ranks = ids(await router.choose_replicas(replicas, request(route_key=KEYS[0])))
     assert len(ranks) == 1 and len(ranks[0]) == 2  # owner over the bound: the pair only
+
+
+def test_the_service_routes_inline_images_score_pairs_and_tags_through_affinity(model_dir):
+    """The real graph with in-process handles, clip_fast under affinity: a request's inline
+    images (embed_images), a /v1/score pair (embed_pair) and a tag request (embed_image beside
+    embed_texts) are served, and each image is cached under the key it was routed by."""
+    from fastapi.testclient import TestClient
+
+    from clipfleet.api.app import create_app
+    from tests.support.images import image_base64
+    from tests.support.local_dag import build_local_service, tiny_app_args
+
+    service = build_local_service(tiny_app_args(model_dir, affinity={"deployments": ["clip_fast"]}))
+    clip = service.profiles["fast"].clip["stable"]
+    assert isinstance(clip, AffinityHandle)
+    first, second, third = (image_base64(seed=seed) for seed in (1, 2, 3))
+    with TestClient(create_app(service)) as client:
+        body = {"images": [{"base64": first}, {"base64": second}], "profile": "fast"}
+        assert client.post("/v1/embed/image", json=body).status_code == 200
+        pair = {"pairs": [{"image": {"base64": third}, "text": "a cat"}], "profile": "fast"}
+        assert client.post("/v1/score", json=pair).status_code == 200
+        tag = {"image": {"base64": first}, "labels": ["car", "tree"], "profile": "fast"}
+        response = client.post("/v1/tag", json=tag)
+        assert response.status_code == 200, response.text
+    cache = clip._handle._target.cache
+    for image in (first, second, third):
+        assert cache.get(inline_route_key(ImageSource(base64=image), FetchLimits())) is not None

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= serve_config.yaml
 
 .PHONY: install run test test-unit test-integration test-e2e lint format weights clean \
-	loadtest loadtest-ui bench bench-peers overload hostile cluster-sync
+	loadtest loadtest-ui bench bench-peers overload hostile bench-priority cluster-sync
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -108,6 +108,13 @@ overload: $(STAMP)
 hostile: $(STAMP)
 	mkdir -p $(RESULTS)
 	$(BIN)/python -m loadtests.hostile --out $(RESULTS)/hostile.json
+
+# Priority classes: interactive p95 alone, beside a saturating bulk load, and beside the same
+# load sent without classes (loadtests/priority.py; docs/fleet.md). Not in CI.
+PRIORITY_SECONDS ?= 30
+bench-priority: $(STAMP)
+	mkdir -p $(RESULTS)
+	$(BIN)/python -m loadtests.priority --seconds $(PRIORITY_SECONDS) --out $(RESULTS)/priority.json
 
 # Generate the GPU, bench and fast-int8 configs and the RayServices' serveConfigV2 from
 # serve_config.yaml + cluster/overlays/*.yaml (clipfleet/configgen.py).

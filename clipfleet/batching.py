@@ -9,6 +9,12 @@ forward runs are merged, and when the model frees up the oldest kind of work (im
 next, up to `max_batch_size` items in one forward; a kind that just ran goes after the others
 that are waiting, so 64 texts queued first delay one image by one text batch, not four.
 
+Priority classes (clipfleet/priority.py): items tagged `Classed(item, "bulk")` wait in their own
+queues. Interactive work runs first; while bulk work waits, at least one forward in every
+`bulk_every` serves it, so a stream of interactive requests never starves a bulk job. A forward
+holds one class only: filling an interactive batch with bulk items would lengthen the forward
+that interactive requests wait on.
+
 Plain asyncio, no Ray: the encoder deployments own one per model. A multiplexed encoder owns one
 for all its models: each (kind, model id) gets its own queue and forward, so batches of
 different models (which Serve's batching keeps apart) are never merged back together.
@@ -24,10 +30,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from clipfleet.priority import BULK, INTERACTIVE, Classed
+
 logger = logging.getLogger(__name__)
 
 Forward = Callable[[list[Any]], Sequence[Any]]
-QueueKey = tuple[str, str | None]  # (kind, model id); None: the encoder's one model
+ForwardKey = tuple[str, str | None]  # (kind, model id); None: the encoder's one model
+QueueKey = tuple[str, str | None, str]  # (kind, model id, priority class)
+DEFAULT_BULK_EVERY = 4
 
 
 @dataclass
@@ -37,18 +47,44 @@ class _Pending:
     queued_at: float = field(default_factory=time.monotonic)
 
 
+class _AtLeast:
+    """An int attribute that refuses values below `minimum` (set live by reconfigure)."""
+
+    def __init__(self, minimum: int, why: str = "") -> None:
+        self.minimum, self.why = minimum, why
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else obj.__dict__[self.name]
+
+    def __set__(self, obj: Any, value: int) -> None:
+        if value < self.minimum:
+            raise ValueError(f"{self.name} must be at least {self.minimum}{self.why}, got {value}")
+        obj.__dict__[self.name] = value
+
+
 class ForwardScheduler:
+    max_batch_size = _AtLeast(1)
+    bulk_every = _AtLeast(2, " (1 would serve bulk first)")
+
     def __init__(
         self,
         forwards: dict[str, Forward],
         max_batch_size: int,
         on_batch: Callable[[str, int, float], None] | None = None,
+        bulk_every: int = DEFAULT_BULK_EVERY,
     ) -> None:
         """forwards: kind -> blocking batched forward (list of items -> one result per item),
         run in a worker thread so the event loop keeps accepting requests. on_batch(kind, size,
-        seconds) is called on the event loop after each forward."""
-        self._forwards: dict[QueueKey, Forward] = {(kind, None): f for kind, f in forwards.items()}
-        self._queues: dict[QueueKey, deque[_Pending]] = {key: deque() for key in self._forwards}
+        seconds) is called on the event loop after each forward. bulk_every: while bulk work
+        waits, at least one forward in this many serves it."""
+        self._forwards: dict[ForwardKey, Forward] = {(k, None): f for k, f in forwards.items()}
+        self._queues: dict[QueueKey, deque[_Pending]] = {}
+        self._since_bulk = 0  # forwards run for interactive work while bulk work waited
+        self.forwards_by_class: dict[str, int] = {INTERACTIVE: 0, BULK: 0}
+        self.bulk_every = bulk_every
         self._on_batch = on_batch
         self._worker: asyncio.Task | None = None
         self._running: list[_Pending] = []
@@ -56,20 +92,16 @@ class ForwardScheduler:
         self._last: QueueKey | None = None  # the queue whose batch ran last
         self.max_batch_size = max_batch_size
 
-    @property
-    def max_batch_size(self) -> int:
-        return self._max_batch_size
-
-    @max_batch_size.setter
-    def max_batch_size(self, size: int) -> None:
-        if size < 1:
-            raise ValueError(f"max_batch_size must be at least 1, got {size}")
-        self._max_batch_size = size
-
     def pending(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for (kind, _), queue in self._queues.items():
+        counts = {kind: 0 for kind, _ in self._forwards}
+        for (kind, _, _), queue in self._queues.items():
             counts[kind] = counts.get(kind, 0) + len(queue)
+        return counts
+
+    def pending_by_class(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.forwards_by_class, 0)
+        for (_, _, priority), queue in self._queues.items():
+            counts[priority] += len(queue)
         return counts
 
     def fail_all(self, failure: Callable[[], BaseException]) -> None:
@@ -93,33 +125,53 @@ class ForwardScheduler:
     ) -> list[Any]:
         """The forward's results for `items`, in order, once they have run in some batch.
 
+        Items tagged `Classed` wait in their class's queue (untagged: interactive).
         model_id/forward: a multiplexed model's own queue and forward (merged only with work
         for the same model id)."""
         if self._failure is not None:
             raise self._failure()
         loop = asyncio.get_running_loop()
-        entries = [_Pending(item, loop.create_future()) for item in items]
         key = (kind, model_id)
         if forward is not None:
             self._forwards[key] = forward
         elif key not in self._forwards:
             raise KeyError(f"no forward for {kind!r} of model {model_id!r}")
-        self._queues.setdefault(key, deque()).extend(entries)
+        entries = []
+        for item in items:
+            tagged = item if isinstance(item, Classed) else Classed(item)
+            entry = _Pending(tagged.item, loop.create_future())
+            self._queues.setdefault((kind, model_id, tagged.priority), deque()).append(entry)
+            entries.append(entry)
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
         return list(await asyncio.gather(*(entry.future for entry in entries)))
 
     def _next_queue(self) -> QueueKey | None:
-        """The queue whose oldest waiting item has waited longest (first come, first served),
-        other than the one that ran last while another waits."""
+        """Interactive work first, unless bulk work waits and has had no forward in the last
+        `bulk_every - 1`; within the class chosen, the queue whose oldest item has waited
+        longest (first come, first served), other than the one that ran last while another
+        of the class waits."""
         heads = {key: queue[0].queued_at for key, queue in self._queues.items() if queue}
-        if len(heads) > 1:
-            heads.pop(self._last, None)
-        return min(heads, key=heads.__getitem__) if heads else None
+        if not heads:
+            return None
+        by_class = {
+            name: {key: at for key, at in heads.items() if key[2] == name}
+            for name in (INTERACTIVE, BULK)
+        }
+        bulk_owed = bool(by_class[BULK]) and self._since_bulk >= self.bulk_every - 1
+        chosen = by_class[BULK] if bulk_owed or not by_class[INTERACTIVE] else by_class[INTERACTIVE]
+        if len(chosen) > 1:
+            chosen.pop(self._last, None)
+        return min(chosen, key=chosen.__getitem__)
+
+    def _count_class(self, priority: str) -> None:
+        bulk_waits = any(queue for key, queue in self._queues.items() if key[2] == BULK)
+        self._since_bulk = self._since_bulk + 1 if priority != BULK and bulk_waits else 0
+        self.forwards_by_class[priority] += 1
 
     def _take(self, key: QueueKey) -> list[_Pending]:
         queue, batch = self._queues[key], []
-        while queue and len(batch) < self._max_batch_size:
+        while queue and len(batch) < self.max_batch_size:
             entry = queue.popleft()
             if not entry.future.done():  # a caller that went away needs no forward
                 batch.append(entry)
@@ -130,16 +182,20 @@ class ForwardScheduler:
             self._last = key
             batch = self._take(key)
             if batch:
+                self._count_class(key[2])
                 await self._run_batch(key, batch)
-            if key[1] is not None and not self._queues[key]:
-                del self._queues[key], self._forwards[key]  # let an evicted model go
+            if not self._queues[key]:
+                del self._queues[key]
+            if key[1] is not None and not any(k[:2] == key[:2] for k in self._queues):
+                del self._forwards[key[:2]]  # let an evicted model go
 
     async def _run_batch(self, key: QueueKey, batch: list[_Pending]) -> None:
         kind = key[0]
         started = time.perf_counter()
         self._running = batch
+        forward = self._forwards[key[:2]]
         try:
-            results = await asyncio.to_thread(self._forwards[key], [entry.item for entry in batch])
+            results = await asyncio.to_thread(forward, [entry.item for entry in batch])
             if len(results) != len(batch):
                 raise RuntimeError(
                     f"{kind} forward returned {len(results)} results for {len(batch)} items"

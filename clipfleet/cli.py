@@ -5,7 +5,9 @@ with bounded concurrency, and writes INPUT_with_scores.csv: the input columns pl
 `clip_score` and `error` (empty when the row scored), in input order. A failed row is reported
 and the rest go on. The CSV is streamed: memory depends on --concurrency and --batch-size, not
 on the number of rows. 503 and 429 answers are retried (Retry-After honoured, --retries at
-most); --resume continues after the rows an interrupted run already wrote. With --compare half
+most); --resume continues after the rows an interrupted run already wrote. Requests are sent as
+`X-Clipfleet-Priority: bulk` (--priority interactive asks for more, capped by the key's class):
+a CSV run never slows interactive users (docs/fleet.md#priority-classes). With --compare half
 the images (by a hash of the image reference) are scored one pair per request ("single") and
 the other half --batch-size pairs per request ("batch"), so neither mode is answered from the
 other's embedding cache, and both throughputs are printed.
@@ -53,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get(API_KEY_ENV),
         help=f"sent as `Authorization: Bearer`; default ${API_KEY_ENV}",
     )
+    score.add_argument(
+        "--priority",
+        choices=["bulk", "interactive"],
+        default="bulk",
+        help="X-Clipfleet-Priority sent (capped by the key's class); default bulk",
+    )
     score.add_argument("--retries", type=int, default=5, help="retries of a 503/429 request")
     score.add_argument(
         "--max-retry-wait", type=float, default=30.0, help="cap on one wait (Retry-After), s"
@@ -72,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=MAX_IMAGE_BYTES,
         help="largest local image file sent (default: the service's fetch.max_bytes)",
     )
+    commands.add_parser(
+        "key-id", help="print the id of the API key read from stdin (for auth.priorities)"
+    )
     from clipfleet.batch.command import add_batch_parser
 
     add_batch_parser(commands)  # `clipfleet batch {embed,score,tag}`: docs/batch.md
@@ -84,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         from clipfleet.batch.command import run_batch
 
         return run_batch(args)
+    if args.command == "key-id":  # read from stdin: a key on the command line leaks to history
+        from clipfleet.api.auth import key_id
+
+        print(key_id(sys.stdin.readline().strip()))
+        return 0
     try:
         return score_csv(args)
     except (InputError, AuthError) as exc:

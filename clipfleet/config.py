@@ -9,16 +9,18 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from clipfleet.config_fleet import AffinityConfig, SharedCacheConfig, StrictModel
 from clipfleet.limits import ApiLimits
+from clipfleet.priority import PriorityClass
 
 RANDOM_WEIGHTS_ENV = "CLIPFLEET_RANDOM_WEIGHTS"
 _TRUE_WORDS = {"1", "true", "yes", "on"}
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+KeyId = Annotated[str, StringConstraints(pattern=r"^key-[0-9a-f]{16}$")]  # api.auth.key_id
 
 
 def random_weights_enabled() -> bool:
@@ -161,6 +163,9 @@ class EncoderConfig(BatchingConfig):
     """
 
     cache: CacheConfig = CacheConfig()
+    # Priority classes (clipfleet/priority.py): while bulk work waits, at least one forward in
+    # this many serves it; the others serve interactive work first.
+    bulk_every: int = Field(4, ge=2, le=1000)
     stall_limit_s: float = Field(15.0, gt=0.0, le=3600.0)
     fault_error_ratio: float = Field(0.0, ge=0.0, le=1.0)
     fault_latency_s: float = Field(0.0, ge=0.0, le=30.0)
@@ -232,6 +237,10 @@ class AuthConfig(StrictModel):
 
     api_keys_env: str = "CLIPFLEET_API_KEYS"
     api_keys_file: str | None = None
+    # Priority classes (docs/api.md): the highest class each key may use, by key id (never
+    # the secret: `clipfleet key-id`); keys not listed, and requests without auth, get the default.
+    priorities: dict[KeyId, PriorityClass] = {}
+    default_priority: PriorityClass = "interactive"
 
 
 class CorsConfig(StrictModel):
@@ -241,7 +250,7 @@ class CorsConfig(StrictModel):
     allow_methods: tuple[str, ...] = ("GET", "POST", "OPTIONS")
     allow_headers: tuple[str, ...] = (
         *("Authorization", "Content-Type", "X-API-Key", "X-Clipfleet-Route-Key"),
-        *("X-Clipfleet-Variant", "X-Request-ID"),
+        *("X-Clipfleet-Variant", "X-Clipfleet-Priority", "X-Request-ID"),
     )
     allow_credentials: bool = False
     max_age_s: int = Field(600, ge=0)
@@ -271,6 +280,8 @@ class MultiplexedProfileSpec(StrictModel):
     architecture: str | None = None
     tokenizer: str | None = Field(None, min_length=1)
     max_models_per_replica: int = Field(2, ge=1, le=64)
+    # A model no request used for this long is unloaded (memory back); null: kept until evicted.
+    idle_ttl_s: float | None = Field(600.0, ge=1, le=7 * 86400)
 
     @model_validator(mode="after")
     def _has_a_source(self) -> MultiplexedProfileSpec:
@@ -288,6 +299,8 @@ class AppArgs(StrictModel):
     cors: CorsConfig = CorsConfig()
     default_labels: tuple[str, ...] = DEFAULT_LABELS
     prompt_template: str = "a photo of a {label}."
+    # Scale to zero: a never-measured profile's cold start (clipfleet/coldstart.py).
+    cold_start_estimate_s: float = Field(60.0, gt=0, le=3600)
     # Multiplexed profiles (requests name `<profile>:<model-id>`); see docs/models.md.
     multiplexed: dict[str, MultiplexedProfileSpec] = {}
     affinity: AffinityConfig = AffinityConfig()

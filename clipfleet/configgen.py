@@ -111,6 +111,20 @@ def check_names(config: dict, source: str) -> None:
                 f"{source}: no deployment named {unknown} in application {app.get('name')!r}; "
                 f"its args produce {sorted(produced)}"
             )
+        for entry in app.get("deployments") or []:
+            check_autoscaling(entry, source)
+
+
+def check_autoscaling(entry: dict, source: str) -> None:
+    """An autoscaling_config as Serve validates it (`min_replicas: 0`, scale to zero, is fine:
+    clipfleet/coldstart.py)."""
+    from pydantic import ValidationError
+    from ray.serve.config import AutoscalingConfig
+
+    try:
+        AutoscalingConfig(**(entry.get("autoscaling_config") or {}))
+    except (ValidationError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}: {entry['name']}.autoscaling_config: {exc}") from exc
 
 
 def prune(config: dict, overlay: dict, source: str) -> dict:

@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from clipfleet.config import FetchLimits
 from clipfleet.quantize import calibration_limit
 
 SPACE_PREFIX = "es-"
+# Where int8 ranges are kept between loads, by model_space (weights digest included): the
+# calibration forwards are most of a load's stamping time (ViT-L on a CPU: ~20 s). "off": none.
+CALIBRATION_CACHE_ENV = "CLIPFLEET_CALIBRATION_CACHE"
 # How images reach the encoders: part of the preprocessing the vectors depend on.
 IMAGE_PIPELINE = frozenset({"ship_shortest_side", "ship_longest_side", "ship_long_side_fit"})
 
@@ -38,8 +45,37 @@ def stamp(model: Any) -> dict[str, Any]:
         recipe = model_recipe(model)
         extra["space_recipe"] = recipe
         extra["model_space"] = space_id(recipe)
-        extra["int8_limit"] = calibration_limit(model)
+        extra["int8_limit"] = cached_limit(extra["model_space"], lambda: calibration_limit(model))
     return space_of(model)
+
+
+def _cache_dir() -> Path | None:
+    configured = os.environ.get(CALIBRATION_CACHE_ENV, "")
+    if configured.strip().lower() == "off":
+        return None
+    return Path(configured or Path.home() / ".cache" / "clipfleet" / "calibration")
+
+
+def cached_limit(model_space: str, compute: Callable[[], float]) -> float:
+    """The int8 range of `model_space`, from the cache, else `compute()`'s (then cached).
+    A cache that cannot be read or written only costs the computation."""
+    folder = _cache_dir()
+    path = folder / f"{model_space}.json" if folder is not None else None
+    if path is not None:
+        try:
+            return float(json.loads(path.read_text())["int8_limit"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    limit = compute()
+    if path is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=folder, delete=False) as handle:
+                json.dump({"int8_limit": limit}, handle)
+            os.replace(handle.name, path)  # atomic: replicas on one node may race
+        except OSError:
+            pass
+    return limit
 
 
 def space_of(model: Any) -> dict[str, Any]:

@@ -10,14 +10,17 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from clipfleet.coldstart import ColdStarts
 from clipfleet.config import AppArgs
 from clipfleet.fleet_store import SharedStore
 from clipfleet.observability import metrics
 from clipfleet.observability.tracing import trace_handles
+from clipfleet.priority import prioritize_handles
 from clipfleet.readiness import ReadinessView
 from clipfleet.service import ClipfleetService
 from clipfleet.traffic import Rollback, TrafficConfig, TrafficManager, keep_synced
 
+ENCODERS = frozenset({"clip_encoders", "resnet_encoders", "multiplexed_encoders"})
 GAUGE_REFRESH_S = 5.0  # Ray 2.60 drops a gauge series not set again within ~2 export intervals
 
 
@@ -31,12 +34,14 @@ def replica_service(
 ) -> ClipfleetService:
     """The service over the deployment handles, given as ClipfleetService takes them (fetcher,
     scorer, clip_encoders, resnet_encoders, multiplexed_encoders=None), traced when tracing is
-    on. One traffic state per application, in the shared store: every replica reads it before
-    sending canary traffic, and it outlives any replica."""
+    on, their embedding calls carrying the request's priority class. One traffic state per
+    application, in the shared store: every replica reads it before sending canary traffic,
+    and it outlives any replica."""
     bound = inspect.signature(ClipfleetService).bind(args, *handles, **named_handles)
     for name, value in bound.arguments.items():
         if name != "args" and value is not None:
-            bound.arguments[name] = trace_handles(value)
+            value = trace_handles(value)
+            bound.arguments[name] = prioritize_handles(value) if name in ENCODERS else value
     bound.arguments["traffic"] = TrafficManager(
         {name: list(spec.variants) for name, spec in args.profiles.items()},
         store=store,
@@ -55,8 +60,13 @@ class IngressRuntime:
         service: ClipfleetService,
         gauge_refresh_s: float = GAUGE_REFRESH_S,
         make_view: Callable[[dict], ReadinessView] = ReadinessView,
+        store: SharedStore | None = None,
+        app: str = "",
     ) -> None:
+        """store, app: where the encoders publish their measured cold starts."""
         self.service = service
+        self.store = store
+        self.app = app
         self.gauge_refresh_s = gauge_refresh_s
         self.make_view = make_view
         self.tasks: list[asyncio.Task] = []
@@ -72,7 +82,24 @@ class IngressRuntime:
         }
         self.service.readiness_view = self.make_view(checks)
         self.service.readiness_view.start()
+        self.service.cold_starts = self._cold_starts(checks)
         self.tasks = [asyncio.get_running_loop().create_task(self._keep_gauges_fresh())]
+
+    def _cold_starts(self, checks: dict) -> ColdStarts:
+        describes = dict(checks.values())  # deployment -> describe()
+        service = self.service
+        profiles = {
+            name: [d for key, (d, _) in checks.items() if key.split(".")[0] == name]
+            for name in service.profiles
+        }
+        return ColdStarts(
+            profiles,
+            service.readiness_view.running,
+            lambda deployment: describes[deployment](),
+            service.args.cold_start_estimate_s,
+            self.store,
+            self.app,
+        )
 
     async def reconfigure(self, user_config: dict | None) -> None:
         """user_config: TrafficConfig (variant weights, rollback policy); validated, unknown

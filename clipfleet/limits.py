@@ -39,6 +39,8 @@ class ApiLimits(BaseModel):
     # quarter of request_timeout_s. About 2 x the p99 at capacity keeps the admitted requests'
     # p99 within 3 x it (measure with loadtests/overload.py).
     shed_wait_s: float | None = Field(None, gt=0, le=600)
+    # Bulk requests are shed past this fraction of that wait: under overload, bulk goes first.
+    bulk_shed_ratio: float = Field(0.5, gt=0, le=1)
 
     @model_validator(mode="after")
     def _budget_holds_a_text(self) -> ApiLimits:

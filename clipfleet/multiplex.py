@@ -177,6 +177,7 @@ class ModelPool:
         self.load_failures = 0
         self.hits = 0
         self.evictions = 0
+        self.idle_unloads = 0
         self.load_seconds_total = 0.0
         self.last_failures: dict[str, str] = {}
 
@@ -260,6 +261,13 @@ class ModelPool:
         )
         return LoadedModel(resolved.model_id, resolved.source, model, seconds, rss_delta)
 
+    def note_idle_unload(self, model_id: str) -> None:
+        """`model_id` left the LRU because no request used it for idle_ttl_s (not an eviction)."""
+        self._resident.pop(model_id, None)
+        self.idle_unloads += 1
+        metrics.record_multiplexed("idle_unload", self.profile)
+        logger.info("unloaded idle multiplexed model %s:%s", self.profile, model_id)
+
     def _note_evictions(self, models: Mapping[str, LoadedModel]) -> None:
         evicted = [model_id for model_id in self._resident if model_id not in models]
         for model_id in evicted:
@@ -278,6 +286,7 @@ class ModelPool:
             "load_failures": self.load_failures,
             "hits": self.hits,
             "evictions": self.evictions,
+            "idle_unloads": self.idle_unloads,
             "load_seconds_total": round(self.load_seconds_total, 3),
             "last_failures": dict(self.last_failures),
         }

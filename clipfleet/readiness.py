@@ -7,7 +7,9 @@ constructor returned, and the encoders' constructors run their warm-up forward p
 entry also shows the deployment's Serve status and message and its replicas by state, so a
 replica that failed its health check (an encoder whose forward hung past `stall_limit_s`:
 clipfleet/replicas/serving.py) shows as `status: UNHEALTHY` and a STOPPING replica while Serve
-replaces it; the app stays ready while another replica runs.
+replaces it; the app stays ready while another replica runs. A deployment scaled to zero
+(Serve reports it HEALTHY or UPSCALING with no replica RUNNING: `min_replicas: 0`) is ready
+too, `scaled_to_zero`: its first request waits for a replica (clipfleet/coldstart.py).
 What each deployment serves (model, weights, device) is static: asked once with `describe`,
 off the probe path, and cached.
 """
@@ -29,6 +31,7 @@ REFRESH_S = 1.0
 STALE_AFTER_S = 10.0  # a view this old (the controller unreachable) is not ready
 DESCRIBE_TIMEOUT_S = 5.0
 SUMMARY_KEYS = ("model", "weights", "random_weights", "device")
+SCALED_TO_ZERO_STATES = frozenset({"HEALTHY", "UPSCALING"})
 
 
 class ReadinessView:
@@ -67,8 +70,14 @@ class ReadinessView:
             running = running_replicas(deployments, deployment) or 0
             entry = {"ready": running > 0, "deployment": deployment, "replicas_running": running}
             entry.update(_serve_view(deployments.get(deployment)))
+            if running == 0 and entry.get("status") in SCALED_TO_ZERO_STATES:
+                entry.update(ready=True, scaled_to_zero=True)
             status[key] = {**entry, **self._summaries.get(key, {})}
-        missing = [k for k in self._checks if status[k]["ready"] and k not in self._summaries]
+        missing = [  # describing a cold deployment would start a replica: only warm ones
+            k
+            for k in self._checks
+            if status[k]["replicas_running"] > 0 and k not in self._summaries
+        ]
         if missing:
             await self._describe(missing)
             for key in missing:
@@ -84,6 +93,15 @@ class ReadinessView:
         for key, answer in zip(keys, answers, strict=True):
             if isinstance(answer, dict):
                 self._summaries[key] = {k: answer[k] for k in SUMMARY_KEYS if k in answer}
+
+    def running(self, deployment: str) -> int | None:
+        """RUNNING replicas of `deployment` at the last refresh (None: not known yet)."""
+        if self._refreshed_at is None:
+            return None
+        for entry in self._view[1].values():
+            if entry.get("deployment") == deployment:
+                return entry.get("replicas_running")
+        return None
 
     def current(self) -> tuple[bool, dict]:
         ready, status = self._view

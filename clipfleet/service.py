@@ -19,11 +19,14 @@ from typing import Any
 import numpy as np
 
 from clipfleet.affinity import with_affinity
+from clipfleet.coldstart import ColdStarts
 from clipfleet.config import (
     STABLE_VARIANT,
     AppArgs,
     ClipModelSpec,
     ResNetSpec,
+    clip_deployment_name,
+    resnet_deployment_name,
 )
 from clipfleet.errors import InvalidRequestError, PayloadTooLargeError, is_variant_fault
 from clipfleet.fanout import Judged, gather_items, raise_for
@@ -40,6 +43,8 @@ from clipfleet.service_views import ServiceViews
 from clipfleet.traffic import TrafficConfig, TrafficManager
 
 logger = logging.getLogger("ray.serve")
+# Of the request's deadline, what a cold start may not take: the request's own work after it.
+COLD_START_MARGIN_S = 2.0
 
 
 def clip_model_label(spec: ClipModelSpec, public: bool = True) -> str:
@@ -126,6 +131,7 @@ class ClipfleetService(ServiceViews, MixedOperations, ImageOperations):
         self._geometries: dict[tuple[str, str], InputGeometry | None] = {}
         self.multiplexed = MultiplexedProfiles(args.multiplexed, multiplexed_encoders or {})
         self.readiness_view: ReadinessView | None = None
+        self.cold_starts: ColdStarts | None = None  # inside Serve (IngressRuntime.start)
 
     def apply_traffic(self, config: TrafficConfig) -> None:
         self.traffic.apply(config)
@@ -187,6 +193,7 @@ class ClipfleetService(ServiceViews, MixedOperations, ImageOperations):
         if profile.name in self.multiplexed:  # no canary split to guard
             yield Judged()
             return
+        await self._warm(profile.name, clip_deployment_name(profile.name, variant))
         started = time.monotonic()
         judged = Judged()
         ok: bool | None = True
@@ -208,6 +215,13 @@ class ClipfleetService(ServiceViews, MixedOperations, ImageOperations):
                     latency_s = time.monotonic() - started
                 self.traffic.record(profile.name, variant, ok, latency_s)
 
+    async def _warm(self, profile: str, deployment: str) -> None:
+        """Wait for a scaled-to-zero deployment's cold start if it fits in the request's
+        deadline; else 503 + Retry-After (clipfleet/coldstart.py)."""
+        if self.cold_starts is not None:
+            budget_s = self.args.limits.request_timeout_s - COLD_START_MARGIN_S
+            await self.cold_starts.admit(profile, [deployment], budget_s)
+
     def _served(self, profile: Profile, variant: str, label: str, **body) -> dict:
         return {**body, "profile": profile.name, "variant": variant, "model": label}
 
@@ -226,6 +240,9 @@ class ClipfleetService(ServiceViews, MixedOperations, ImageOperations):
                     "multiplexed profiles serve CLIP models only", "encoder", status=422
                 )
             profile = self.profile(profile_name)
+            await self._warm(
+                profile.name, resnet_deployment_name(self.args.profiles[profile.name].resnet)
+            )
             key = ("", profile.resnet_label)
             vectors = await self._image_vectors(profile.resnet, key, sources)
             body = _embedding_body(vectors, encoder)

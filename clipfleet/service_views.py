@@ -57,11 +57,17 @@ class ServiceViews:
             variants = dict(
                 zip(
                     profile.clip,
-                    await asyncio.gather(*(h.describe.remote() for h in profile.clip.values())),
+                    await asyncio.gather(
+                        *(
+                            self._describe_warm(clip_deployment_name(name, v), h)
+                            for v, h in profile.clip.items()
+                        )
+                    ),
                     strict=True,
                 )
             )
-            resnet_info = await profile.resnet.describe.remote()
+            resnet = resnet_deployment_name(spec.resnet)
+            resnet_info = await self._describe_warm(resnet, profile.resnet)
             profiles[name] = {
                 "clip": {
                     variant: {
@@ -93,6 +99,13 @@ class ServiceViews:
                 {"multiplexed": await self.multiplexed_models()} if self.multiplexed.handles else {}
             ),
         }
+
+    async def _describe_warm(self, deployment: str, handle: Any) -> dict:
+        """The deployment's `describe`; a scaled-to-zero one is not asked (that would start a
+        replica): what the config says, and that it is scaled to zero."""
+        if self.cold_starts is not None and self.cold_starts.is_cold(deployment):
+            return {"random_weights": False, "scaled_to_zero": True}
+        return await handle.describe.remote()
 
     def deployment_checks(self) -> dict[str, tuple[str, Any]]:
         """{readiness key: (deployment name, handle)} for every deployment."""

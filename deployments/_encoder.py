@@ -9,6 +9,7 @@ import ray
 import torch
 from ray import serve
 
+from clipfleet.coldstart import publish
 from clipfleet.fleet_store import RayKVStore
 from clipfleet.models.base import TextTokens
 from clipfleet.models.device import DevicePlan, choose_device, set_torch_threads
@@ -52,6 +53,12 @@ def fleet_drills(guard: StallGuard) -> None:
     context = serve.get_replica_context()
     guard.drills = RayKVStore()
     guard.drill_key = f"{context.app_name}/fault_stall/{context.deployment}"
+
+
+def publish_cold_start(encoder: Any) -> None:
+    """The replica's measured cold start, in the application's shared store (coldstart.py)."""
+    context = serve.get_replica_context()
+    publish(RayKVStore(), context.app_name, context.deployment, encoder.cold_start_s)
 
 
 def node_lease(plan: DevicePlan) -> ForwardLease | None:

@@ -11,6 +11,7 @@ from deployments._encoder import (
     fleet_drills,
     node_lease,
     prepare_replica,
+    publish_cold_start,
 )
 
 
@@ -21,3 +22,4 @@ class ClipEncoder(BatchedImagesAndTexts, clip.ClipEncoder):
         lease = node_lease(plan)
         super().__init__(spec, plan, random_weights_enabled(), replica_id(), lease, limits)
         fleet_drills(self.guard)
+        publish_cold_start(self)

@@ -20,15 +20,11 @@ class Ingress:
         """`Ingress(args, fetcher, scorer, clip_encoders, resnet_encoders,
         multiplexed_encoders=None)`: the handles as ClipfleetService takes them."""
         context = serve.get_replica_context()
+        store = RayKVStore()
         service = replica_service(
-            args,
-            handles,
-            named_handles,
-            RayKVStore(),
-            context.app_name,
-            context.replica_id.unique_id,
+            args, handles, named_handles, store, context.app_name, context.replica_id.unique_id
         )
-        self.runtime = IngressRuntime(service)
+        self.runtime = IngressRuntime(service, store=store, app=context.app_name)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this on the replica's event loop, after the constructor."""

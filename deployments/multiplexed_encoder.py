@@ -40,6 +40,11 @@ class MultiplexedClipEncoderBase(BatchedImagesAndTexts, multiplexed.MultiplexedC
         wrapper = getattr(self, _RAY_WRAPPER_ATTR, None)
         return dict(wrapper.models) if wrapper is not None else {}
 
+    def _unload(self, model_id: str) -> None:
+        wrapper = getattr(self, _RAY_WRAPPER_ATTR, None)
+        if wrapper is not None and wrapper.models.pop(model_id, None) is not None:
+            wrapper._push_multiplexed_replica_info = True  # routing stops sending it here
+
     def _requested_model_id(self) -> str:
         return serve.get_multiplexed_model_id()
 

@@ -28,13 +28,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import itertools
 import json
+import os
 import statistics
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -201,17 +204,29 @@ def start_app(config: Path, http_port: int) -> None:
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(document))
 
 
-def run(config: Path, seconds: float) -> dict:
-    import os
-
+@contextlib.contextmanager
+def serving(config: Path) -> Iterator[str]:
+    """The config's app on a local Ray + Serve with random weights, ready; its base URL. Ray is
+    shut down after."""
     os.environ["CLIPFLEET_RANDOM_WEIGHTS"] = "1"
-    fresh = Fresh(image_pool())
     http_port = free_port()
     try:
         start_app(config, http_port)
         url = f"http://127.0.0.1:{http_port}"
         if wait_ready([f"{url}/readyz"], timeout_s=600, interval_s=2):
             raise RuntimeError(f"{url} not ready within 600 s")
+        yield url
+    finally:
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+
+def run(config: Path, seconds: float) -> dict:
+    fresh = Fresh(image_pool())
+    with serving(config) as url:
         asyncio.run(closed_loop(url, CAPACITY_CLIENTS, 5, fresh))  # warm-up
         with ReplicaSampler() as at_capacity:
             answers = asyncio.run(closed_loop(url, CAPACITY_CLIENTS, seconds, fresh))
@@ -224,12 +239,6 @@ def run(config: Path, seconds: float) -> dict:
         overload = summarise(answers, clients, seconds)
         overload["readyz_statuses"] = {str(k): v for k, v in sorted(Counter(probes).items())}
         overload["most_running_replicas"] = dict(sorted(overloaded.most.items()))
-    finally:
-        import ray
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
     limit = 3 * capacity["ok_p99_s"] if capacity["ok_p99_s"] else None
     others = {k: v for k, v in overload["statuses"].items() if k not in ("200", "503")}
     return {
@@ -250,9 +259,14 @@ def run(config: Path, seconds: float) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "serve_config.yaml")
+def main(
+    run: Callable[[Path, float], dict] = run,
+    description: str = __doc__.splitlines()[0],
+    config: Path = ROOT / "serve_config.yaml",
+) -> None:
+    """--config, --seconds, --out: `run(config, seconds)`'s report, printed and written."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", type=Path, default=config)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--out", type=Path)
     options = parser.parse_args()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# int8 ranges cached per session, never in the user's ~/.cache (clipfleet/embedding_space.py)
+os.environ.setdefault("CLIPFLEET_CALIBRATION_CACHE", tempfile.mkdtemp(prefix="clipfleet-calib-"))
 # Single-node Ray in tests binds its node address to loopback (127.0.0.1), never to the host's
 # interface address: tests may only talk to loopback. (The multi-node test sets this back to 1
 # for its own `ray start` processes and gives them loopback addresses 127.0.0.2 / 127.0.0.3.)

@@ -28,6 +28,7 @@ from clipfleet.api.middleware import (
     ServeRejectionMiddleware,
     cors_middleware,
 )
+from clipfleet.api.priority import PriorityMiddleware
 from clipfleet.asgi import HttpMiddleware
 from clipfleet.observability.http import ObservabilityMiddleware
 from clipfleet.service import ClipfleetService
@@ -93,6 +94,7 @@ def create_app(service: ClipfleetService) -> FastAPI:
     app.add_middleware(ServeRejectionMiddleware)
     app.add_middleware(BodyLimitMiddleware, args.limits)
     app.add_middleware(AdmissionMiddleware, args.limits)  # shed what could not finish in time
+    app.add_middleware(PriorityMiddleware, args.auth)  # the class admission and encoders use
     app.add_middleware(AuthMiddleware, app.state.key_store)
     app.add_middleware(DeadlineMiddleware, args.limits)
     app.add_middleware(RequestContextMiddleware)

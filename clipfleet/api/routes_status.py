@@ -34,6 +34,7 @@ REPLICA_KEYS = (
     "random_weights",
     "load_seconds",
     "warmup_seconds",
+    "cold_start_s",
     "torch_threads",
     "process",
 )
@@ -79,6 +80,10 @@ async def probe_replicas(handle: Any, expected: int) -> list[dict]:
     return list(replicas.values())
 
 
+async def _nothing() -> list[dict]:
+    return []
+
+
 async def _describe(handle: Any) -> dict:
     return await handle.describe.remote()
 
@@ -87,8 +92,10 @@ async def encoder_status(
     service: ClipfleetService, deployments: dict[str, dict] | None
 ) -> dict[str, dict]:
     encoders = encoder_handles(service)
-    probes = [
+    probes = [  # a deployment scaled to zero is not probed: that would start a replica
         probe_replicas(entry["handle"], _running(deployments, name) or 1)
+        if _running(deployments, name) != 0
+        else _nothing()
         for name, entry in encoders.items()
     ]
     status = {}
@@ -109,6 +116,9 @@ async def encoder_status(
 @router.get("/status")
 async def status(service: Annotated[ClipfleetService, Depends(get_service)]) -> dict:
     application, deployments = await asyncio.to_thread(deployment_states)
+    cold_starts = service.cold_starts
+    if cold_starts is not None:
+        await cold_starts.refresh_measured()
     return {
         **await service.models(),  # default_profile, random_weights, rollback_policy, profiles
         "application": application,
@@ -116,4 +126,7 @@ async def status(service: Annotated[ClipfleetService, Depends(get_service)]) -> 
         "deployments": deployments,
         "encoders": await encoder_status(service, deployments),
         "traffic": service.traffic_view(),
+        # per profile: scaled to zero now, its cold start (measured by its replicas, or the
+        # configured estimate until one has started); null outside Serve
+        "cold_starts": cold_starts.view() if cold_starts is not None else None,
     }

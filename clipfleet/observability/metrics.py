@@ -330,7 +330,7 @@ def record_rollback(profile: str, variant: str, reason: str) -> None:
 
 
 def record_multiplexed(event: str, profile: str, load_seconds: float | None = None) -> None:
-    """A multiplexed model event (load, load_failure, hit, eviction) of a profile."""
+    """A multiplexed model event (load, load_failure, hit, eviction, idle_unload)."""
     tags = {"profile": profile, "event": event}
     _safely(_metric("clipfleet_multiplexed_models").inc, 1, tags)
     if load_seconds is not None:

@@ -34,6 +34,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from clipfleet.keyword_handles import KeywordHandle, wrap_handles
+
 logger = logging.getLogger("ray.serve")
 
 TRACING_ENV = "CLIPFLEET_TRACING"
@@ -318,42 +320,22 @@ def traced(name: str) -> Callable[[Callable], Callable]:
 
 
 # -- handles -------------------------------------------------------------------------------
-class _TracedMethod:
-    def __init__(self, method: Any) -> None:
-        self._method = method
-
-    def remote(self, *args, **kwargs):
-        traceparent = current_traceparent()
-        if traceparent:
-            kwargs.setdefault(TRACEPARENT, traceparent)
-        return self._method.remote(*args, **kwargs)
+def _trace_keywords() -> dict[str, str]:
+    traceparent = current_traceparent()
+    return {TRACEPARENT: traceparent} if traceparent else {}
 
 
-class TracedHandle:
+class TracedHandle(KeywordHandle):
     """A handle whose `.method.remote(...)` calls carry the current span's traceparent."""
 
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._handle, name)
-        return _TracedMethod(method) if name in TRACED_METHODS else method
-
-    def options(self, **options: Any) -> TracedHandle:
-        """handle.options(...) (e.g. multiplexed_model_id), still traced."""
-        return TracedHandle(self._handle.options(**options))
+    def __init__(self, handle: Any, methods=TRACED_METHODS, keywords=_trace_keywords) -> None:
+        super().__init__(handle, methods, keywords)
 
 
 def trace_handles(handles: Any) -> Any:
     """Wrap a handle, or the handles in nested dicts and lists, in TracedHandle when tracing is
     on; returns them unchanged when it is off."""
-    if not enabled():
-        return handles
-    if isinstance(handles, dict):
-        return {key: trace_handles(value) for key, value in handles.items()}
-    if isinstance(handles, list | tuple):
-        return [trace_handles(value) for value in handles]
-    return TracedHandle(handles)
+    return wrap_handles(handles, TracedHandle) if enabled() else handles
 
 
 # -- file exporter -------------------------------------------------------------------------

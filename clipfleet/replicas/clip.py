@@ -14,6 +14,7 @@ from clipfleet.models.device import DevicePlan
 from clipfleet.models.onnx_runtime import apply_runtime
 from clipfleet.models.sizing import ForwardLease
 from clipfleet.observability.tracing import traced
+from clipfleet.priority import classed, prioritized
 from clipfleet.replicas import LOCAL_REPLICA
 from clipfleet.replicas.encoder import (
     ImageEncoder,
@@ -46,6 +47,7 @@ class ClipEncoder(ImageEncoder):
         return {**super()._forwards(), "text": self.model.encode_tokens}
 
     @traced("encoder.embed_text")
+    @prioritized
     @serving
     async def embed_text(self, text: str, route_key: bytes | None = None) -> np.ndarray:
         """`route_key`: for the content-affinity router (clipfleet.affinity), unused here."""
@@ -56,6 +58,7 @@ class ClipEncoder(ImageEncoder):
         return (await embed_tokenized(self.model, [text], False, self._embed_one_text))[0]
 
     @traced("encoder.embed_pair")
+    @prioritized
     @serving
     async def embed_pair(
         self, image: EncoderImage, text: str, timed: bool = False, route_key: bytes | None = None
@@ -66,6 +69,7 @@ class ClipEncoder(ImageEncoder):
         return await embed_timed(pair, timed)
 
     @traced("encoder.embed_texts")
+    @prioritized
     @serving
     async def embed_texts(
         self, texts: list[str], count_tokens: bool = False, route_key: bytes | None = None
@@ -79,7 +83,7 @@ class ClipEncoder(ImageEncoder):
 
     async def _embed_one_text(self, text: str, tokens: TextTokens) -> np.ndarray:
         return await cached_embedding(
-            self.cache, text_key(text), "text", lambda: self._batch_text(tokens)
+            self.cache, text_key(text), "text", lambda: self._batch_text(classed(tokens))
         )
 
     async def _batch_text(self, tokens: TextTokens) -> np.ndarray:

@@ -27,6 +27,7 @@ from clipfleet.models.sizing import ForwardLease
 from clipfleet.observability import metrics
 from clipfleet.observability.resources import process_resources
 from clipfleet.observability.tracing import traced
+from clipfleet.priority import classed, prioritized
 from clipfleet.replicas import LOCAL_REPLICA
 from clipfleet.replicas.images import EncoderImage, ImageInputs, client_seconds
 from clipfleet.replicas.serving import StallGuard, serving
@@ -48,6 +49,7 @@ def apply_encoder_config(
         method.set_max_batch_size(config.max_batch_size)
         method.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
     encoder.scheduler.max_batch_size = config.max_batch_size
+    encoder.scheduler.bulk_every = config.bulk_every
     if config.cache != encoder.cache.config:
         old = encoder.cache
         encoder.cache = EmbeddingCache(config.cache, shared_level(config, encoder))
@@ -145,6 +147,15 @@ async def inject_faults(config: EncoderConfig) -> None:
         raise RuntimeError("fault injected by user_config.fault_error_ratio")
 
 
+def priority_view(scheduler: ForwardScheduler) -> dict[str, Any]:
+    """What `describe` says about priority classes: forwards run and items waiting, per class."""
+    return {
+        "bulk_every": scheduler.bulk_every,
+        "forwards": dict(scheduler.forwards_by_class),
+        "pending": scheduler.pending_by_class(),
+    }
+
+
 def stall_view(guard: StallGuard, config: EncoderConfig) -> dict[str, Any]:
     """What `describe` says about forwards and stalls."""
     return {
@@ -171,6 +182,7 @@ class ImageEncoder:
     ) -> None:
         """lease: the node's CPU forward lease, shared with the other encoders on it; limits:
         the application's fetch limits, which inline images are decoded within."""
+        started = time.perf_counter()
         self.model = model
         self.replica_id = replica_id
         self.inputs = ImageInputs(limits)
@@ -188,6 +200,9 @@ class ImageEncoder:
         self.warmup_seconds = model.warmup()
         stamp(model)  # its embedding space and int8 range, before it serves
         process_resources()  # starts this process's CPU % window
+        # From the constructor's start to ready: what a scaled-to-zero profile's first request
+        # waits for (clipfleet/coldstart.py), less the process's own start.
+        self.cold_start_s = model.info.load_seconds + time.perf_counter() - started
 
     def _forwards(self) -> dict:
         return {"image": self.model.encode_images}
@@ -211,6 +226,7 @@ class ImageEncoder:
         self.guard.check(self.config.stall_limit_s, self.scheduler.fail_all)
 
     @traced("encoder.embed_image")
+    @prioritized
     @serving
     async def embed_image(
         self, image: EncoderImage, timed: bool = False, route_key: bytes | None = None
@@ -220,6 +236,7 @@ class ImageEncoder:
         return await embed_timed(self._embed_image(image), timed)
 
     @traced("encoder.embed_images")
+    @prioritized
     @serving
     async def embed_images(
         self, images: list[EncoderImage], timed: bool = False, route_key: bytes | None = None
@@ -234,7 +251,7 @@ class ImageEncoder:
 
         async def compute() -> np.ndarray:
             pixels = await self.inputs.model_input(received, self.model)
-            return await self._batch_image(pixels)
+            return await self._batch_image(classed(pixels))
 
         return await cached_embedding(self.cache, key, "image", compute)
 
@@ -261,6 +278,7 @@ class ImageEncoder:
             "replica_id": self.replica_id,
             "ready": True,
             "warmup_seconds": round(self.warmup_seconds, 3),
+            "cold_start_s": round(self.cold_start_s, 3),
             "config": self.config.model_dump(),
             "batch_sizes": dict(sorted(self.batch_sizes["image"].items())),
             **{
@@ -269,6 +287,7 @@ class ImageEncoder:
                 if kind != "image"
             },
             "pending": self.scheduler.pending(),
+            "priority": priority_view(self.scheduler),
             "stall": stall_view(self.guard, self.config),
             "cache": self.cache.stats(),
             # the square images are decoded to for this model (None: the fetch default)

@@ -10,7 +10,10 @@ checkpoint ever evicts a loaded model).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import gc
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +33,7 @@ from clipfleet.multiplex import LoadedModel, ModelCatalog, ModelPool, ResolvedMo
 from clipfleet.observability import metrics
 from clipfleet.observability.resources import process_resources
 from clipfleet.observability.tracing import traced
+from clipfleet.priority import classed, prioritized
 from clipfleet.replicas import LOCAL_REPLICA
 from clipfleet.replicas.encoder import (
     DEFAULT_CONFIG,
@@ -39,6 +43,7 @@ from clipfleet.replicas.encoder import (
     embed_each,
     embed_timed,
     embed_tokenized,
+    priority_view,
     stall_view,
 )
 from clipfleet.replicas.images import EncoderImage, ImageInputs
@@ -83,15 +88,21 @@ class MultiplexedClipEncoder:
         replica_id: str = LOCAL_REPLICA,
         load: Callable[[ResolvedModel], Any] | None = None,
         limits: FetchLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """load: blocking, resolved spec -> ClipModel (default: load and warm up on `plan`);
-        limits: the application's fetch limits, which inline images are decoded within."""
+        limits: the application's fetch limits, which inline images are decoded within;
+        clock: when models were last used (idle_ttl_s)."""
         self.plan = plan
         self.inputs = ImageInputs(limits)
         self.random_weights = random_weights
         self.replica_id = replica_id
         self.pool = ModelPool(ModelCatalog(profile, spec), load or self._build)
         self.lru = ModelLru(self.pool.take, spec.max_models_per_replica)
+        self.idle_ttl_s = spec.idle_ttl_s
+        self.last_used: dict[str, float] = {}
+        self._clock = clock
+        self._sweeper: asyncio.Task | None = None
         self.config = DEFAULT_CONFIG
         self.cache = EmbeddingCache(self.config.cache)
         self.scheduler = ForwardScheduler({}, self.config.max_batch_size, self._count_batch)
@@ -110,13 +121,49 @@ class MultiplexedClipEncoder:
     def _lru_models(self) -> dict[str, LoadedModel]:
         return dict(self.lru.models)
 
+    def _unload(self, model_id: str) -> None:
+        """Take `model_id` out of the LRU (the shell: out of Serve's, routing updated)."""
+        self.lru.models.pop(model_id, None)
+
+    def unload_idle(self) -> list[str]:
+        """Unload the resident models no request used for idle_ttl_s; their ids."""
+        if self.idle_ttl_s is None:
+            return []
+        now = self._clock()
+        idle = [
+            model_id
+            for model_id in self._lru_models()
+            if now - self.last_used.get(model_id, now) >= self.idle_ttl_s
+        ]
+        for model_id in idle:
+            self._unload(model_id)
+            self.last_used.pop(model_id, None)
+            self.pool.note_idle_unload(model_id)
+        if idle:
+            gc.collect()  # the weights' memory back now, not at some later collection
+        return idle
+
+    async def _sweep_idle(self) -> None:
+        interval = min(max(self.idle_ttl_s / 4, 0.5), 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                self.unload_idle()
+
+    def _note_use(self, model_id: str) -> None:
+        self.last_used[model_id] = self._clock()
+        if self.idle_ttl_s is not None and self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_idle())
+
     def _requested_model_id(self) -> str:
         return REQUESTED_MODEL.get()
 
     async def model(self, model_id: str, count: bool = True) -> LoadedModel:
         """The loaded model for `model_id`, through the LRU (hits counted unless `count` is
         false: a batch or a side lookup of a request already counted)."""
-        return await self.pool.get(model_id, self._lru_get, self._lru_models, count=count)
+        loaded = await self.pool.get(model_id, self._lru_get, self._lru_models, count=count)
+        self._note_use(model_id)
+        return loaded
 
     async def _model(self, count: bool = True) -> LoadedModel:
         model_id = self._requested_model_id()
@@ -135,6 +182,7 @@ class MultiplexedClipEncoder:
         self.guard.check(self.config.stall_limit_s, self.scheduler.fail_all)
 
     @traced("multiplexed.embed_image")
+    @prioritized
     @serving
     async def embed_image(
         self, image: EncoderImage, timed: bool = False
@@ -143,6 +191,7 @@ class MultiplexedClipEncoder:
         return await embed_timed(self._embed_image(image), timed)
 
     @traced("multiplexed.embed_images")
+    @prioritized
     @serving
     async def embed_images(
         self, images: list[EncoderImage], timed: bool = False
@@ -157,11 +206,12 @@ class MultiplexedClipEncoder:
 
         async def compute() -> np.ndarray:
             pixels = await self.inputs.model_input(received, loaded.model)
-            return await self._batch_image(pixels)
+            return await self._batch_image(classed(pixels))
 
         return await cached_embedding(self.cache, key, "image", compute)
 
     @traced("multiplexed.embed_text")
+    @prioritized
     @serving
     async def embed_text(self, text: str) -> np.ndarray:
         return await self._embed_text(text)
@@ -170,6 +220,7 @@ class MultiplexedClipEncoder:
         return (await self._embed_texts([text], False))[0]
 
     @traced("multiplexed.embed_pair")
+    @prioritized
     @serving
     async def embed_pair(
         self, image: EncoderImage, text: str, timed: bool = False
@@ -179,6 +230,7 @@ class MultiplexedClipEncoder:
         return await embed_timed(pair, timed)
 
     @traced("multiplexed.embed_texts")
+    @prioritized
     @serving
     async def embed_texts(
         self, texts: list[str], count_tokens: bool = False
@@ -193,7 +245,9 @@ class MultiplexedClipEncoder:
 
         async def embed_one(text: str, tokens: TextTokens) -> np.ndarray:
             key = _model_key(loaded.model_id) + text_key(text)
-            return await cached_embedding(self.cache, key, "text", lambda: self._batch_text(tokens))
+            return await cached_embedding(
+                self.cache, key, "text", lambda: self._batch_text(classed(tokens))
+            )
 
         return await embed_tokenized(loaded.model, texts, count_tokens, embed_one)
 
@@ -241,7 +295,9 @@ class MultiplexedClipEncoder:
             "replica_id": self.replica_id,
             "ready": True,
             "config": self.config.model_dump(),
+            "idle_ttl_s": self.idle_ttl_s,
             "pending": self.scheduler.pending(),
+            "priority": priority_view(self.scheduler),
             "stall": stall_view(self.guard, self.config),
             "cache": self.cache.stats(),
             "process": process_resources(self.plan.name),

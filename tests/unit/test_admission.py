@@ -5,13 +5,11 @@ from __future__ import annotations
 import pytest
 
 from clipfleet.admission import MAX_RETRY_AFTER_S, MIN_IN_FLIGHT, RATE_WINDOW_S, Admission
-
-
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from clipfleet.api.admission import AdmissionMiddleware
+from clipfleet.api.priority import STATE_PRIORITY
+from clipfleet.config import ApiLimits
+from clipfleet.priority import BULK, INTERACTIVE
+from tests.support.clock import Clock
 
 
 def saturate(admission: Admission, clock: Clock, in_flight: int, latency_s: float) -> None:
@@ -77,3 +75,43 @@ def test_nothing_served_while_saturated_sheds_all_but_the_first_few():
     clock.now += RATE_WINDOW_S + 1  # 20 in flight, none finishing: a stall
     assert admission.throughput() == 0
     assert admission.admit(max_wait_s=5.0) == MAX_RETRY_AFTER_S
+
+
+async def status_of(middleware: AdmissionMiddleware, priority: str) -> tuple[int, dict]:
+    """POST through the middleware with the class PriorityMiddleware would have set."""
+    scope = {"type": "http", "method": "POST", "path": "/v1/score", "headers": []}
+    scope["state"] = {STATE_PRIORITY: priority}
+    sent: list = []
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):
+        sent.append(message)
+
+    await middleware(scope, receive, send)
+    start = sent[0]
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}
+
+
+async def test_bulk_is_shed_at_a_lower_occupancy_than_interactive():
+    """At ~32/s with shed_wait_s 4 and bulk_shed_ratio 0.5: bulk is refused once the work
+    admitted needs 2 s (~64 in flight), interactive only past 4 s (~128)."""
+
+    async def ok(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = AdmissionMiddleware(ok, ApiLimits(shed_wait_s=4.0, bulk_shed_ratio=0.5))
+    clock = Clock()
+    middleware.admission = admission = Admission(clock)
+    saturate(admission, clock, in_flight=32, latency_s=1.0)
+    while admission.expected_wait_s() < 3.0:  # between the bulk and the interactive limits
+        assert admission.admit(max_wait_s=1e9) is None
+    status, headers = await status_of(middleware, BULK)
+    assert status == 503 and headers["x-clipfleet-shed"] == "admission"
+    assert int(headers["retry-after"]) >= 1
+    assert (await status_of(middleware, INTERACTIVE))[0] == 200
+    while admission.expected_wait_s() < 4.5:  # past the interactive limit too
+        assert admission.admit(max_wait_s=1e9) is None
+    assert (await status_of(middleware, INTERACTIVE))[0] == 503

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from clipfleet.batching import ForwardScheduler
+from clipfleet.priority import BULK, INTERACTIVE, Classed
 
 
 class GatedForward:
@@ -161,3 +162,52 @@ async def test_a_failing_on_batch_callback_does_not_stall_the_queue():
     scheduler = ForwardScheduler({"image": lambda items: items}, 8, on_batch=broken)
     assert await scheduler.run("image", ["a"]) == ["a"]
     assert await scheduler.run("image", ["b", "c"]) == ["b", "c"]
+
+
+async def queue_behind_blocker(scheduler, image, work: list[tuple[str, str]]) -> list:
+    """Hold the model, queue `work` ((priority, item) pairs, in that order), release; the
+    items in the order their forwards ran (the blocker's first)."""
+    blocker = await occupy(scheduler, image)
+    tasks = []
+    for priority, item in work:
+        tasks.append(asyncio.create_task(scheduler.run("image", [Classed(item, priority)])))
+        await asyncio.sleep(0.001)  # queued in this order
+    image.gate.set()
+    await asyncio.gather(blocker, *tasks)
+    return [item for _, items in image.calls for item in items]
+
+
+async def test_interactive_work_runs_before_bulk_work_that_queued_earlier():
+    scheduler, image, _, _calls, _ = make(max_batch_size=1)
+    work = [(BULK, "b1"), (BULK, "b2"), (INTERACTIVE, "i1"), (INTERACTIVE, "i2")]
+    order = await queue_behind_blocker(scheduler, image, work)
+    assert order[:3] == ["b", "i1", "i2"]
+    assert scheduler.forwards_by_class == {INTERACTIVE: 3, BULK: 2}
+
+
+async def test_bulk_keeps_one_forward_in_bulk_every_under_a_stream_of_interactive_work():
+    scheduler, image, _, _calls, _ = make(max_batch_size=1)
+    scheduler.bulk_every = 3
+    work = [(BULK, "b1"), (BULK, "b2")] + [(INTERACTIVE, f"i{n}") for n in range(1, 8)]
+    order = await queue_behind_blocker(scheduler, image, work)
+    # two interactive forwards while bulk waits, then one bulk: bulk never starves
+    assert order == ["b", "i1", "i2", "b1", "i3", "i4", "b2", "i5", "i6", "i7"]
+
+
+async def test_untagged_items_are_interactive_and_classes_never_share_a_forward():
+    scheduler, image, _, _calls, _ = make()
+    blocker = await occupy(scheduler, image)
+    bulk = asyncio.create_task(scheduler.run("image", [Classed("x", BULK), Classed("y", BULK)]))
+    plain = asyncio.create_task(scheduler.run("image", ["p", "q"]))
+    await asyncio.sleep(0.01)
+    assert scheduler.pending_by_class() == {INTERACTIVE: 2, BULK: 2}
+    image.gate.set()
+    await asyncio.gather(blocker, bulk, plain)
+    assert await bulk == ["image:x", "image:y"]
+    assert [items for _, items in image.calls] == [["b"], ["p", "q"], ["x", "y"]]
+
+
+def test_bulk_every_must_leave_interactive_first():
+    scheduler, *_ = make()
+    with pytest.raises(ValueError, match="at least 2"):
+        scheduler.bulk_every = 1

@@ -39,6 +39,7 @@ class FakeScorer:
         self.batches: list[list[int]] = []  # the rows of each answered request
         self.in_flight = 0
         self.max_in_flight = 0
+        self.priorities: set[bytes] = set()  # X-Clipfleet-Priority of every request
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -61,6 +62,7 @@ class FakeScorer:
         await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
 
     async def answer(self, headers: dict, body: bytes):
+        self.priorities.add(headers.get(b"x-clipfleet-priority", b""))
         if self.api_key and headers.get(b"authorization") != f"Bearer {self.api_key}".encode():
             error = {"type": "unauthorized", "message": "an API key is required", "param": None}
             return 401, [], {"error": error}
@@ -115,6 +117,7 @@ def test_api_key_from_flag_or_environment(fake, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CLIPFLEET_API_KEY", "secret")
     assert main(["score-csv", str(path), "--url", fake.url]) == 0
     assert [float(row["clip_score"]) for row in output_rows(path)] == list(range(10))
+    assert fake.priorities == {b"bulk"}  # a CSV run never competes with interactive users
 
 
 def test_503_with_retry_after_is_retried(fake, tmp_path):

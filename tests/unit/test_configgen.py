@@ -178,3 +178,25 @@ def test_the_apps_runtime_env_agrees_with_the_process_env():
     env_vars = app["runtime_env"]["env_vars"]
     assert {k: env_vars[k] for k in configgen.RAY_PROCESS_ENV} == configgen.RAY_PROCESS_ENV
     assert configgen.main(["--ray-env"]) == 0
+
+
+def autoscaling(**config):
+    """A base whose clip_accurate entry has this autoscaling_config."""
+
+    def edit(base):
+        for entry in base["applications"][0]["deployments"]:
+            if entry["name"] == "clip_accurate":
+                entry["autoscaling_config"] = {**entry["autoscaling_config"], **config}
+        return base
+
+    return reading(**{configgen.BASE: edit})
+
+
+def test_min_replicas_0_is_accepted_and_bad_autoscaling_is_refused():
+    scaled = compose(GPU.overlays, read=autoscaling(min_replicas=0, downscale_to_zero_delay_s=300))
+    entries = {d["name"]: d for d in scaled["applications"][0]["deployments"]}
+    assert entries["clip_accurate"]["autoscaling_config"]["min_replicas"] == 0
+    with pytest.raises(ConfigError, match=r"clip_accurate\.autoscaling_config"):
+        compose((), read=autoscaling(min_replicas=3, max_replicas=2))
+    with pytest.raises(ConfigError, match=r"clip_accurate\.autoscaling_config"):
+        compose((), read=autoscaling(min_replicas=-1))

@@ -122,3 +122,19 @@ def test_served_space_folds_in_how_images_reach_the_model():
     assert embedding_space(model_space, FetchLimits(gpu_decode=True)) != default
     assert embedding_space(model_space, FetchLimits(gpu_decode=True), gpu_decode=False) == default
     assert embedding_space("es-fedcba9876543210", FetchLimits()) != default
+
+
+def test_the_int8_range_is_cached_by_model_space(model_dir, tmp_path, monkeypatch):
+    import clipfleet.embedding_space as spaces
+
+    monkeypatch.setenv(spaces.CALIBRATION_CACHE_ENV, str(tmp_path))
+    calls = []
+    real = spaces.calibration_limit
+    monkeypatch.setattr(spaces, "calibration_limit", lambda m: calls.append(1) or real(m))
+    first = stamp(load_clip_model(tiny_spec(model_dir / "open_clip"), CPU, False))
+    again = stamp(load_clip_model(tiny_spec(model_dir / "open_clip"), CPU, False))
+    assert again == first and len(calls) == 1  # the second load read it
+    assert (tmp_path / f"{first['model_space']}.json").exists()
+    monkeypatch.setenv(spaces.CALIBRATION_CACHE_ENV, "off")
+    stamp(load_clip_model(tiny_spec(model_dir / "open_clip"), CPU, False))
+    assert len(calls) == 2

@@ -28,6 +28,9 @@ class FakeView:
     def current(self) -> tuple[bool, dict]:
         return True, {key: {"ready": True} for key in self.checks}
 
+    def running(self, deployment: str) -> int | None:
+        return None
+
 
 @pytest.fixture
 def runtime(tiny_args):
@@ -90,7 +93,8 @@ def test_replica_service_takes_the_handles_as_the_service_does(tiny_args):
     )
     for service, replica in ((positional, "r1"), (named, "r2")):
         assert service.fetcher is local.fetcher and not service.multiplexed.handles
-        assert service.profiles["fast"].clip == local.profiles["fast"].clip
+        clip = service.profiles["fast"].clip  # each call carries the request's class
+        assert {v: h._handle for v, h in clip.items()} == local.profiles["fast"].clip
         assert service.traffic.shared_state()["replica"] == replica
     with pytest.raises(TypeError):
         replica_service(tiny_args, handles, {}, store, "app", "r3")

@@ -18,6 +18,7 @@ from clipfleet.errors import ForbiddenError, ModelLoadFailedError, ModelNotFound
 from clipfleet.models.clip import load_clip_model
 from clipfleet.multiplex import ModelCatalog
 from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
+from tests.support.clock import Clock
 from tests.support.local_dag import build_local_service, tiny_app_args
 from tests.support.tiny_models import make_open_clip_dir
 from tests.unit.test_fidelity import CPU
@@ -325,3 +326,35 @@ def test_each_model_id_names_its_own_embedding_space(mux):
     rerank = {"model": "custom:beta", "query": "a cat", "documents": ["a dog", "a cat"]}
     answer = client.post("/v1/rerank", json=rerank).json()
     assert answer["embedding_space"] == beta["embedding_space"]
+
+
+def test_models_idle_past_idle_ttl_s_are_unloaded(checkpoints):
+    clock = Clock(100.0)
+    spec = spec_for(checkpoints, idle_ttl_s=60)
+    encoder = MultiplexedClipEncoder("custom", spec, CPU, clock=clock)
+
+    async def scenario():
+        await encoder.model("alpha")
+        clock.advance(30)
+        await encoder.model("beta")
+        clock.advance(29)
+        assert encoder.unload_idle() == []  # alpha idle 59 s: kept
+        clock.advance(1)
+        assert encoder.unload_idle() == ["alpha"]
+        assert list(encoder.lru.models) == ["beta"]
+        await encoder.model("beta")  # used again: its idle time starts over
+        clock.advance(59)
+        assert encoder.unload_idle() == []
+        await encoder.model("alpha")  # an unloaded model loads again on demand
+        assert encoder.lru.loader_calls == ["alpha", "beta", "alpha"]
+
+    asyncio.run(scenario())
+    details = asyncio.run(encoder.describe())
+    assert details["idle_unloads"] == 1 and details["evictions"] == 0
+    assert details["idle_ttl_s"] == 60
+
+
+def test_idle_ttl_s_is_validated(checkpoints):
+    assert spec_for(checkpoints, idle_ttl_s=None).idle_ttl_s is None  # never unloaded
+    with pytest.raises(ValueError, match="idle_ttl_s"):
+        spec_for(checkpoints, idle_ttl_s=0)

@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 
 from clipfleet.readiness import STALE_AFTER_S, ReadinessView
+from tests.support.clock import Clock
 
 
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def states(running: dict[str, int]):
+def states(running: dict[str, int], scaled_to_zero: tuple[str, ...] = ()):
+    """What Serve reports: a deployment starting its replicas is UPDATING; one scaled to zero
+    (min_replicas 0) is HEALTHY with none."""
     deployments = {
-        name: {"status": "HEALTHY", "replicas": {"RUNNING": count}}
+        name: {
+            "status": "HEALTHY" if count or name in scaled_to_zero else "UPDATING",
+            "replicas": {"RUNNING": count},
+        }
         for name, count in running.items()
     }
     return lambda: ("app", deployments)
@@ -95,3 +94,24 @@ def test_replica_states_are_counted_from_the_controllers_details(monkeypatch):
         },
     }
     assert serve_state.running_replicas(deployments, "clip_fast") == 1
+
+
+def test_a_deployment_scaled_to_zero_is_ready_and_never_described():
+    calls = []
+
+    async def describe():
+        calls.append(1)  # would start a replica of a scaled-to-zero deployment
+        return {"model": "tiny"}
+
+    async def scenario():
+        checks = {"scorer": ("Scorer", describe), "fast.clip": ("clip_fast", describe)}
+        running = {"Scorer": 1, "clip_fast": 0}
+        view = ReadinessView(checks, states(running, scaled_to_zero=("clip_fast",)), Clock())
+        assert view.running("clip_fast") is None  # not known before the first look
+        await view.refresh()
+        ready, status = view.current()
+        assert ready and status["fast.clip"]["scaled_to_zero"] is True
+        assert view.running("clip_fast") == 0 and view.running("Scorer") == 1
+        assert len(calls) == 1  # the scorer only
+
+    asyncio.run(scenario())

@@ -20,20 +20,13 @@ from clipfleet.traffic import (
     exchange,
 )
 from clipfleet.traffic_window import Counts, judge
+from tests.support.clock import Clock
 
 VARIANTS = {"fast": ["stable", "canary"], "accurate": ["stable"]}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def manager(weights=None, clock=None, store=None, replica="r1", **policy) -> TrafficManager:
-    clock = clock or Clock()
+    clock = clock or Clock(1000.0)
     traffic = TrafficManager(VARIANTS, store=store, replica=replica, clock=clock)
     traffic.apply(config(weights, **policy))
     traffic.sync()
@@ -157,7 +150,7 @@ class RendezvousStore(MemoryStore):
 
 
 def test_a_rollback_is_decided_once_when_replicas_judge_at_the_same_moment():
-    clock = Clock()
+    clock = Clock(1000.0)
     weights = {"fast": {"stable": 50, "canary": 50}}
     seed = MemoryStore(shared=True)
     replicas = [manager(weights, clock, seed, f"r{i}", min_requests=10) for i in range(3)]
@@ -182,7 +175,7 @@ def test_a_rollback_is_decided_once_when_replicas_judge_at_the_same_moment():
 
 
 def test_healthy_canary_and_old_failures_are_left_alone():
-    clock = Clock()
+    clock = Clock(1000.0)
     traffic = manager(clock=clock, min_requests=10, window_s=10)
     for _ in range(9):
         traffic.record("fast", "canary", False, 0.01)
@@ -196,7 +189,7 @@ def test_healthy_canary_and_old_failures_are_left_alone():
 
 
 def test_replicas_judge_their_summed_outcomes_and_share_the_rollback():
-    store, clock = MemoryStore(shared=True), Clock()
+    store, clock = MemoryStore(shared=True), Clock(1000.0)
     weights = {"fast": {"stable": 50, "canary": 50}}
     first, second = (
         manager(weights, clock, store, replica, min_requests=10) for replica in ("r1", "r2")
@@ -223,7 +216,7 @@ def test_replicas_judge_their_summed_outcomes_and_share_the_rollback():
 
 
 def test_lost_shared_state_means_stable_only_until_it_is_back():
-    store, clock = MemoryStore(shared=True), Clock()
+    store, clock = MemoryStore(shared=True), Clock(1000.0)
     traffic = manager({"fast": {"stable": 50, "canary": 50}}, clock, store)
     assert "canary" in {traffic.choose("fast") for _ in range(200)}
     store.available = False

@@ -3,6 +3,7 @@ encoder's forward scheduler over handle calls (no Ray)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 
 import pytest
@@ -11,10 +12,15 @@ from pydantic import ValidationError
 from clipfleet import priority
 from clipfleet.api.app import create_app
 from clipfleet.api.auth import key_id
-from clipfleet.config import AuthConfig
+from clipfleet.config import AuthConfig, MultiplexedProfileSpec
+from clipfleet.fetch import ImageSource
+from clipfleet.models.device import choose_device
 from clipfleet.priority import BULK, INTERACTIVE, PriorityHandle, cap, parse, prioritize_handles
+from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
+from tests.support.images import image_base64, image_bytes
 from tests.support.local_dag import LocalHandle, build_local_service
 from tests.support.servers import ThreadedImageServer
+from tests.support.tiny_models import make_open_clip_dir
 
 KEYS_ENV = "CLIPFLEET_TEST_PRIORITY_KEYS"
 BULK_KEY, FULL_KEY = "bulk-only-key", "interactive-key"
@@ -107,6 +113,72 @@ def test_url_images_reach_the_encoder_in_their_class(keyed, client):
     assert scheduler.forwards_by_class[BULK] == before + 1
 
 
+@pytest.mark.parametrize(
+    ("route", "body", "methods", "forwards"),
+    [
+        (  # a request's inline images: one embed_images call, decoded by the encoder
+            "/v1/embed/image",
+            {"images": [{"base64": image_base64(seed=261)}, {"base64": image_base64(seed=262)}]},
+            ["embed_images"],
+            (1, 2),  # the two images share a forward or not
+        ),
+        (  # /v1/score's inline image and its text: one embed_pair call, two forwards
+            "/v1/score",
+            {"pairs": [{"image": {"base64": image_base64(seed=263)}, "text": "a bulk pair"}]},
+            ["embed_pair"],
+            (2, 2),  # an image forward and a text forward
+        ),
+    ],
+)
+def test_inline_images_reach_the_scheduler_in_their_class(
+    keyed, client, route, body, methods, forwards
+):
+    """The inline paths (embed_images, embed_pair) carry the class as embed_image does."""
+    clip = keyed[0].profiles["fast"].clip["stable"]._handle
+    scheduler = clip._target.scheduler
+    before, calls_before = dict(scheduler.forwards_by_class), len(clip.calls)
+    response = client.post(route, json=body, headers={"X-API-Key": BULK_KEY})
+    assert response.status_code == 200, response.text
+    assert response.headers[priority.HEADER] == BULK
+    embedding_calls = [name for name, _ in clip.calls[calls_before:] if name.startswith("embed")]
+    assert embedding_calls == methods
+    ran = {name: scheduler.forwards_by_class[name] - before[name] for name in before}
+    assert ran[INTERACTIVE] == 0
+    assert forwards[0] <= ran[BULK] <= forwards[1]
+
+
+@pytest.fixture
+def mux_encoder(tmp_path):
+    make_open_clip_dir(tmp_path / "alpha", seed=1)
+    spec = MultiplexedProfileSpec(checkpoint_dir=str(tmp_path), max_models_per_replica=1)
+    return MultiplexedClipEncoder("custom", spec, choose_device("cpu"))
+
+
+@pytest.mark.parametrize("kind", ["clip", "multiplexed"])
+def test_the_inline_methods_schedule_by_the_class_they_are_sent(kind, clip, mux_encoder):
+    """embed_images and embed_pair, on both CLIP encoders: `priority=` decides the queue of
+    every forward they cause (images decoded in the encoder, and the pair's text)."""
+    encoder = clip if kind == "clip" else mux_encoder
+    scheduler = encoder.scheduler
+    images = [ImageSource(data=image_bytes(seed=seed)) for seed in (271, 272, 273)]
+
+    async def call(method, *args, **kwargs):
+        REQUESTED_MODEL.set("alpha")  # the multiplexed encoder's model; ignored by the other
+        return await method(*args, **kwargs)
+
+    def run(priority_class, method, *args) -> dict[str, int]:
+        before = dict(scheduler.forwards_by_class)
+        keywords = {} if priority_class is None else {"priority": priority_class}
+        asyncio.run(call(method, *args, **keywords))
+        return {name: scheduler.forwards_by_class[name] - before[name] for name in before}
+
+    ran = run(BULK, encoder.embed_images, images[:2])
+    assert ran[INTERACTIVE] == 0 and 1 <= ran[BULK] <= 2
+    assert run(BULK, encoder.embed_pair, images[2], "a bulk text") == {INTERACTIVE: 0, BULK: 2}
+    ran = run(None, encoder.embed_pair, ImageSource(data=image_bytes(seed=274)), "another")
+    assert ran == {INTERACTIVE: 2, BULK: 0}  # sent no class: interactive
+
+
 def test_a_header_naming_no_class_is_a_422(client):
     headers = {"X-API-Key": FULL_KEY, priority.HEADER: "urgent"}
     response = client.post("/v1/embed/text", json={"texts": ["x"]}, headers=headers)
@@ -137,6 +209,8 @@ def test_handles_pass_only_bulk_and_only_to_embedding_calls():
     token = priority.CURRENT.set(BULK)
     try:
         handle.embed_image.remote("pixels")
+        handle.embed_images.remote(["pixels"])
+        handle.embed_pair.remote("pixels", "c")
         handle.options(multiplexed_model_id="m").embed_text.remote("b")
         handle.describe.remote()
     finally:
@@ -144,6 +218,8 @@ def test_handles_pass_only_bulk_and_only_to_embedding_calls():
     assert handle._handle.calls == [
         ("embed_texts", {}),
         ("embed_image", {"priority": BULK}),
+        ("embed_images", {"priority": BULK}),
+        ("embed_pair", {"priority": BULK}),
         ("embed_text", {"priority": BULK}),
         ("describe", {}),
     ]

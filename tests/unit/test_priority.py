@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from clipfleet import priority
+from clipfleet.affinity import ROUTE_KEY, AffinityHandle
 from clipfleet.api.app import create_app
 from clipfleet.api.auth import key_id
 from clipfleet.config import AuthConfig, MultiplexedProfileSpec
@@ -18,7 +19,7 @@ from clipfleet.models.device import choose_device
 from clipfleet.priority import BULK, INTERACTIVE, PriorityHandle, cap, parse, prioritize_handles
 from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
 from tests.support.images import image_base64, image_bytes
-from tests.support.local_dag import LocalHandle, build_local_service
+from tests.support.local_dag import LocalHandle, LocalResponse, build_local_service
 from tests.support.servers import ThreadedImageServer
 from tests.support.tiny_models import make_open_clip_dir
 
@@ -223,3 +224,43 @@ def test_handles_pass_only_bulk_and_only_to_embedding_calls():
         ("embed_text", {"priority": BULK}),
         ("describe", {}),
     ]
+
+
+class AwaitableRecording(Recording):
+    """Recording whose calls answer like a response (AffinityHandle awaits its inner call)."""
+
+    def __getattr__(self, name):
+        calls = self.calls
+
+        class Method:
+            def remote(self, *args, **kwargs):
+                calls.append((name, kwargs))
+                return LocalResponse(asyncio.sleep(0, result=name))
+
+        return Method()
+
+
+@pytest.mark.parametrize("outer", ["affinity", "priority"])
+def test_a_call_carries_both_its_class_and_its_route_key(outer):
+    """The ingress wraps the encoders' handles in PriorityHandle and the service wraps some in
+    AffinityHandle (clipfleet/affinity.py): one call carries both keywords, in either order."""
+    inner = AwaitableRecording()
+    if outer == "affinity":
+        handle = AffinityHandle(PriorityHandle(inner))
+    else:
+        handle = PriorityHandle(AffinityHandle(inner))
+    image = ImageSource(data=image_bytes(seed=281))
+
+    async def calls():
+        await handle.embed_pair.remote(image, "a cat", timed=True)
+        await handle.embed_images.remote([image])
+        await handle.embed_text.remote("a dog")
+
+    token = priority.CURRENT.set(BULK)
+    try:
+        asyncio.run(calls())
+    finally:
+        priority.CURRENT.reset(token)
+    assert [name for name, _ in inner.calls] == ["embed_pair", "embed_images", "embed_text"]
+    for _, kwargs in inner.calls:
+        assert kwargs[priority.KEYWORD] == BULK and isinstance(kwargs[ROUTE_KEY], bytes)

@@ -28,6 +28,10 @@ SPACE_PREFIX = "es-"
 CALIBRATION_CACHE_ENV = "CLIPFLEET_CALIBRATION_CACHE"
 # How images reach the encoders: part of the preprocessing the vectors depend on.
 IMAGE_PIPELINE = frozenset({"ship_shortest_side", "ship_longest_side", "ship_long_side_fit"})
+# How images are decoded on their way to the model. Bump it whenever a change moves the pixels
+# an encoder sees (so stored vectors are re-embedded): 2 = decoded once at the model's input
+# square (JPEG draft + one resize), inline images in the encoder (issue 22).
+DECODE_PATH = 2
 
 
 def space_id(parts: dict[str, Any]) -> str:
@@ -93,6 +97,7 @@ def embedding_space(model_space: str, fetch: FetchLimits, gpu_decode: bool | Non
     overrides fetch.gpu_decode (batch jobs always decode on the CPU)."""
     pipeline = fetch.model_dump(include=set(IMAGE_PIPELINE))
     pipeline["gpu_decode"] = fetch.gpu_decode if gpu_decode is None else gpu_decode
+    pipeline["decode_path"] = DECODE_PATH
     return space_id({"model": model_space, "images": pipeline})
 
 

@@ -124,6 +124,16 @@ def test_served_space_folds_in_how_images_reach_the_model():
     assert embedding_space("es-fedcba9876543210", FetchLimits()) != default
 
 
+def test_served_space_changes_with_the_decode_path(monkeypatch):
+    # issue 22 decoded images at the model's square: vectors moved (cosine >= 0.99), so did the id
+    import clipfleet.embedding_space as spaces
+
+    model_space = "es-0123456789abcdef"
+    current = embedding_space(model_space, FetchLimits())
+    monkeypatch.setattr(spaces, "DECODE_PATH", spaces.DECODE_PATH - 1)
+    assert embedding_space(model_space, FetchLimits()) != current
+
+
 def test_the_int8_range_is_cached_by_model_space(model_dir, tmp_path, monkeypatch):
     import clipfleet.embedding_space as spaces
 

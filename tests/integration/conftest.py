@@ -54,6 +54,7 @@ class ServeApps:
         self.port = port
         self.metrics_port = metrics_port  # Ray's Prometheus endpoint: 127.0.0.1:<it>/metrics
         self.apps: dict[str, dict[str, Any]] = {}
+        self.applied_at: dict[str, float] = {}  # time.time() of each app's last apply()
 
     def apply(
         self, name: str, route_prefix: str, args: AppArgs, deployments: list[dict] | None = None
@@ -77,7 +78,26 @@ class ServeApps:
                 "applications": list(self.apps.values()),
             }
         )
+        self.applied_at[name] = time.time()
         _get_global_client().deploy_apps(config, _blocking=False)
+
+    def wait_applied(self, name: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Until the controller runs what the last apply() sent for `name`: its application
+        RUNNING since that deploy, every deployment HEALTHY. Until then requests may still be
+        served by the previous ingress or replicas without the new user_config (readiness
+        answers for the old app too)."""
+        from ray import serve
+
+        def applied() -> bool:
+            app = serve.status().applications.get(name)
+            return (
+                app is not None
+                and app.last_deployed_time_s >= self.applied_at[name] - 1
+                and app.status == "RUNNING"
+                and all(d.status == "HEALTHY" for d in app.deployments.values())
+            )
+
+        wait_for(applied, timeout_s, message=f"{name}'s last deploy applied")
 
     def url(self, route_prefix: str) -> str:
         return self.base_url + route_prefix.rstrip("/")

@@ -22,32 +22,22 @@ import argparse
 import json
 from pathlib import Path
 
-import open_clip
 import torch
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-OPENAI_SPECIAL = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+from clipfleet.models.hf_clip_backend import openai_bpe, openai_clip_tokenizer
+
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 MARKER = "RANDOM_WEIGHTS.txt"
-
-
-def openai_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """OpenAI CLIP's vocabulary (token -> id) and merges (pairs, by rank) from open_clip's BPE."""
-    simple = open_clip.SimpleTokenizer()
-    vocab = {OPENAI_SPECIAL.get(token, token): index for token, index in simple.encoder.items()}
-    merges = sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)
-    return vocab, merges
 
 
 def write_tokenizer(folder: Path, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     lines = "".join(f"{left} {right}\n" for left, right in merges)
     (folder / "merges.txt").write_text("#version: 0.2\n" + lines, encoding="utf-8")
-    # transformers 5 builds CLIPTokenizer from the vocabulary itself (not the file names); its
-    # save_pretrained adds tokenizer.json and tokenizer_config.json, which 4.x reads too
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
-    tokenizer.save_pretrained(folder)
+    # save_pretrained adds tokenizer.json and tokenizer_config.json, which transformers 4.x reads
+    openai_clip_tokenizer().save_pretrained(folder)
 
 
 def write_image_processor(folder: Path, size: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from functools import cache
 from pathlib import Path
@@ -21,7 +20,7 @@ from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
-    CLIPTokenizerFast,
+    CLIPTokenizer,
     SiglipConfig,
     SiglipImageProcessor,
     SiglipModel,
@@ -53,6 +52,7 @@ _LARGE_PATCH14 = {
         "patch_size": 14,
     },
 }
+OPENAI_SPECIAL = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
 # Architectures of well-known hub ids, so random-weights mode can build them offline.
 KNOWN_ARCHITECTURES: dict[str, dict] = {
     "openai/clip-vit-base-patch32": _BASE_PATCH32,
@@ -66,23 +66,23 @@ KNOWN_SIGLIP_ARCHITECTURES: dict[str, dict] = {
 }
 
 
-@cache
-def openai_clip_tokenizer() -> CLIPTokenizerFast:
-    """OpenAI CLIP's BPE tokenizer built from the vocabulary open_clip ships (no download)."""
+def openai_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """OpenAI CLIP's vocabulary (token -> id) and merges (pairs, by rank) from the BPE open_clip
+    ships; open_clip names the two special tokens `<start_of_text>` / `<end_of_text>`, OpenAI's
+    files (and transformers' CLIPTokenizer) `<|startoftext|>` / `<|endoftext|>`."""
     simple = open_clip.SimpleTokenizer()
+    vocab = {OPENAI_SPECIAL.get(token, token): index for token, index in simple.encoder.items()}
     merges = sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)
-    # The files are read once, into the fast tokenizer; the folder goes when it is built.
-    with tempfile.TemporaryDirectory(prefix="clipfleet-tokenizer-") as tmp:
-        folder = Path(tmp)
-        (folder / "vocab.json").write_text(json.dumps(simple.encoder), encoding="utf-8")
-        merge_lines = "\n".join(" ".join(pair) for pair in merges)
-        merges_text = "#version: 0.2\n" + merge_lines + "\n"
-        (folder / "merges.txt").write_text(merges_text, encoding="utf-8")
-        return CLIPTokenizerFast(
-            vocab_file=str(folder / "vocab.json"),
-            merges_file=str(folder / "merges.txt"),
-            model_max_length=77,
-        )
+    return vocab, merges
+
+
+@cache
+def openai_clip_tokenizer() -> CLIPTokenizer:
+    """OpenAI CLIP's BPE tokenizer built from the vocabulary open_clip ships (no download). From
+    the vocabulary itself: transformers 5 ignores `vocab_file`/`merges_file` paths (a tokenizer
+    built from them knew two tokens and mapped every word to one id)."""
+    vocab, merges = openai_bpe()
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
 def random_clip_config(spec: ClipModelSpec) -> CLIPConfig:

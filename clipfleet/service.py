@@ -336,15 +336,11 @@ class ClipfleetService(ServiceViews, MixedOperations, ImageOperations):
         top_k = min(top_k, self.args.limits.max_top_k, len(labels))
 
         async def tag_image(judged: Judged, semantics: ScoreSemantics) -> list[dict]:
-            extra = {}
-            if semantics.activation != "softmax":
-                extra = {"activation": semantics.activation, "logit_bias": semantics.logit_bias}
-                extra["threshold"] = threshold
             label_vectors = clip.embed_texts.remote(prompts)
             key = (profile.name, variant)
             image_vector = await self._image_beside(clip, key, source, label_vectors, judged)
             return await self.scorer.tag.remote(
-                image_vector, label_vectors, labels, semantics.logit_scale, top_k, **extra
+                image_vector, label_vectors, labels, semantics, top_k, threshold
             )
 
         async with self._observed(profile, variant, routing) as judged:

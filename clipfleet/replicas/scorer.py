@@ -7,7 +7,7 @@ import numpy as np
 from clipfleet.observability import metrics
 from clipfleet.observability.tracing import traced
 from clipfleet.replicas import LOCAL_REPLICA
-from clipfleet.scoring import ScoreSemantics, clip_scores, zero_shot
+from clipfleet.scoring import ScoreSemantics, clip_scores, semantic_tags
 
 
 class Scorer:
@@ -27,10 +27,20 @@ class Scorer:
             return clip_scores(image_embedding, text_embedding, semantics)[0]
 
     @traced("Scorer.tag")
-    async def tag(self, image_embedding: np.ndarray, label_embeddings: np.ndarray, *args, **kwargs):
-        """clipfleet.scoring.zero_shot's tags (labels, logit_scale, top_k, activation, ...)."""
+    async def tag(
+        self,
+        image_embedding: np.ndarray,
+        label_embeddings: np.ndarray,
+        labels: list[str],
+        semantics: ScoreSemantics,
+        top_k: int,
+        threshold: float | None = None,
+    ) -> list[dict]:
+        """Tags with the model's own semantics: the one path /v1/tag and batch jobs share."""
         with metrics.timed_stage("score"):
-            return zero_shot(image_embedding, label_embeddings, *args, **kwargs)
+            return semantic_tags(
+                image_embedding, label_embeddings, labels, semantics, top_k, threshold
+            )
 
     def describe(self) -> dict:
         return {"ready": True, "replica_id": self.replica_id}

@@ -19,14 +19,16 @@ import pytest
 import requests
 
 from clipfleet.cli import main
-from clipfleet.config import FetchLimits
+from clipfleet.config import ClipModelSpec, FetchLimits
 from clipfleet.imaging import decode_image
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
 from clipfleet.scoring import clip_scores
+from tests.integration.conftest import wait_ready
 from tests.support.batch_inputs import pairs_table, write_config, write_table
 from tests.support.images import LoopbackServer, image_bytes
 from tests.support.servers import ThreadedImageServer
+from tests.support.tiny_models import make_open_clip_siglip_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = 8
@@ -209,3 +211,38 @@ def test_a_killed_job_resumes_and_writes_every_row_once(data, ray_address, tmp_p
         assert not list(output.glob("_tmp-*"))
     finally:
         server.stop()
+
+
+def test_a_siglip_model_tags_alike_under_serve_and_in_a_batch_job(
+    serve_apps, tiny_args, ray_address, tmp_path
+):
+    """A SigLIP model (sigmoid with its learned bias) served under real Serve and run by
+    `clipfleet batch tag` on Ray Data gives the same tags both ways: one scoring path
+    (`clipfleet batch tag` once applied softmax without the bias whatever the model)."""
+    siglip_dir = make_open_clip_siglip_dir(tmp_path / "siglip", logit_bias=2.0)
+    siglip = ClipModelSpec(model=f"local-dir:{siglip_dir}")
+    fast = tiny_args.profiles["fast"].model_copy(update={"variants": {"stable": siglip}})
+    args = tiny_args.model_copy(update={"profiles": {**tiny_args.profiles, "fast": fast}})
+    serve_apps.apply("siglip", "/siglip", args)
+    url = serve_apps.url("/siglip")
+    wait_ready(url)
+    folder = tmp_path / "job"
+    table = pairs_table(folder, 3, bad_row=None)
+    source = write_table(table, folder / "pairs.csv")
+    config = write_config(tmp_path / "config.yaml", args, {"user_config": {"max_batch_size": 4}})
+    labels = ["cat", "dog", "tree"]
+    argv = ("--labels", ",".join(labels), "--top-k", "3")
+    assert run(config, "tag", source, folder / "tagged", *argv) == 0
+    batch_tags = read_output(folder / "tagged")["tags"].to_pylist()
+    assert any(batch_tags), batch_tags  # a bias of +2 puts labels over the 0.5 threshold
+    for index, tags in enumerate(batch_tags):
+        image = {"base64": image_base64_of(folder / table["image"][index].as_py())}
+        request = {"image": image, "labels": labels, "top_k": 3}
+        served = requests.post(f"{url}/v1/tag", json=request, timeout=60)
+        assert served.status_code == 200, served.text
+        assert served.json()["activation"] == "sigmoid"
+        served_tags = served.json()["tags"]
+        assert [t["label"] for t in served_tags] == [t["label"] for t in tags]
+        np.testing.assert_allclose(
+            [t["confidence"] for t in served_tags], [t["confidence"] for t in tags], atol=1e-4
+        )

@@ -18,6 +18,7 @@ from clipfleet.replicas.encoder import ResNetEncoder
 from clipfleet.replicas.fetcher import Fetcher
 from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
 from clipfleet.replicas.scorer import Scorer
+from clipfleet.scoring import ScoreSemantics
 from tests.support.images import image_base64
 from tests.support.tiny_models import make_open_clip_dir
 from tests.unit.test_fidelity import CPU
@@ -180,8 +181,14 @@ def test_scorer_scores_pairs_and_tags():
     vector = np.ones(4, np.float32) / 2
     assert asyncio.run(scorer.score_pair(vector, vector))["cosine"] == pytest.approx(1.0)
     labels = ["same", "opposite"]
-    tags = asyncio.run(scorer.tag(vector, np.stack([vector, -vector]), labels, 100.0, 1))
+    softmax = ScoreSemantics("softmax", 100.0)
+    tags = asyncio.run(scorer.tag(vector, np.stack([vector, -vector]), labels, softmax, 2))
+    assert [tag["label"] for tag in tags] == ["same", "opposite"]
+    # SigLIP's semantics: each label on its own, sigmoid(scale * cos + bias), under a threshold
+    sigmoid = ScoreSemantics("sigmoid", 10.0, -5.0)
+    tags = asyncio.run(scorer.tag(vector, np.stack([vector, -vector]), labels, sigmoid, 2))
     assert [tag["label"] for tag in tags] == ["same"]
+    assert tags[0]["confidence"] == pytest.approx(1 / (1 + np.exp(-5.0)))
 
 
 # -- multiplexed -----------------------------------------------------------------------------

@@ -4,9 +4,11 @@ machinery.
 
 Inline and fetched images reach an encoder decoded straight to the square its model's
 preprocessing keeps (clipfleet.models.geometry), so that preprocessing's resize and centre crop
-are identities. What is left is a conversion to float32 and a per-channel affine map, which
-transformers' image processors wrap in per-image work that costs more than the map itself
-(argument validation, PIL -> numpy -> tensor, grouping by shape, the identity resize and crop).
+are identities. What is left is a conversion to float32 and a per-channel affine map, which the
+libraries wrap in per-image work that costs more than the map itself: transformers' image
+processors (argument validation, PIL -> numpy -> tensor, grouping by shape, the identity resize
+and crop), open_clip's torchvision Compose (an array -> PIL copy, PIL's resize and crop to the
+same size, ToTensor, Normalize).
 Here it runs on the decoding thread, single-threaded: torch operations there would start an
 OpenMP team per decode thread beside the forward's, on the same cores.
 
@@ -28,8 +30,9 @@ import torch
 @dataclass(frozen=True)
 class SquareInput:
     side: int
-    mean: np.ndarray  # (3, 1, 1) float32, subtracted from the 0-255 values
+    mean: np.ndarray  # (3, 1, 1) float32, subtracted from the values
     std: np.ndarray  # (3, 1, 1) float32, divided into them
+    divisor: float | None = None  # the 0-255 values divided by it first (ToTensor's 255)
 
     def __call__(self, image: Any) -> torch.Tensor | None:
         """The (3, side, side) float32 input for `image`; None unless it is exactly the square."""
@@ -40,6 +43,8 @@ class SquareInput:
         ):
             return None
         pixels = np.asarray(image.transpose(2, 0, 1), dtype=np.float32, order="C")
+        if self.divisor is not None:
+            np.divide(pixels, np.float32(self.divisor), out=pixels)
         np.subtract(pixels, self.mean, out=pixels)
         np.divide(pixels, self.std, out=pixels)
         return torch.from_numpy(pixels)
@@ -70,6 +75,32 @@ def hf_square_input(processor: Any) -> SquareInput | None:
     mean = torch.tensor(_three(processor.image_mean)) * scale
     std = torch.tensor(_three(processor.image_std)) * scale
     return SquareInput(geometry.side, mean.numpy().reshape(3, 1, 1), std.numpy().reshape(3, 1, 1))
+
+
+def torchvision_square_input(transform: Any) -> SquareInput | None:
+    """For open_clip's preprocessing: a torchvision Compose of Resize, CenterCrop of the same
+    side, open_clip's mode conversion, ToTensor and Normalize; None for anything else."""
+    from open_clip.transform import MaybeConvertMode
+    from torchvision.transforms import CenterCrop, Compose, Normalize, Resize, ToTensor
+
+    from clipfleet.models.geometry import torchvision_geometry
+
+    geometry = torchvision_geometry(transform)
+    if geometry is None or not isinstance(transform, Compose):
+        return None
+    kinds = (Resize, CenterCrop, MaybeConvertMode, ToTensor, Normalize)
+    steps = transform.transforms
+    if len(steps) != len(kinds) or not all(map(isinstance, steps, kinds)):
+        return None
+    crop, convert, normalize = steps[1], steps[2], steps[4]
+    if list(crop.size) != [geometry.side] * 2 or convert.mode != "RGB" or normalize.inplace:
+        return None
+    # as Normalize makes them: float32 tensors of the given values
+    mean = torch.as_tensor(_three(normalize.mean), dtype=torch.float32)
+    std = torch.as_tensor(_three(normalize.std), dtype=torch.float32)
+    return SquareInput(
+        geometry.side, mean.numpy().reshape(3, 1, 1), std.numpy().reshape(3, 1, 1), 255.0
+    )
 
 
 def _crop_side(processor: Any, fit: str) -> int | None:

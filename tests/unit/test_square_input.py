@@ -1,5 +1,6 @@
-"""An image at its model's input square skips the image processor: the same tensor, bit for bit,
-and the same embedding; anything else still goes through the processor."""
+"""An image at its model's input square skips the image processor (transformers) or the torchvision
+transform (open_clip): the same tensor, bit for bit, and the same embedding; anything else still
+goes through the library."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from clipfleet.config import ClipModelSpec, FetchLimits
 from clipfleet.imaging import decode_image
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
-from clipfleet.models.square_input import hf_square_input
+from clipfleet.models.square_input import hf_square_input, torchvision_square_input
 from tests.support.images import image_bytes
-from tests.support.tiny_models import make_hf_clip_dir, make_hf_siglip_dir
+from tests.support.tiny_models import make_hf_clip_dir, make_hf_siglip_dir, make_open_clip_dir
 
 
 def pictures(side: int, count: int = 4) -> list[np.ndarray]:
@@ -68,25 +69,60 @@ def test_processors_with_other_steps_keep_their_own_path(processor):
     assert hf_square_input(processor) is None
 
 
+def open_clip_preprocess(**overrides):
+    from open_clip.transform import image_transform
+
+    return image_transform(224, is_train=False, **overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"interpolation": "bilinear", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}],
+)
+def test_open_clips_transform_gives_the_same_tensor_bit_for_bit(overrides):
+    transform = open_clip_preprocess(**overrides)  # {}: ViT-B-32's (bicubic, OpenAI mean/std)
+    square = torchvision_square_input(transform)
+    assert square is not None
+    for image in pictures(square.side):
+        mine, theirs = square(image), transform(Image.fromarray(image))
+        assert mine.is_contiguous()
+        assert torch.equal(mine, theirs)
+
+
+@pytest.mark.parametrize("overrides", [{"resize_mode": "squash"}, {"resize_mode": "longest"}])
+def test_open_clip_transforms_with_other_steps_keep_their_own_path(overrides):
+    assert torchvision_square_input(open_clip_preprocess(**overrides)) is None
+
+
 @pytest.fixture(scope="module")
-def hf_model(tmp_path_factory):
-    folder = make_hf_clip_dir(tmp_path_factory.mktemp("square") / "hf_clip")
-    spec = ClipModelSpec(backend="transformers", model=str(folder))
-    return load_clip_model(spec, choose_device("cpu"), False)
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("square")
+    hf = ClipModelSpec(backend="transformers", model=str(make_hf_clip_dir(folder / "hf_clip")))
+    local = "local-dir:" + str(make_open_clip_dir(folder / "open_clip"))
+    open_clip = ClipModelSpec(backend="open_clip", model=local, pretrained=None)
+    return [load_clip_model(spec, choose_device("cpu"), False) for spec in (hf, open_clip)]
 
 
-def test_the_model_embeds_a_decoded_square_as_the_processor_would(hf_model):
+def library_input(model, image: np.ndarray) -> torch.Tensor:
+    if hasattr(model, "_processor"):
+        return processed(model._processor, image)
+    return model._preprocess(Image.fromarray(image))
+
+
+@pytest.mark.parametrize("backend", [0, 1], ids=["transformers", "open_clip"])
+def test_the_model_embeds_a_decoded_square_as_its_library_would(models, backend):
     """Decoded at the model's geometry (as an encoder does), the embedding is the one the
-    processor's tensor gives; other sizes still go through the processor."""
-    assert hf_model._square_input is not None
-    limits = hf_model.input_geometry().limits(FetchLimits())
+    library's tensor gives; other sizes still go through the library."""
+    model = models[backend]
+    assert model._square_input is not None
+    limits = model.input_geometry().limits(FetchLimits())
     images = [decode_image(image_bytes(*size), limits) for size in ((120, 90), (64, 200))]
     assert {image.shape for image in images} == {(64, 64, 3)}
-    fast = hf_model.encode_images([hf_model.preprocess_image(image) for image in images])
-    slow = [processed(hf_model._processor, image) for image in images]
-    assert np.array_equal(fast, hf_model.encode_images(slow))
+    fast = model.encode_images([model.preprocess_image(image) for image in images])
+    slow = model.encode_images([library_input(model, image) for image in images])
+    assert np.array_equal(fast, slow)
     other = np.zeros((80, 100, 3), np.uint8)
-    assert torch.equal(hf_model.preprocess_image(other), processed(hf_model._processor, other))
+    assert torch.equal(model.preprocess_image(other), library_input(model, other))
 
 
 def test_siglip_two_keeps_its_patches(tmp_path):

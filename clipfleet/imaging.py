@@ -194,7 +194,11 @@ def ship_geometry(size: tuple[int, int], limits: FetchLimits) -> tuple[tuple[int
 
 def _resize_in_bands(image: Image.Image, size: tuple[int, int], box: Box) -> Image.Image:
     """`_to_rgb(image).resize(size, BICUBIC, box, reducing_gap=3.0)`, the conversion and the
-    integer reduce done band by band so that no full-size copy of the image is made."""
+    integer reduce done band by band so that no full-size copy of the image is made. An RGB
+    image needs no conversion: Pillow's own reduce-and-resize makes no full-size copy either,
+    and skips the bands' copies (a third of a photo's resize time)."""
+    if image.mode == "RGB" and _conversion(image) == "plain":
+        return image.resize(size, _RESAMPLE, box=box, reducing_gap=_REDUCING_GAP)
     factor_x, factor_y = _reduce_factors(size, box)
     region = _safe_box(image.size, size, box)
     reduced = _converted_region(image, region, factor_x, factor_y)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import psutil
 
-from loadtests import profiles, results
+from loadtests import profiles, results, thread_cpu
 from loadtests.bench import BENCH_CONFIG, IMAGE_PORT, PORT, clipfleet_body, image_url
 from loadtests.client import run_load
 from loadtests.peers import PEERS, PEERS_CONFIG, Clipfleet, setup
@@ -167,20 +167,32 @@ def measure(
     per_request: int,
     profile_to: Path | None = None,
     profile_labels: frozenset[str] = frozenset(PROFILED),
+    thread_labels: frozenset[str] = frozenset(),
 ) -> dict:
-    """One load window; with `profile_to`, py-spy records the `profile_labels` processes."""
+    """One load window; with `profile_to`, py-spy records the `profile_labels` processes; the
+    `thread_labels` processes' CPU is also split by thread (loadtests/thread_cpu.py)."""
     if warmup_s:
         asyncio.run(run_load(url, body, clients, warmup_s))
     me = psutil.Process()
     before, busy, mine = tree.snapshot(), machine_busy_s(), sum(me.cpu_times()[:2])
+    split = {
+        label: [pid for pid, named in tree.labels.items() if named == label]
+        for label in thread_labels
+    }
+    threads_before = {label: thread_cpu.snapshot(pids) for label, pids in split.items()}
     recording = []
     if profile_to is not None:
         targets = {pid: label for pid, label in tree.labels.items() if label in profile_labels}
         recording = profiles.start_recording(targets, profile_to, seconds)
     load = asyncio.run(run_load(url, body, clients, seconds))
     after, busy, mine = tree.snapshot(), machine_busy_s() - busy, sum(me.cpu_times()[:2]) - mine
+    threads_after = {label: thread_cpu.snapshot(pids) for label, pids in split.items()}
     summaries = profiles.finish(recording)
     images = load["requests"] * per_request
+    threads = {
+        label: thread_cpu.per_thread(threads_before[label], threads_after[label], images)
+        for label in split
+    }
     groups = tree.grouped(before, after)
     server_s = sum(groups.values())
     return {
@@ -199,6 +211,7 @@ def measure(
         "outside_server_cpu_s": round(busy - server_s - mine, 2),
         "machine_cores": psutil.cpu_count(),
         **({"py_spy": summaries} if summaries else {}),
+        **({"threads": threads} if threads else {}),
     }
 
 
@@ -217,6 +230,11 @@ def print_report(shape: str, result: dict) -> None:
         f"{result['machine_cores']} cores busy, {outside:.2f} of them outside the server and "
         "the load generator)"
     )
+    for label, by_thread in result.get("threads", {}).items():
+        print(f"  {label}, by thread:")
+        for name, value in by_thread.items():
+            if value * 1000 >= 0.05:
+                print(f"    {name:32s} {value * 1000:8.1f} ms")
     profiles.print_summaries(result.get("py_spy", {}))
 
 
@@ -253,6 +271,11 @@ def main() -> None:
         "--py-spy-labels",
         default=",".join(sorted(PROFILED)),
         help="the process groups --py-spy records (labels as the report prints them)",
+    )
+    parser.add_argument(
+        "--threads",
+        default="",
+        help="process groups whose CPU is also split by thread, e.g. clip_fast (comma-separated)",
     )
     args = parser.parse_args()
     results.provenance()  # the code measured is the code as it starts
@@ -293,6 +316,7 @@ def main() -> None:
                 SHAPES[shape],
                 args.py_spy / shape if args.py_spy else None,
                 frozenset(args.py_spy_labels.split(",")),
+                frozenset(label for label in args.threads.split(",") if label),
             )
             report["shapes"][shape] = result
             print_report(shape, result)

@@ -9,11 +9,11 @@ which includes the C code it calls). Idle threads are not sampled, so samples tr
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
+
+from loadtests.thread_cpu import py_spy_path
 
 RATE_HZ = 50
 # Frames every sample passes through (thread and event-loop plumbing), left out of "inclusive".
@@ -22,8 +22,7 @@ _PLUMBING = ("threading.py", "asyncio/", "concurrent/futures/thread.py", "<modul
 
 def start_recording(targets: dict[int, str], folder: Path, seconds: float) -> list:
     """One `py-spy record` per pid, for `seconds`; returns (label, pid, path, process)."""
-    beside = Path(sys.executable).parent / "py-spy"
-    py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    py_spy = py_spy_path()
     if py_spy is None:
         raise SystemExit("py-spy is not installed (pip install py-spy)")
     folder.mkdir(parents=True, exist_ok=True)

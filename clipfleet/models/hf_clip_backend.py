@@ -36,6 +36,7 @@ from clipfleet.models.base import (
 )
 from clipfleet.models.device import DevicePlan
 from clipfleet.models.geometry import InputGeometry, hf_processor_geometry
+from clipfleet.models.square_input import hf_square_input
 from clipfleet.models.text_bounds import usable_texts
 
 logger = logging.getLogger("clipfleet.models")
@@ -143,6 +144,7 @@ class TransformersClipModel(ClipModel):
         if random_weights:
             report_random_weights(f"transformers {config.model_type} {spec.model}")
         self._model = model.eval().to(plan.device)
+        self._square_input = hf_square_input(self._processor)
         self._model_type = config.model_type
         self._context_length = int(config.text_config.max_position_embeddings)
         self._finish_loading(
@@ -156,6 +158,8 @@ class TransformersClipModel(ClipModel):
         )
 
     def preprocess_image(self, image: np.ndarray | Image.Image) -> torch.Tensor | dict:
+        if self._square_input is not None and (square := self._square_input(image)) is not None:
+            return square  # already at the model's square: the processor's result, directly
         inputs = self._processor(images=to_pil(image), return_tensors="pt")
         if "pixel_attention_mask" in inputs:  # SigLIP 2 (NaFlex): patches, mask and shapes
             return {key: value[0] for key, value in inputs.items()}

@@ -23,6 +23,7 @@ from clipfleet.models.base import (
     to_pil,
 )
 from clipfleet.models.device import DevicePlan
+from clipfleet.models.square_input import torchvision_square_input
 from clipfleet.models.text_bounds import bound_bpe_cache, usable_texts
 
 _SCHEMAS = ("hf-hub:", "local-dir:")
@@ -87,10 +88,13 @@ class OpenClipModel(ClipModel):
             report_random_weights(f"open_clip {name}")
         self._model = model.eval()
         self._preprocess = preprocess
+        self._square_input = torchvision_square_input(preprocess)
         self._context_length = int(getattr(model, "context_length", DEFAULT_CONTEXT_LENGTH))
         self._finish_loading(model, "open_clip", spec, weights, started, tokenizer=tokenizer_note)
 
     def preprocess_image(self, image: np.ndarray | Image.Image) -> torch.Tensor:
+        if self._square_input is not None and (square := self._square_input(image)) is not None:
+            return square  # already at the model's square: the transform's result, directly
         return self._preprocess(to_pil(image))
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:

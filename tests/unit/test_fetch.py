@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from aiohttp.abc import AbstractResolver
@@ -13,6 +16,8 @@ from clipfleet.errors import ClipfleetError, InvalidRequestError, InvalidUrlErro
 from clipfleet.fetch import CONNECTIONS_PER_HOST, ImageFetcher, ImageSource
 from tests.support.images import ImageServer, LoopbackServer, image_base64, image_bytes
 from tests.support.local_dag import loopback_fetch
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -161,3 +166,21 @@ async def test_connections_to_one_host_are_capped():
         await server.stop()
         await fetcher.close()
     assert server.peak == CONNECTIONS_PER_HOST
+
+
+def test_the_fetcher_deployment_does_not_import_torch():
+    """The ImageFetcher runs no model: its process must not load torch (~800 MiB of RSS). A
+    fresh interpreter imports its deployment module (what its Ray worker imports)."""
+    probe = (
+        "import sys, deployments.image_fetcher, clipfleet.replicas.fetcher\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'torchvision'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout

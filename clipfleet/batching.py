@@ -14,7 +14,8 @@ queues. Interactive work runs first; while bulk work waits, at least one forward
 `bulk_every` serves it (clipfleet.priority.Turns), so a stream of interactive requests never
 starves a bulk job. A forward
 holds one class only: filling an interactive batch with bulk items would lengthen the forward
-that interactive requests wait on.
+that interactive requests wait on. `bulk_max_batch_size` bounds a bulk forward's items (the
+time an interactive request can wait for the bulk forward already running).
 
 Plain asyncio, no Ray: the encoder deployments own one per model. A multiplexed encoder owns one
 for all its models: each (kind, model id) gets its own queue and forward, so batches of
@@ -82,6 +83,7 @@ class ForwardScheduler:
         self._forwards: dict[ForwardKey, Forward] = {(k, None): f for k, f in forwards.items()}
         self._queues: dict[QueueKey, deque[_Pending]] = {}
         self.turns = Turns(bulk_every)
+        self.bulk_max_batch_size: int | None = None  # None: max_batch_size
         self.forwards_by_class = self.turns.served
         self._on_batch = on_batch
         self._worker: asyncio.Task | None = None
@@ -174,8 +176,10 @@ class ForwardScheduler:
         self.turns.count(priority, bulk_waits)
 
     def _take(self, key: QueueKey) -> list[_Pending]:
-        queue, batch = self._queues[key], []
-        while queue and len(batch) < self.max_batch_size:
+        queue, batch, limit = self._queues[key], [], self.max_batch_size
+        if key[2] == BULK and self.bulk_max_batch_size is not None:
+            limit = min(limit, self.bulk_max_batch_size)
+        while queue and len(batch) < limit:
             entry = queue.popleft()
             if not entry.future.done():  # a caller that went away needs no forward
                 batch.append(entry)

@@ -50,6 +50,7 @@ def apply_encoder_config(
         method.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
     encoder.scheduler.max_batch_size = config.max_batch_size
     encoder.scheduler.bulk_every = config.bulk_every
+    encoder.scheduler.bulk_max_batch_size = config.bulk_max_batch_size
     encoder.inputs.decoder.slots.turns.bulk_every = config.bulk_every
     if config.cache != encoder.cache.config:
         old = encoder.cache
@@ -154,6 +155,7 @@ def priority_view(scheduler: ForwardScheduler, inputs: ImageInputs) -> dict[str,
     slots = inputs.decoder.slots
     return {
         "bulk_every": scheduler.bulk_every,
+        "bulk_max_batch_size": scheduler.bulk_max_batch_size,
         "forwards": dict(scheduler.forwards_by_class),
         "pending": scheduler.pending_by_class(),
         "decodes": dict(slots.turns.served),

@@ -11,9 +11,11 @@ that are waiting, so 64 texts queued first delay one image by one text batch, no
 
 Priority classes (clipfleet/priority.py): items tagged `Classed(item, "bulk")` wait in their own
 queues. Interactive work runs first; while bulk work waits, at least one forward in every
-`bulk_every` serves it, so a stream of interactive requests never starves a bulk job. A forward
+`bulk_every` serves it (clipfleet.priority.Turns), so a stream of interactive requests never
+starves a bulk job. A forward
 holds one class only: filling an interactive batch with bulk items would lengthen the forward
-that interactive requests wait on.
+that interactive requests wait on. `bulk_max_batch_size` bounds a bulk forward's items (the
+time an interactive request can wait for the bulk forward already running).
 
 Plain asyncio, no Ray: the encoder deployments own one per model. A multiplexed encoder owns one
 for all its models: each (kind, model id) gets its own queue and forward, so batches of
@@ -30,14 +32,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from clipfleet.priority import BULK, INTERACTIVE, Classed
+from clipfleet.priority import BULK, DEFAULT_BULK_EVERY, INTERACTIVE, Classed, Turns
 
 logger = logging.getLogger(__name__)
 
 Forward = Callable[[list[Any]], Sequence[Any]]
 ForwardKey = tuple[str, str | None]  # (kind, model id); None: the encoder's one model
 QueueKey = tuple[str, str | None, str]  # (kind, model id, priority class)
-DEFAULT_BULK_EVERY = 4
 
 
 @dataclass
@@ -67,7 +68,6 @@ class _AtLeast:
 
 class ForwardScheduler:
     max_batch_size = _AtLeast(1)
-    bulk_every = _AtLeast(2, " (1 would serve bulk first)")
 
     def __init__(
         self,
@@ -82,15 +82,23 @@ class ForwardScheduler:
         waits, at least one forward in this many serves it."""
         self._forwards: dict[ForwardKey, Forward] = {(k, None): f for k, f in forwards.items()}
         self._queues: dict[QueueKey, deque[_Pending]] = {}
-        self._since_bulk = 0  # forwards run for interactive work while bulk work waited
-        self.forwards_by_class: dict[str, int] = {INTERACTIVE: 0, BULK: 0}
-        self.bulk_every = bulk_every
+        self.turns = Turns(bulk_every)
+        self.bulk_max_batch_size: int | None = None  # None: max_batch_size
+        self.forwards_by_class = self.turns.served
         self._on_batch = on_batch
         self._worker: asyncio.Task | None = None
         self._running: list[_Pending] = []
         self._failure: Callable[[], BaseException] | None = None
         self._last: QueueKey | None = None  # the queue whose batch ran last
         self.max_batch_size = max_batch_size
+
+    @property
+    def bulk_every(self) -> int:
+        return self.turns.bulk_every
+
+    @bulk_every.setter
+    def bulk_every(self, value: int) -> None:
+        self.turns.bulk_every = value
 
     def pending(self) -> dict[str, int]:
         counts = {kind: 0 for kind, _ in self._forwards}
@@ -158,20 +166,20 @@ class ForwardScheduler:
             name: {key: at for key, at in heads.items() if key[2] == name}
             for name in (INTERACTIVE, BULK)
         }
-        bulk_owed = bool(by_class[BULK]) and self._since_bulk >= self.bulk_every - 1
-        chosen = by_class[BULK] if bulk_owed or not by_class[INTERACTIVE] else by_class[INTERACTIVE]
+        chosen = by_class[self.turns.next([name for name, keys in by_class.items() if keys])]
         if len(chosen) > 1:
             chosen.pop(self._last, None)
         return min(chosen, key=chosen.__getitem__)
 
     def _count_class(self, priority: str) -> None:
         bulk_waits = any(queue for key, queue in self._queues.items() if key[2] == BULK)
-        self._since_bulk = self._since_bulk + 1 if priority != BULK and bulk_waits else 0
-        self.forwards_by_class[priority] += 1
+        self.turns.count(priority, bulk_waits)
 
     def _take(self, key: QueueKey) -> list[_Pending]:
-        queue, batch = self._queues[key], []
-        while queue and len(batch) < self.max_batch_size:
+        queue, batch, limit = self._queues[key], [], self.max_batch_size
+        if key[2] == BULK and self.bulk_max_batch_size is not None:
+            limit = min(limit, self.bulk_max_batch_size)
+        while queue and len(batch) < limit:
             entry = queue.popleft()
             if not entry.future.done():  # a caller that went away needs no forward
                 batch.append(entry)

@@ -5,6 +5,11 @@ images and fetched bytes).
 Header first (cheap, checked against the limits), then the pixels once the budget has room for
 their estimated cost (clipfleet.imaging.DecodePlan.cost_bytes): at most
 `fetch.decode_budget_bytes` of decode memory at a time, on `fetch.decode_threads` threads.
+
+The threads are handed out by priority class (clipfleet.priority.ClassedSlots: the current
+request's class, interactive first, bulk keeping one turn in every `bulk_every`): a decode
+holds its slot from the header to the end of the work run after it, so the pool never queues
+and a bulk request's 16 images do not stand in front of an interactive one.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import numpy as np
 from clipfleet.budget import ByteBudget
 from clipfleet.config import FetchLimits
 from clipfleet.imaging import DecodePlan, open_image
+from clipfleet.priority import ClassedSlots
 
 
 class BudgetedDecoder:
     def __init__(self, limits: FetchLimits) -> None:
         self.limits = limits
         self.budget = ByteBudget(limits.decode_budget_bytes)
+        self.slots = ClassedSlots(limits.decode_threads)
         self._pool = ThreadPoolExecutor(limits.decode_threads, "clipfleet-decode")
 
     async def decode(
@@ -38,19 +45,29 @@ class BudgetedDecoder:
         `then(array)` run on the decoding thread right after it. The bytes stay held until the
         decoding thread is done, even if the caller is cancelled."""
         loop = asyncio.get_running_loop()
-        plan: DecodePlan = await loop.run_in_executor(
-            self._pool, open_image, data, limits or self.limits
-        )
+        await self.slots.acquire()
+        try:
+            plan: DecodePlan = await loop.run_in_executor(
+                self._pool, open_image, data, limits or self.limits
+            )
+        except BaseException:
+            self.slots.release()
+            raise
         try:
             held = await self.budget.acquire(plan.cost_bytes)
         except BaseException:
             plan.close()
+            self.slots.release()
             raise
+
+        def release() -> None:
+            self.budget.release(held)
+            self.slots.release()
 
         def finished(_: Future) -> None:  # on the decoding thread, or where it was cancelled
             plan.close()
-            with contextlib.suppress(RuntimeError):  # the loop is gone: so is the budget
-                loop.call_soon_threadsafe(self.budget.release, held)
+            with contextlib.suppress(RuntimeError):  # the loop is gone: so are the budgets
+                loop.call_soon_threadsafe(release)
 
         decoding = self._pool.submit(_decode_then, plan, then)
         decoding.add_done_callback(finished)

@@ -41,6 +41,10 @@ class ApiLimits(BaseModel):
     shed_wait_s: float | None = Field(None, gt=0, le=600)
     # Bulk requests are shed past this fraction of that wait: under overload, bulk goes first.
     bulk_shed_ratio: float = Field(0.5, gt=0, le=1)
+    # Bulk requests running at once in each ingress replica; a bulk request over it waits for
+    # one to finish, up to the bulk shed wait (shed_wait_s x bulk_shed_ratio), then gets 503 +
+    # Retry-After (`X-Clipfleet-Shed: bulk`). Interactive requests never wait on it. Null: no cap.
+    bulk_in_flight: int | None = Field(4, ge=1, le=100_000)
 
     @model_validator(mode="after")
     def _budget_holds_a_text(self) -> ApiLimits:
@@ -51,6 +55,10 @@ class ApiLimits(BaseModel):
     @property
     def admission_wait_s(self) -> float:
         return self.shed_wait_s or self.request_timeout_s / 4
+
+    @property
+    def bulk_wait_s(self) -> float:
+        return self.admission_wait_s * self.bulk_shed_ratio
 
     @property
     def prompt_char_budget(self) -> int:

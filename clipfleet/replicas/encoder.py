@@ -43,13 +43,15 @@ def apply_encoder_config(
 ) -> EncoderConfig:
     """Validate an encoder's user_config (EncoderConfig: unknown keys rejected) and apply it
     live: the batched methods' sizes (Serve's @serve.batch), the scheduler's merge bound, the
-    cache."""
+    classes' shares (forwards and decode threads), the cache."""
     config = EncoderConfig(**(user_config or {}))
     for method in batched:
         method.set_max_batch_size(config.max_batch_size)
         method.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
     encoder.scheduler.max_batch_size = config.max_batch_size
     encoder.scheduler.bulk_every = config.bulk_every
+    encoder.scheduler.bulk_max_batch_size = config.bulk_max_batch_size
+    encoder.inputs.decoder.slots.turns.bulk_every = config.bulk_every
     if config.cache != encoder.cache.config:
         old = encoder.cache
         encoder.cache = EmbeddingCache(config.cache, shared_level(config, encoder))
@@ -147,12 +149,17 @@ async def inject_faults(config: EncoderConfig) -> None:
         raise RuntimeError("fault injected by user_config.fault_error_ratio")
 
 
-def priority_view(scheduler: ForwardScheduler) -> dict[str, Any]:
-    """What `describe` says about priority classes: forwards run and items waiting, per class."""
+def priority_view(scheduler: ForwardScheduler, inputs: ImageInputs) -> dict[str, Any]:
+    """What `describe` says about priority classes, per class: forwards run and items waiting
+    for one; decodes started and waiting for a decode thread."""
+    slots = inputs.decoder.slots
     return {
         "bulk_every": scheduler.bulk_every,
+        "bulk_max_batch_size": scheduler.bulk_max_batch_size,
         "forwards": dict(scheduler.forwards_by_class),
         "pending": scheduler.pending_by_class(),
+        "decodes": dict(slots.turns.served),
+        "decodes_waiting": slots.waiting(),
     }
 
 
@@ -287,7 +294,7 @@ class ImageEncoder:
                 if kind != "image"
             },
             "pending": self.scheduler.pending(),
-            "priority": priority_view(self.scheduler),
+            "priority": priority_view(self.scheduler, self.inputs),
             "stall": stall_view(self.guard, self.config),
             "cache": self.cache.stats(),
             # the square images are decoded to for this model (None: the fetch default)

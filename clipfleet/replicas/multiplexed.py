@@ -297,7 +297,7 @@ class MultiplexedClipEncoder:
             "config": self.config.model_dump(),
             "idle_ttl_s": self.idle_ttl_s,
             "pending": self.scheduler.pending(),
-            "priority": priority_view(self.scheduler),
+            "priority": priority_view(self.scheduler, self.inputs),
             "stall": stall_view(self.guard, self.config),
             "cache": self.cache.stats(),
             "process": process_resources(self.plan.name),

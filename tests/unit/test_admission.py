@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from clipfleet.admission import MAX_RETRY_AFTER_S, MIN_IN_FLIGHT, RATE_WINDOW_S, Admission
@@ -115,3 +117,54 @@ async def test_bulk_is_shed_at_a_lower_occupancy_than_interactive():
     while admission.expected_wait_s() < 4.5:  # past the interactive limit too
         assert admission.admit(max_wait_s=1e9) is None
     assert (await status_of(middleware, INTERACTIVE))[0] == 503
+
+
+async def test_bulk_over_its_cap_waits_then_is_shed_while_interactive_passes():
+    """One bulk request runs (bulk_in_flight 1); a second waits for it up to the bulk wait
+    (0.4 s x 0.5), then gets 503 `X-Clipfleet-Shed: bulk`; interactive never waits on the cap."""
+    release, running = asyncio.Event(), []
+
+    async def held(scope, receive, send):
+        running.append(scope["state"][STATE_PRIORITY])
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    limits = ApiLimits(shed_wait_s=0.4, bulk_shed_ratio=0.5, bulk_in_flight=1)
+    middleware = AdmissionMiddleware(held, limits)
+    first = asyncio.create_task(status_of(middleware, BULK))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(status_of(middleware, BULK))
+    interactive = asyncio.create_task(status_of(middleware, INTERACTIVE))
+    await asyncio.sleep(0.05)
+    assert running == [BULK, INTERACTIVE]  # the second bulk request waits; its body unread
+    status, headers = await second
+    assert status == 503 and headers["x-clipfleet-shed"] == "bulk"
+    assert headers["retry-after"] == "1"
+    release.set()
+    assert [(await first)[0], (await interactive)[0]] == [200, 200]
+    assert middleware.admission.in_flight == 0
+
+
+async def test_a_waiting_bulk_request_runs_when_a_slot_frees_within_its_wait():
+    release, running = asyncio.Event(), []
+
+    async def held(scope, receive, send):
+        running.append(len(running))
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = AdmissionMiddleware(held, ApiLimits(shed_wait_s=4.0, bulk_in_flight=1))
+    requests = [asyncio.create_task(status_of(middleware, BULK)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert running == [0]
+    release.set()
+    assert [(await request)[0] for request in requests] == [200, 200, 200]
+    assert running == [0, 1, 2]
+
+
+def test_the_bulk_cap_is_validated():
+    assert ApiLimits().bulk_in_flight == 4 and ApiLimits(bulk_in_flight=None).bulk_in_flight is None
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        ApiLimits(bulk_in_flight=0)

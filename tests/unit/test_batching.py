@@ -207,6 +207,19 @@ async def test_untagged_items_are_interactive_and_classes_never_share_a_forward(
     assert [items for _, items in image.calls] == [["b"], ["p", "q"], ["x", "y"]]
 
 
+async def test_a_bulk_forward_holds_at_most_bulk_max_batch_size_items():
+    """What an interactive request can wait behind: one bulk forward of at most 2 items."""
+    scheduler, image, _, _calls, _ = make(max_batch_size=8)
+    scheduler.bulk_max_batch_size = 2
+    blocker = await occupy(scheduler, image)
+    bulk = asyncio.create_task(scheduler.run("image", [Classed(n, BULK) for n in range(5)]))
+    plain = asyncio.create_task(scheduler.run("image", ["p", "q", "r"]))
+    await asyncio.sleep(0.01)
+    image.gate.set()
+    await asyncio.gather(blocker, bulk, plain)
+    assert [items for _, items in image.calls] == [["b"], ["p", "q", "r"], [0, 1], [2, 3], [4]]
+
+
 def test_bulk_every_must_leave_interactive_first():
     scheduler, *_ = make()
     with pytest.raises(ValueError, match="at least 2"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
 
 import pytest
 from pydantic import ValidationError
@@ -13,10 +14,19 @@ from clipfleet import priority
 from clipfleet.affinity import ROUTE_KEY, AffinityHandle
 from clipfleet.api.app import create_app
 from clipfleet.api.auth import key_id
-from clipfleet.config import AuthConfig, MultiplexedProfileSpec
+from clipfleet.config import AuthConfig, FetchLimits, MultiplexedProfileSpec
+from clipfleet.decoding import BudgetedDecoder
 from clipfleet.fetch import ImageSource
 from clipfleet.models.device import choose_device
-from clipfleet.priority import BULK, INTERACTIVE, PriorityHandle, cap, parse, prioritize_handles
+from clipfleet.priority import (
+    BULK,
+    INTERACTIVE,
+    ClassedSlots,
+    PriorityHandle,
+    cap,
+    parse,
+    prioritize_handles,
+)
 from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
 from tests.support.images import image_base64, image_bytes
 from tests.support.local_dag import LocalHandle, LocalResponse, build_local_service
@@ -264,3 +274,79 @@ def test_a_call_carries_both_its_class_and_its_route_key(outer):
     assert [name for name, _ in inner.calls] == ["embed_pair", "embed_images", "embed_text"]
     for _, kwargs in inner.calls:
         assert kwargs[priority.KEYWORD] == BULK and isinstance(kwargs[ROUTE_KEY], bytes)
+
+
+async def decode_order(decoder: BudgetedDecoder, work: list[tuple[str, str]]) -> list[str]:
+    """Hold the decoder's one thread, queue `work` ((class, name) pairs, in that order) as
+    requests of those classes, release; the names in the order their decodes ran."""
+    entered, gate, order = threading.Event(), threading.Event(), []
+
+    def then(name: str):
+        def run(pixels):
+            entered.set()
+            if name == "blocker":
+                gate.wait(10)
+            order.append(name)
+            return name
+
+        return run
+
+    async def decode(name: str, priority_class: str) -> str:
+        priority.CURRENT.set(priority_class)  # this task's own context, as a request's
+        return await decoder.decode(image_bytes(), then=then(name))
+
+    blocker = asyncio.create_task(decode("blocker", INTERACTIVE))
+    await asyncio.to_thread(entered.wait, 10)
+    tasks = []
+    for priority_class, name in work:
+        tasks.append(asyncio.create_task(decode(name, priority_class)))
+        await asyncio.sleep(0.01)  # queued in this order
+    gate.set()
+    await asyncio.gather(blocker, *tasks)
+    return order
+
+
+async def test_interactive_images_decode_before_bulk_images_queued_earlier():
+    """An encoder's decode threads (inline images) serve interactive requests first: the bulk
+    request's images queued before it wait (first come, first served, they went first)."""
+    decoder = BudgetedDecoder(FetchLimits(decode_threads=1))
+    work = [(BULK, "b1"), (BULK, "b2"), (BULK, "b3"), (INTERACTIVE, "i1"), (INTERACTIVE, "i2")]
+    try:
+        order = await decode_order(decoder, work)
+    finally:
+        decoder.close()
+    assert order == ["blocker", "i1", "i2", "b1", "b2", "b3"]
+    assert decoder.slots.busy == 0 and decoder.budget.in_use == 0
+
+
+async def test_bulk_decodes_keep_one_turn_in_bulk_every_under_a_stream_of_interactive_ones():
+    decoder = BudgetedDecoder(FetchLimits(decode_threads=1))
+    decoder.slots.turns.bulk_every = 3
+    work = [(BULK, "b1"), (BULK, "b2")] + [(INTERACTIVE, f"i{n}") for n in range(1, 8)]
+    try:
+        order = await decode_order(decoder, work)
+    finally:
+        decoder.close()
+    assert order == ["blocker", "i1", "i2", "b1", "i3", "i4", "b2", "i5", "i6", "i7"]
+
+
+async def test_a_cancelled_slot_waiter_takes_no_slot():
+    slots = ClassedSlots(1)
+    await slots.acquire(INTERACTIVE)
+    waiting = asyncio.create_task(slots.acquire(BULK))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    slots.release()
+    assert slots.busy == 0 and slots.waiting() == {INTERACTIVE: 0, BULK: 0}
+    await slots.acquire(BULK)
+    assert slots.busy == 1 and slots.turns.served == {INTERACTIVE: 1, BULK: 1}
+
+
+async def test_the_encoders_bulk_every_sets_the_decode_threads_share_too(clip):
+    await clip.reconfigure({"bulk_every": 7})
+    encoder = clip
+    assert encoder.scheduler.bulk_every == encoder.inputs.decoder.slots.turns.bulk_every == 7
+    with pytest.raises(ValueError, match="at least 2"):
+        encoder.inputs.decoder.slots.turns.bulk_every = 1

@@ -27,20 +27,11 @@ class Scorer:
             return clip_scores(image_embedding, text_embedding, semantics)[0]
 
     @traced("Scorer.tag")
-    async def tag(
-        self,
-        image_embedding: np.ndarray,
-        label_embeddings: np.ndarray,
-        labels: list[str],
-        semantics: ScoreSemantics,
-        top_k: int,
-        threshold: float | None = None,
-    ) -> list[dict]:
-        """Tags with the model's own semantics: the one path /v1/tag and batch jobs share."""
+    async def tag(self, *args, **kwargs) -> list[dict]:
+        """clipfleet.scoring.semantic_tags (image vector, label vectors, labels, the model's
+        semantics, top_k, threshold): the one tagging path of /v1/tag and batch jobs."""
         with metrics.timed_stage("score"):
-            return semantic_tags(
-                image_embedding, label_embeddings, labels, semantics, top_k, threshold
-            )
+            return semantic_tags(*args, **kwargs)
 
     def describe(self) -> dict:
         return {"ready": True, "replica_id": self.replica_id}

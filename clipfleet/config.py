@@ -13,9 +13,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
+from clipfleet.api.limits import ApiLimits
 from clipfleet.config_fleet import AffinityConfig, SharedCacheConfig, StrictModel
-from clipfleet.limits import ApiLimits
-from clipfleet.priority import PriorityClass
+from clipfleet.ingress.priority import PriorityClass
 
 RANDOM_WEIGHTS_ENV = "CLIPFLEET_RANDOM_WEIGHTS"
 _TRUE_WORDS = {"1", "true", "yes", "on"}
@@ -163,7 +163,7 @@ class EncoderConfig(BatchingConfig):
     """
 
     cache: CacheConfig = CacheConfig()
-    # Priority classes (clipfleet/priority.py): while bulk work waits, at least one forward in
+    # Priority classes (clipfleet/ingress/priority.py): while bulk work waits, at least one forward in
     # this many serves it; the others serve interactive work first.
     bulk_every: int = Field(4, ge=2, le=1000)
     # Items in one bulk forward (null: max_batch_size). A running forward is never interrupted:
@@ -190,14 +190,14 @@ class FetchLimits(StrictModel):
         *("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"),
         "application/octet-stream",
     )
-    # SSRF allow-list (see clipfleet.netguard): internal networks (CIDRs) and host names
+    # SSRF allow-list (see clipfleet.images.netguard): internal networks (CIDRs) and host names
     # (exact, or `*.example.com`) that image URLs may reach. Empty: public addresses only.
     allow_private_networks: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     # Ports image URLs may name (every redirect hop too). Add a port only for a source you run.
     allowed_ports: tuple[int, ...] = Field((80, 443), min_length=1)
 
-    # Decode memory budget (clipfleet.imaging, clipfleet.fetch): concurrent decodes per replica
+    # Decode memory budget (clipfleet.images.decode, clipfleet.images.fetch): concurrent decodes per replica
     # are bounded by their estimated bytes (raster = width x height x bytes per pixel, + bands),
     # on `decode_threads` threads. One image over the budget still decodes, alone.
     decode_budget_bytes: int = Field(512 * 1024 * 1024, ge=16 * 1024 * 1024)
@@ -222,7 +222,7 @@ class FetchLimits(StrictModel):
             raise ValueError(f"ports must be 1-65535, got {bad}")
         return ports
 
-    # JPEGs go to the encoders undecoded; one on a GPU decodes them there (clipfleet.gpu_decode),
+    # JPEGs go to the encoders undecoded; one on a GPU decodes them there (clipfleet.images.gpu_decode),
     # one without decodes them on its CPU. Off: the fetcher decodes every image.
     gpu_decode: bool = False
 
@@ -302,7 +302,7 @@ class AppArgs(StrictModel):
     cors: CorsConfig = CorsConfig()
     default_labels: tuple[str, ...] = DEFAULT_LABELS
     prompt_template: str = "a photo of a {label}."
-    # Scale to zero: a never-measured profile's cold start (clipfleet/coldstart.py).
+    # Scale to zero: a never-measured profile's cold start (clipfleet/ingress/coldstart.py).
     cold_start_estimate_s: float = Field(60.0, gt=0, le=3600)
     # Multiplexed profiles (requests name `<profile>:<model-id>`); see docs/models.md.
     multiplexed: dict[str, MultiplexedProfileSpec] = {}

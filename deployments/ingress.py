@@ -1,5 +1,5 @@
 """Ingress deployment: Serve's shell around the FastAPI app, which is built on the replica
-with its service (clipfleet/ingress_runtime.py runs what goes on beside the routes)."""
+with its service (clipfleet/ingress/runtime.py runs what goes on beside the routes)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from ray.serve.handle import DeploymentHandle
 
 from clipfleet.api.app import create_app
 from clipfleet.config import AppArgs
-from clipfleet.fleet_store import RayKVStore
-from clipfleet.ingress_runtime import IngressRuntime, replica_service
+from clipfleet.ingress.runtime import IngressRuntime, replica_service
+from clipfleet.rollout.store import RayKVStore
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)

@@ -21,15 +21,15 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import fs as pafs
 
+from clipfleet.api.limits import render_prompt
 from clipfleet.batch.inputs import Location
 from clipfleet.batch.settings import JobSettings
 from clipfleet.config import FetchLimits, random_weights_enabled
-from clipfleet.embedding_space import embedding_space, stamp
 from clipfleet.errors import ClipfleetError
-from clipfleet.fetch import ImageFetcher
-from clipfleet.imaging import decode_image
-from clipfleet.limits import render_prompt
-from clipfleet.localfiles import ImageFileError, read_image_file
+from clipfleet.images.decode import decode_image
+from clipfleet.images.fetch import ImageFetcher
+from clipfleet.images.localfiles import ImageFileError, read_image_file
+from clipfleet.models.embedding_space import embedding_space, stamp
 from clipfleet.scoring import clip_scores, semantic_tags
 
 PIXELS, SHAPE, ERROR = "__pixels", "__shape", "__error"
@@ -61,7 +61,7 @@ def describe_error(exc: BaseException) -> str:
 
 def read_file(root: Location, value: str, limits: FetchLimits) -> bytes:
     """A regular file under `root` (--image-root), at most fetch.max_bytes: on the local
-    filesystem through clipfleet.localfiles (symlinks resolved); on others, its normalised path
+    filesystem through clipfleet.images.localfiles (symlinks resolved); on others, its normalised path
     under the root."""
     if isinstance(root.filesystem, pafs.LocalFileSystem):
         return read_image_file(Path(root.path), value, limits.max_bytes)

@@ -1,4 +1,4 @@
-"""The clipfleet DAG without Ray: the real graph (clipfleet.graph.wire) of the plain replica
+"""The clipfleet DAG without Ray: the real graph (clipfleet.ingress.graph.wire) of the plain replica
 classes (clipfleet.replicas: cache and forward scheduler included), with in-process handles.
 
 Unit tests (v1 API, compat routes) drive the real FastAPI app over this; integration tests
@@ -21,14 +21,14 @@ from clipfleet.config import (
     ProfileSpec,
     ResNetSpec,
 )
-from clipfleet.graph import Graph, wire
+from clipfleet.ingress.graph import Graph, wire
+from clipfleet.ingress.service import ClipfleetService
 from clipfleet.models.device import choose_device
 from clipfleet.replicas.clip import ClipEncoder
 from clipfleet.replicas.encoder import ResNetEncoder
 from clipfleet.replicas.fetcher import Fetcher
 from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
 from clipfleet.replicas.scorer import Scorer
-from clipfleet.service import ClipfleetService
 from tests.support.images import LOOPBACK_ALLOWED_PORTS
 
 
@@ -116,7 +116,7 @@ def canary_app_args(model_dir: Path, **overrides) -> AppArgs:
 
 
 class LocalBinder:
-    """clipfleet.graph.Binder over the plain classes of clipfleet.replicas, on the CPU with the
+    """clipfleet.ingress.graph.Binder over the plain classes of clipfleet.replicas, on the CPU with the
     models' own weights, each behind `handle(target)` (a LocalHandle unless told otherwise)."""
 
     def __init__(self, handle: Callable[[Any], Any] = LocalHandle) -> None:
@@ -147,5 +147,5 @@ class LocalBinder:
 def build_local_service(
     args: AppArgs, handle: Callable[[Any], Any] = LocalHandle
 ) -> ClipfleetService:
-    """The real graph (clipfleet.graph.wire) with in-process calls."""
+    """The real graph (clipfleet.ingress.graph.wire) with in-process calls."""
     return wire(args, LocalBinder(handle))

@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from clipfleet.admission import MAX_RETRY_AFTER_S, MIN_IN_FLIGHT, RATE_WINDOW_S, Admission
-from clipfleet.api.admission import AdmissionMiddleware
-from clipfleet.api.priority import STATE_PRIORITY
+from clipfleet.api.middleware.admission import AdmissionMiddleware
+from clipfleet.api.middleware.priority import STATE_PRIORITY
 from clipfleet.config import ApiLimits
-from clipfleet.priority import BULK, INTERACTIVE
+from clipfleet.ingress.admission import MAX_RETRY_AFTER_S, MIN_IN_FLIGHT, RATE_WINDOW_S, Admission
+from clipfleet.ingress.priority import BULK, INTERACTIVE
 from tests.support.clock import Clock
 
 

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipfleet.affinity import (
+from clipfleet.config import AppArgs, FetchLimits, ResNetSpec
+from clipfleet.images.fetch import ImageSource
+from clipfleet.ingress.affinity import (
     ROUTE_KEY,
     AffinityHandle,
     choose_owner,
@@ -20,10 +22,8 @@ from clipfleet.affinity import (
     owner_of,
     with_affinity,
 )
-from clipfleet.cache import image_key, text_key, texts_key
-from clipfleet.config import AppArgs, FetchLimits, ResNetSpec
-from clipfleet.fetch import ImageSource
 from clipfleet.models.device import choose_device
+from clipfleet.replicas.cache import image_key, text_key, texts_key
 from clipfleet.replicas.encoder import ResNetEncoder
 from clipfleet.replicas.images import EncodedImage
 from tests.support.local_dag import LocalHandle, LocalResponse
@@ -215,7 +215,7 @@ async def test_the_serve_router_ranks_the_owner_first_and_skips_it_over_the_boun
     from ray.serve._private.common import DeploymentHandleSource, DeploymentID, RequestMetadata
     from ray.serve.request_router import PendingRequest
 
-    from clipfleet.affinity_router import ContentAffinityRouter
+    from clipfleet.ingress.affinity_router import ContentAffinityRouter
 
     router = ContentAffinityRouter(
         deployment_id=DeploymentID("clip_fast", "app"),

@@ -15,13 +15,13 @@ from clipfleet.batch.inputs import InputError, Location, load_input
 from clipfleet.batch.output import JOB_FILE, OutputError, ShardWriter, prepare_output
 from clipfleet.batch.settings import SettingsError, resolve_model, size_actors
 from clipfleet.batch.stages import ERROR, ROW_ID, SHARD, DecodePlan, ModelActor, decode_batch
-from clipfleet.cli import build_parser
 from clipfleet.config import FetchLimits
-from clipfleet.embedding_space import embedding_space, stamp
-from clipfleet.imaging import decode_image
+from clipfleet.images.decode import decode_image
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
+from clipfleet.models.embedding_space import embedding_space, stamp
 from clipfleet.scoring import clip_scores, zero_shot
+from clipfleet.tools.cli import build_parser
 from tests.support.batch_inputs import BAD_IMAGE, pairs_table, write_config, write_table
 from tests.support.images import image_bytes
 

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from clipfleet.batching import ForwardScheduler
-from clipfleet.priority import BULK, INTERACTIVE, Classed
+from clipfleet.ingress.priority import BULK, INTERACTIVE, Classed
+from clipfleet.replicas.batching import ForwardScheduler
 
 
 class GatedForward:

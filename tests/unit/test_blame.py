@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from clipfleet.api.app import create_app
 from clipfleet.config import AppArgs, ClipModelSpec, ProfileSpec, ResNetSpec
 from clipfleet.replicas.fetcher import Fetcher
-from clipfleet.traffic import RollbackPolicy, TrafficConfig
+from clipfleet.rollout.traffic import RollbackPolicy, TrafficConfig
 from tests.support.hostile_corpus import INVALID_HOSTS
 from tests.support.images import image_base64
 from tests.support.local_dag import LocalHandle, build_local_service, loopback_fetch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipfleet.cache import CacheConfig, EmbeddingCache, image_key, text_key
+from clipfleet.replicas.cache import CacheConfig, EmbeddingCache, image_key, text_key
 
 
 def test_hits_by_content_not_identity():

@@ -21,9 +21,9 @@ from clipfleet.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from clipfleet.fetch import ImageSource
-from clipfleet.service import ClipfleetService, Routing
-from clipfleet.traffic import RollbackPolicy, TrafficConfig
+from clipfleet.images.fetch import ImageSource
+from clipfleet.ingress.service import ClipfleetService, Routing
+from clipfleet.rollout.traffic import RollbackPolicy, TrafficConfig
 
 
 class Call:

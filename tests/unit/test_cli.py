@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from clipfleet.api.app import create_app
-from clipfleet.cli import main
+from clipfleet.tools.cli import main
 from tests.support.images import image_bytes
 from tests.support.local_dag import build_local_service
 from tests.support.servers import ThreadedImageServer, free_port

@@ -12,12 +12,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from clipfleet import localfiles
 from clipfleet.batch.inputs import Location
 from clipfleet.batch.stages import ERROR, DecodePlan, decode_batch
-from clipfleet.cli import main
 from clipfleet.config import FetchLimits
+from clipfleet.images import localfiles
 from clipfleet.scorecsv.rows import inert
+from clipfleet.tools.cli import main
 from tests.support.images import image_bytes
 from tests.unit.test_cli import read_output, server_url  # noqa: F401 (the module's server)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from clipfleet.cli import main
+from clipfleet.tools.cli import main
 from tests.support.uvicorn_thread import serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,7 +163,7 @@ def run_cli(*args: str) -> subprocess.Popen:
     """The CLI in its own process; it prints its peak RSS (KiB) on stderr when it ends. (VmHWM,
     not getrusage's ru_maxrss: that one keeps the forking parent's figure across exec.)"""
     code = (
-        "import re, sys; from clipfleet.cli import main; status = main(sys.argv[1:]); "
+        "import re, sys; from clipfleet.tools.cli import main; status = main(sys.argv[1:]); "
         "hwm = re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1); "
         "print('MAXRSS', hwm, file=sys.stderr); sys.exit(status)"
     )

@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from clipfleet.coldstart import ColdStarts, publish
 from clipfleet.errors import ServiceUnavailableError
-from clipfleet.fleet_store import MemoryStore
+from clipfleet.ingress.coldstart import ColdStarts, publish
+from clipfleet.rollout.store import MemoryStore
 from tests.support.clock import Clock
 
 PROFILES = {"fast": ["clip_fast", "resnet_resnet50"], "accurate": ["clip_accurate"]}

@@ -1,4 +1,4 @@
-"""`make cluster-sync` (clipfleet.configgen): the generated configs are current, an overlay change
+"""`make cluster-sync` (clipfleet.tools.configgen): the generated configs are current, an overlay change
 makes them stale, and a base or overlay entry naming no real deployment is refused."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import copy
 import pytest
 import yaml
 
-from clipfleet import configgen
-from clipfleet.configgen import TARGETS, ConfigError, compose, generate, merge
+from clipfleet.tools import configgen
+from clipfleet.tools.configgen import TARGETS, ConfigError, compose, generate, merge
 from tests.support.serve_configs import ROOT
 
 BY_PATH = {target.path: target for target in TARGETS}

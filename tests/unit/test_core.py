@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from clipfleet.config import AppArgs, BatchingConfig, ClipModelSpec, FetchLimits, ProfileSpec
 from clipfleet.errors import InvalidImageError, UpstreamError, find_clipfleet_error
-from clipfleet.imaging import decode_image
+from clipfleet.images.decode import decode_image
 from clipfleet.models.device import choose_device, torch_threads_for
 from clipfleet.scoring import clip_scores, zero_shot
 from tests.support.images import image_bytes

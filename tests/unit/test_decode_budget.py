@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from clipfleet import imaging
-from clipfleet.budget import ByteBudget
 from clipfleet.config import ClipModelSpec, FetchLimits, ResNetSpec
-from clipfleet.fetch import ImageFetcher
-from clipfleet.imaging import decode_image, open_image
+from clipfleet.images import decode as imaging
+from clipfleet.images.budget import ByteBudget
+from clipfleet.images.decode import decode_image, open_image
+from clipfleet.images.fetch import ImageFetcher
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
 from clipfleet.models.resnet import ResNetModel

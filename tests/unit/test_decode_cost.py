@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from clipfleet.budget import _jpeg_scans, pixel_bytes
 from clipfleet.config import FetchLimits
 from clipfleet.errors import InvalidImageError
-from clipfleet.imaging import open_image
+from clipfleet.images.budget import _jpeg_scans, pixel_bytes
+from clipfleet.images.decode import open_image
 from tests.support.bombs import BUILDERS, decode_bomb, png_text_bomb
 from tests.support.decode_peaks import held_bytes, measure
 from tests.support.hostile import GIANTS

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from clipfleet.config import ClipModelSpec, FetchLimits, ResNetSpec
-from clipfleet.embedding_space import embedding_space, stamp
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
+from clipfleet.models.embedding_space import embedding_space, stamp
 from clipfleet.models.fingerprint import seeded_init, weights_digest
 from clipfleet.models.onnx_runtime import apply_runtime
 from clipfleet.models.resnet import ResNetModel
@@ -26,7 +26,7 @@ CPU = choose_device("cpu")
 SPACE_OF = """
 import sys
 from clipfleet.config import ClipModelSpec
-from clipfleet.embedding_space import stamp
+from clipfleet.models.embedding_space import stamp
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
 spec = ClipModelSpec(model="local-dir:" + sys.argv[1])
@@ -126,7 +126,7 @@ def test_served_space_folds_in_how_images_reach_the_model():
 
 def test_served_space_changes_with_the_decode_path(monkeypatch):
     # issue 22 decoded images at the model's square: vectors moved (cosine >= 0.99), so did the id
-    import clipfleet.embedding_space as spaces
+    import clipfleet.models.embedding_space as spaces
 
     model_space = "es-0123456789abcdef"
     current = embedding_space(model_space, FetchLimits())
@@ -135,7 +135,7 @@ def test_served_space_changes_with_the_decode_path(monkeypatch):
 
 
 def test_the_int8_range_is_cached_by_model_space(model_dir, tmp_path, monkeypatch):
-    import clipfleet.embedding_space as spaces
+    import clipfleet.models.embedding_space as spaces
 
     monkeypatch.setenv(spaces.CALIBRATION_CACHE_ENV, str(tmp_path))
     calls = []

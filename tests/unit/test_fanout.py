@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from clipfleet.errors import UpstreamError
-from clipfleet.fanout import gather_items
+from clipfleet.ingress.fanout import gather_items
 
 
 def test_first_failure_cancels_the_siblings_and_names_its_item():

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.abc import AbstractResolver
 
 from clipfleet.errors import ClipfleetError, InvalidRequestError, InvalidUrlError
-from clipfleet.fetch import CONNECTIONS_PER_HOST, ImageFetcher, ImageSource
+from clipfleet.images.fetch import CONNECTIONS_PER_HOST, ImageFetcher, ImageSource
 from tests.support.images import ImageServer, LoopbackServer, image_base64, image_bytes
 from tests.support.local_dag import loopback_fetch
 

@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from clipfleet.api.app import create_app
 from clipfleet.config import ApiLimits, AuthConfig, CorsConfig
 from clipfleet.errors import UpstreamError
-from clipfleet.fetch import ImageFetcher
+from clipfleet.images.fetch import ImageFetcher
 from tests.support.local_dag import LocalHandle, build_local_service
 
 MAX_EXAMPLES = 25

@@ -14,14 +14,14 @@ from PIL import Image
 
 from clipfleet.config import ClipModelSpec, FetchLimits, ResNetSpec
 from clipfleet.errors import PayloadTooLargeError
-from clipfleet.gpu_decode import (
+from clipfleet.images.decode import decode_image
+from clipfleet.images.gpu_decode import (
     EncodedJpeg,
     decode_on_cpu,
     decode_on_device,
     jpeg_for_device,
     preprocess_on_device,
 )
-from clipfleet.imaging import decode_image
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
 from clipfleet.models.resnet import ResNetModel

@@ -16,8 +16,8 @@ from PIL import Image
 from clipfleet.api.app import create_app
 from clipfleet.config import FetchLimits
 from clipfleet.errors import ClipfleetError
-from clipfleet.fetch import ImageFetcher, ImageSource
-from clipfleet.imaging import UNDECODABLE, decode_image
+from clipfleet.images.decode import UNDECODABLE, decode_image
+from clipfleet.images.fetch import ImageFetcher, ImageSource
 from tests.support.hostile import (
     GIANTS,
     HostileServer,

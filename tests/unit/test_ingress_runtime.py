@@ -1,4 +1,4 @@
-"""What an ingress replica runs beside its routes (clipfleet/ingress_runtime.py), without Ray:
+"""What an ingress replica runs beside its routes (clipfleet/ingress/runtime.py), without Ray:
 the readiness view and gauge refresher start once, reconfigure applies traffic and starts the
 sync, and the app built for the service serves from that view."""
 
@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clipfleet.api.app import create_app
-from clipfleet.fleet_store import MemoryStore
-from clipfleet.ingress_runtime import IngressRuntime, replica_service
+from clipfleet.ingress.runtime import IngressRuntime, replica_service
+from clipfleet.rollout.store import MemoryStore
 from tests.support.local_dag import build_local_service
 
 

@@ -18,12 +18,12 @@ from clipfleet.errors import (
     ServiceUnavailableError,
     is_variant_fault,
 )
-from clipfleet.fetch import ImageSource
+from clipfleet.images.fetch import ImageSource
 from clipfleet.models.device import choose_device
 from clipfleet.replicas.clip import ClipEncoder
 from clipfleet.replicas.encoder import ResNetEncoder
 from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
-from clipfleet.traffic import RollbackPolicy, TrafficConfig
+from clipfleet.rollout.traffic import RollbackPolicy, TrafficConfig
 from tests.support.hostile import hostile_corpus
 from tests.support.images import image_bytes
 from tests.support.local_dag import build_local_service, canary_app_args

@@ -18,8 +18,8 @@ from transformers import Siglip2ImageProcessor, SiglipImageProcessor
 from clipfleet.api.app import create_app
 from clipfleet.config import ClipModelSpec, FetchLimits, ResNetSpec
 from clipfleet.errors import ClipfleetError
-from clipfleet.fetch import ImageSource
-from clipfleet.imaging import decode_image
+from clipfleet.images.decode import decode_image
+from clipfleet.images.fetch import ImageSource
 from clipfleet.models.device import choose_device
 from clipfleet.models.geometry import InputGeometry, hf_processor_geometry
 from clipfleet.replicas.clip import ClipEncoder

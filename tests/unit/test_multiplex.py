@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clipfleet.api.app import create_app
-from clipfleet.batching import ForwardScheduler
 from clipfleet.config import AppArgs, ClipModelSpec, MultiplexedProfileSpec
 from clipfleet.errors import ForbiddenError, ModelLoadFailedError, ModelNotFoundError
+from clipfleet.models.catalog import ModelCatalog
 from clipfleet.models.clip import load_clip_model
-from clipfleet.multiplex import ModelCatalog
+from clipfleet.replicas.batching import ForwardScheduler
 from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
 from tests.support.clock import Clock
 from tests.support.local_dag import build_local_service, tiny_app_args
@@ -273,7 +273,7 @@ def _image() -> str:
 
 
 def test_make_weights_prefetches_allowed_hub_ids(model_dir):
-    from clipfleet.weights import multiplexed_hub_specs
+    from clipfleet.tools.weights import multiplexed_hub_specs
 
     args = tiny_app_args(model_dir).model_dump()
     spec = {"allowed_hub_ids": ["org/a"], "architecture": "ViT-B-32"}

@@ -14,8 +14,13 @@ from yarl import URL
 
 from clipfleet.config import FetchLimits
 from clipfleet.errors import ClipfleetError
-from clipfleet.fetch import ImageFetcher, ImageSource
-from clipfleet.netguard import AddressPolicy, ForbiddenUrlError, GuardedResolver, refusal_reason
+from clipfleet.images.fetch import ImageFetcher, ImageSource
+from clipfleet.images.netguard import (
+    AddressPolicy,
+    ForbiddenUrlError,
+    GuardedResolver,
+    refusal_reason,
+)
 from tests.support.hostile import HostileServer
 from tests.support.images import LOOPBACK_ALLOWED_PORTS, ImageServer
 from tests.support.local_dag import loopback_fetch

@@ -14,8 +14,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from clipfleet.errors import UpstreamError, UpstreamTimeoutError
+from clipfleet.ingress.service import ClipfleetService
 from clipfleet.observability import metrics, tracing
-from clipfleet.service import ClipfleetService
 from tests.support import local_dag
 from tests.support.images import LoopbackServer, image_base64, image_bytes
 from tests.support.servers import ThreadedImageServer

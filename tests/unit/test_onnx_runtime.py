@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from clipfleet.calibration import CALIBRATION_PROMPTS, calibration_images
 from clipfleet.config import AppArgs, ClipModelSpec, ResNetSpec
 from clipfleet.models import onnx_runtime
 from clipfleet.models.base import ModelLoadError
+from clipfleet.models.calibration import CALIBRATION_PROMPTS, calibration_images
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
 from clipfleet.models.onnx_runtime import apply_runtime
@@ -198,7 +198,7 @@ def test_the_fast_int8_overlay_config_is_valid():
 def test_make_weights_exports_onnx_models_ahead_of_time(model_dir, tmp_path, monkeypatch):
     import yaml
 
-    from clipfleet.weights import fetch_all
+    from clipfleet.tools.weights import fetch_all
 
     cache = tmp_path / "onnx"
     monkeypatch.setenv(onnx_runtime.CACHE_ENV, str(cache))

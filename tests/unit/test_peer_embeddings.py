@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from langchain_openai import OpenAIEmbeddings
 
-from clipfleet.api.content_parts import is_image_reference
+from clipfleet.api.schemas.content_parts import is_image_reference
 from tests.support.images import image_base64
 from tests.unit.test_cohere_api import data_url, native
 from tests.unit.test_openai_api import sdk_over, vectors

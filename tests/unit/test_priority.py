@@ -10,15 +10,14 @@ import threading
 import pytest
 from pydantic import ValidationError
 
-from clipfleet import priority
-from clipfleet.affinity import ROUTE_KEY, AffinityHandle
 from clipfleet.api.app import create_app
-from clipfleet.api.auth import key_id
+from clipfleet.api.middleware.auth import key_id
 from clipfleet.config import AuthConfig, FetchLimits, MultiplexedProfileSpec
-from clipfleet.decoding import BudgetedDecoder
-from clipfleet.fetch import ImageSource
-from clipfleet.models.device import choose_device
-from clipfleet.priority import (
+from clipfleet.images.decode_pool import BudgetedDecoder
+from clipfleet.images.fetch import ImageSource
+from clipfleet.ingress import priority
+from clipfleet.ingress.affinity import ROUTE_KEY, AffinityHandle
+from clipfleet.ingress.priority import (
     BULK,
     INTERACTIVE,
     ClassedSlots,
@@ -27,6 +26,7 @@ from clipfleet.priority import (
     parse,
     prioritize_handles,
 )
+from clipfleet.models.device import choose_device
 from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
 from tests.support.images import image_base64, image_bytes
 from tests.support.local_dag import LocalHandle, LocalResponse, build_local_service
@@ -253,7 +253,7 @@ class AwaitableRecording(Recording):
 @pytest.mark.parametrize("outer", ["affinity", "priority"])
 def test_a_call_carries_both_its_class_and_its_route_key(outer):
     """The ingress wraps the encoders' handles in PriorityHandle and the service wraps some in
-    AffinityHandle (clipfleet/affinity.py): one call carries both keywords, in either order."""
+    AffinityHandle (clipfleet/ingress/affinity.py): one call carries both keywords, in either order."""
     inner = AwaitableRecording()
     if outer == "affinity":
         handle = AffinityHandle(PriorityHandle(inner))

@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from clipfleet.processes import stop_tree
+from clipfleet.tools.processes import stop_tree
 
 # A parent with a child in its group and a grandchild in a session of its own (as Ray workers).
 _TREE = (

@@ -1,4 +1,4 @@
-"""Compressed vectors (clipfleet.quantize): sign bits and the documented int8 formula, also on
+"""Compressed vectors (clipfleet.models.quantize): sign bits and the documented int8 formula, also on
 /v1/embed/text and /v1/embed/image, with the range each model publishes on its card."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from clipfleet.calibration import CALIBRATION_PROMPTS, calibration_images
+from clipfleet.models.calibration import CALIBRATION_PROMPTS, calibration_images
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
-from clipfleet.quantize import calibration_limit, encode_all, limit_for
+from clipfleet.models.quantize import calibration_limit, encode_all, limit_for
 from tests.support.images import image_base64
 
 RNG = np.random.default_rng(24)

@@ -10,8 +10,8 @@ import tomllib
 import yaml
 
 from clipfleet.batch.settings import deployment_entry, load_application, size_actors
-from clipfleet.cli import build_parser
 from clipfleet.config import AppArgs, clip_deployment_name
+from clipfleet.tools.cli import build_parser
 from tests.support.manifests import (
     CLUSTER,
     ROOT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from clipfleet.readiness import STALE_AFTER_S, ReadinessView
+from clipfleet.ingress.readiness import STALE_AFTER_S, ReadinessView
 from tests.support.clock import Clock
 
 
@@ -56,7 +56,7 @@ def test_replica_states_are_counted_from_the_controllers_details(monkeypatch):
     without serve.status()'s pydantic parse (which cloudpickles each deployment's router)."""
     import ray.serve.context as serve_context
 
-    from clipfleet import serve_state
+    from clipfleet.ingress import serve_state
 
     details = {
         "applications": {

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from clipfleet.config import AppArgs, MultiplexedProfileSpec, ResNetSpec
 from clipfleet.errors import InvalidRequestError, ModelServingError, UnsupportedMediaTypeError
-from clipfleet.fetch import ImageSource
-from clipfleet.graph import wire
+from clipfleet.images.fetch import ImageSource
+from clipfleet.ingress.graph import wire
 from clipfleet.replicas.encoder import ResNetEncoder
 from clipfleet.replicas.fetcher import Fetcher
 from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder

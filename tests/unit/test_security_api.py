@@ -18,7 +18,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from clipfleet import errors
 from clipfleet.api.app import create_app
 from clipfleet.config import ApiLimits, AuthConfig, CorsConfig
-from clipfleet.service import ClipfleetService
+from clipfleet.ingress.service import ClipfleetService
 from tests.support.local_dag import build_local_service
 
 KEYS_ENV = "CLIPFLEET_TEST_API_KEYS"
@@ -270,7 +270,7 @@ def test_serves_own_plain_503_handlers_become_the_envelope(base_service):
 
 
 def test_readiness_fails_while_a_deployment_hangs_and_recovers(serve, monkeypatch):
-    import clipfleet.service_views
+    import clipfleet.ingress.fleet_view
 
     class Hanging:
         class describe:  # mimics handle.describe.remote()
@@ -278,7 +278,7 @@ def test_readiness_fails_while_a_deployment_hangs_and_recovers(serve, monkeypatc
             def remote():
                 return asyncio.sleep(60)
 
-    monkeypatch.setattr(clipfleet.service_views, "READINESS_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(clipfleet.ingress.fleet_view, "READINESS_TIMEOUT_S", 0.2)
     service, client = serve()
     healthy_scorer, service.scorer = service.scorer, Hanging()
     not_ready = client.get("/readyz")

@@ -16,7 +16,7 @@ from clipfleet.config import (
     MultiplexedProfileSpec,
     deployment_names,
 )
-from clipfleet.traffic import TrafficConfig
+from clipfleet.rollout.traffic import TrafficConfig
 from tests.support.serve_configs import deployed_configs, effective, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from clipfleet.cache import CacheConfig, EmbeddingCache, text_key
 from clipfleet.config import EncoderConfig, SharedCacheConfig
+from clipfleet.replicas.cache import CacheConfig, EmbeddingCache, text_key
 from clipfleet.replicas.encoder import cached_embedding
-from clipfleet.shared_cache import Breaker, SharedCache, decode, encode
+from clipfleet.replicas.shared_cache import Breaker, SharedCache, decode, encode
 from tests.support.redis_server import PASSWORD, RedisServer
 
 SPACE = "es-0123456789abcdef"

@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor, Siglip2ImageProcessor, SiglipImageProcessor
 
 from clipfleet.config import ClipModelSpec, FetchLimits
-from clipfleet.imaging import decode_image
+from clipfleet.images.decode import decode_image
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
 from clipfleet.models.square_input import hf_square_input, torchvision_square_input

@@ -11,15 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from pydantic import ValidationError
 
-from clipfleet.fleet_store import MemoryStore
-from clipfleet.traffic import (
+from clipfleet.rollout.store import MemoryStore
+from clipfleet.rollout.traffic import (
     STALE_AFTER_S,
     RollbackPolicy,
     TrafficConfig,
     TrafficManager,
     exchange,
 )
-from clipfleet.traffic_window import Counts, judge
+from clipfleet.rollout.window import Counts, judge
 from tests.support.clock import Clock
 
 VARIANTS = {"fast": ["stable", "canary"], "accurate": ["stable"]}

@@ -21,9 +21,9 @@ from clipfleet.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from clipfleet.fetch import ImageSource
+from clipfleet.images.fetch import ImageSource
+from clipfleet.ingress.service import ClipfleetService
 from clipfleet.observability.resources import system_resources  # noqa: F401 (re-exported)
-from clipfleet.service import ClipfleetService
 
 Service = Annotated[ClipfleetService, Depends(get_service)]
 

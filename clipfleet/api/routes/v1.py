@@ -1,0 +1,196 @@
+"""The v1 JSON API and its multipart upload variants."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, Header, Request, Response, UploadFile
+
+from clipfleet.api.deps import get_service
+from clipfleet.api.model_select import ModelHeader, select
+from clipfleet.api.schemas.rerank import ScoreBody, VllmScoreRequest, VllmScoreResponse
+from clipfleet.api.schemas.v1 import (
+    EmbeddingResponse,
+    EmbedImageRequest,
+    EmbedTextRequest,
+    Encoder,
+    ErrorResponse,
+    ImageRef,
+    Labels,
+    ProfileName,
+    PromptTemplate,
+    ScoreResponse,
+    TagRequest,
+    TagResponse,
+    Text,
+    Threshold,
+    TopK,
+)
+from clipfleet.images.fetch import ImageSource
+from clipfleet.ingress.service import ClipfleetService, Routing
+from clipfleet.models.quantize import encode_all
+from clipfleet.models.vectors import truncate
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 403, 404, 413, 415, 422, 502, 503, 504)}
+router = APIRouter(prefix="/v1", tags=["v1"], responses=ERRORS)
+Service = Annotated[ClipfleetService, Depends(get_service)]
+PROFILE_HEADER = "X-Clipfleet-Profile"
+VARIANT_HEADER = "X-Clipfleet-Variant"
+
+
+async def routing_of(
+    request: Request,
+    route_key: Annotated[
+        str | None,
+        Header(alias="X-Clipfleet-Route-Key", max_length=256, description="sticky canary key"),
+    ] = None,
+    variant: Annotated[
+        str | None,
+        Header(alias="X-Clipfleet-Variant", max_length=32, description="pin a variant"),
+    ] = None,
+) -> Routing:
+    # Without a route key, a client's API key (its fingerprint, set by the auth middleware)
+    # keeps it on one canary variant.
+    key = route_key or getattr(request.state, "api_key_id", None)
+    return Routing(key=key, variant=variant)
+
+
+Route = Annotated[Routing, Depends(routing_of)]
+
+
+def source_of(ref: ImageRef) -> ImageSource:
+    return ImageSource(url=ref.url, base64=ref.base64)
+
+
+async def source_of_upload(upload: UploadFile) -> ImageSource:
+    return ImageSource(data=await upload.read())
+
+
+def _served(response: Response, body: dict) -> dict:
+    response.headers[PROFILE_HEADER] = body["profile"]
+    response.headers[VARIANT_HEADER] = body["variant"]
+    return body
+
+
+async def shaped(
+    service: ClipfleetService, body: dict, dimensions: int | None = None, encoding: str = "float"
+) -> dict:
+    """The service's vectors truncated to `dimensions` and in `encoding` (clipfleet.models.quantize),
+    with the space they live in."""
+    space = await service.vector_space(body["profile"], body["variant"], body["encoder"])
+    matrix = truncate(np.asarray(body["embeddings"], dtype=np.float32), dimensions)
+    rows = encode_all(matrix, [encoding], space.int8_limit, space.dim)[encoding]
+    dim = int(matrix.shape[1])
+    return {**body, "embeddings": rows, "dim": dim, "embedding_space": space.embedding_space}
+
+
+@router.post("/embed/image", response_model=EmbeddingResponse)
+async def embed_image(
+    body: EmbedImageRequest,
+    service: Service,
+    response: Response,
+    routing: Route,
+    model: ModelHeader,
+):
+    sources = [source_of(ref) for ref in body.images]
+    target = select(body.profile, body.model, model, routing)
+    result = await service.embed_images(sources, body.encoder, *target)
+    return _served(response, await shaped(service, result, body.dimensions, body.encoding_format))
+
+
+@router.post("/embed/text", response_model=EmbeddingResponse)
+async def embed_text(
+    body: EmbedTextRequest, service: Service, response: Response, routing: Route, model: ModelHeader
+):
+    target = select(body.profile, body.model, model, routing)
+    result = await service.embed_texts(body.texts, *target)
+    return _served(response, await shaped(service, result, body.dimensions, body.encoding_format))
+
+
+@router.post("/score", response_model=ScoreResponse | VllmScoreResponse)
+async def score(
+    body: ScoreBody, service: Service, response: Response, routing: Route, model: ModelHeader
+):
+    """clipfleet's `pairs` body, or vLLM's score body (`text_1`/`text_2`, ...: /score)."""
+    if isinstance(body, VllmScoreRequest):
+        from clipfleet.api.routes.rerank import vllm_score  # it builds on this module
+
+        return await vllm_score(body, service, response, routing)
+    pairs = [(source_of(pair.image), pair.text) for pair in body.pairs]
+    target = select(body.profile, body.model, model, routing)
+    return _served(response, await service.score(pairs, *target))
+
+
+@router.post("/tag", response_model=TagResponse)
+async def tag(
+    body: TagRequest, service: Service, response: Response, routing: Route, model: ModelHeader
+):
+    profile, routing = select(body.profile, body.model, model, routing)
+    result = await service.tag(
+        source_of(body.image),
+        body.labels,
+        body.top_k,
+        body.prompt_template,
+        profile,
+        routing,
+        threshold=body.threshold,
+    )
+    return _served(response, result)
+
+
+@router.post("/embed/image/upload", response_model=EmbeddingResponse)
+async def embed_image_upload(
+    service: Service,
+    response: Response,
+    image: Annotated[list[UploadFile], File(description="one or more image files")],
+    routing: Route,
+    model: ModelHeader,
+    encoder: Annotated[Encoder, Form()] = "clip",
+    profile: Annotated[ProfileName | None, Form()] = None,
+):
+    sources = [await source_of_upload(upload) for upload in image]
+    target = select(profile, None, model, routing)
+    return _served(
+        response, await shaped(service, await service.embed_images(sources, encoder, *target))
+    )
+
+
+@router.post("/score/upload", response_model=ScoreResponse)
+async def score_upload(
+    service: Service,
+    response: Response,
+    image: Annotated[UploadFile, File()],
+    text: Annotated[Text, Form()],
+    routing: Route,
+    model: ModelHeader,
+    profile: Annotated[ProfileName | None, Form()] = None,
+):
+    pairs = [(await source_of_upload(image), text)]
+    return _served(response, await service.score(pairs, *select(profile, None, model, routing)))
+
+
+@router.post("/tag/upload", response_model=TagResponse)
+async def tag_upload(
+    service: Service,
+    response: Response,
+    image: Annotated[UploadFile, File()],
+    routing: Route,
+    model: ModelHeader,
+    labels: Annotated[Labels | None, Form(description="repeat the field per label")] = None,
+    top_k: Annotated[TopK, Form()] = 5,
+    prompt_template: Annotated[PromptTemplate | None, Form()] = None,
+    profile: Annotated[ProfileName | None, Form()] = None,
+    threshold: Annotated[Threshold | None, Form()] = None,
+):
+    profile, routing = select(profile, None, model, routing)
+    result = await service.tag(
+        await source_of_upload(image),
+        labels,
+        top_k,
+        prompt_template,
+        profile,
+        routing,
+        threshold=threshold,
+    )
+    return _served(response, result)

@@ -163,8 +163,8 @@ class EncoderConfig(BatchingConfig):
     """
 
     cache: CacheConfig = CacheConfig()
-    # Priority classes (clipfleet/ingress/priority.py): while bulk work waits, at least one forward in
-    # this many serves it; the others serve interactive work first.
+    # Priority classes (clipfleet/ingress/priority.py): while bulk work waits, at least one forward
+    # in this many serves it; the others serve interactive work first.
     bulk_every: int = Field(4, ge=2, le=1000)
     # Items in one bulk forward (null: max_batch_size). A running forward is never interrupted:
     # on a CPU this bounds how long an interactive request can wait behind bulk work.
@@ -197,9 +197,9 @@ class FetchLimits(StrictModel):
     # Ports image URLs may name (every redirect hop too). Add a port only for a source you run.
     allowed_ports: tuple[int, ...] = Field((80, 443), min_length=1)
 
-    # Decode memory budget (clipfleet.images.decode, clipfleet.images.fetch): concurrent decodes per replica
-    # are bounded by their estimated bytes (raster = width x height x bytes per pixel, + bands),
-    # on `decode_threads` threads. One image over the budget still decodes, alone.
+    # Decode memory budget (clipfleet.images.decode, clipfleet.images.fetch): concurrent decodes per
+    # replica are bounded by their estimated bytes (raster = width x height x bytes per pixel, +
+    # bands), on `decode_threads` threads. One image over the budget still decodes, alone.
     decode_budget_bytes: int = Field(512 * 1024 * 1024, ge=16 * 1024 * 1024)
     decode_threads: int = Field(2, ge=1, le=64)
     # The shipped array's longer side: `crop` keeps its centre (the encoders resize the shorter
@@ -222,8 +222,9 @@ class FetchLimits(StrictModel):
             raise ValueError(f"ports must be 1-65535, got {bad}")
         return ports
 
-    # JPEGs go to the encoders undecoded; one on a GPU decodes them there (clipfleet.images.gpu_decode),
-    # one without decodes them on its CPU. Off: the fetcher decodes every image.
+    # JPEGs go to the encoders undecoded; one on a GPU decodes them there
+    # (clipfleet.images.gpu_decode), one without decodes them on its CPU. Off: the fetcher decodes
+    # every image.
     gpu_decode: bool = False
 
     @field_validator("allow_private_networks")

@@ -61,8 +61,8 @@ def describe_error(exc: BaseException) -> str:
 
 def read_file(root: Location, value: str, limits: FetchLimits) -> bytes:
     """A regular file under `root` (--image-root), at most fetch.max_bytes: on the local
-    filesystem through clipfleet.images.localfiles (symlinks resolved); on others, its normalised path
-    under the root."""
+    filesystem through clipfleet.images.localfiles (symlinks resolved); on others, its normalised
+    path under the root."""
     if isinstance(root.filesystem, pafs.LocalFileSystem):
         return read_image_file(Path(root.path), value, limits.max_bytes)
     path = posixpath.normpath(value if value.startswith("/") else root.join(value))

@@ -5,8 +5,9 @@ resolved address is checked and connected to as checked, and redirects are follo
 checked hop at a time. The whole download (all hops, body included) shares one deadline. With
 tracing on, each hop is an HTTP client span (clipfleet.observability.tracing.http_client_traces).
 Decodes run on a small thread pool of their own, at most `fetch.decode_budget_bytes` of
-estimated decode memory at a time (clipfleet.images.decode_pool.BudgetedDecoder). Inline images (base64,
-uploads) need no download: `inline_bytes` checks and decodes their text, wherever they are read.
+estimated decode memory at a time (clipfleet.images.decode_pool.BudgetedDecoder). Inline images
+(base64, uploads) need no download: `inline_bytes` checks and decodes their text, wherever they are
+read.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ forward runs are merged, and when the model frees up the oldest kind of work (im
 next, up to `max_batch_size` items in one forward; a kind that just ran goes after the others
 that are waiting, so 64 texts queued first delay one image by one text batch, not four.
 
-Priority classes (clipfleet/ingress/priority.py): items tagged `Classed(item, "bulk")` wait in their own
-queues. Interactive work runs first; while bulk work waits, at least one forward in every
+Priority classes (clipfleet/ingress/priority.py): items tagged `Classed(item, "bulk")` wait in their
+own queues. Interactive work runs first; while bulk work waits, at least one forward in every
 `bulk_every` serves it (clipfleet.ingress.priority.Turns), so a stream of interactive requests never
 starves a bulk job. A forward
 holds one class only: filling an interactive batch with bulk items would lengthen the forward

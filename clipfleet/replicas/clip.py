@@ -50,7 +50,8 @@ class ClipEncoder(ImageEncoder):
     @prioritized
     @serving
     async def embed_text(self, text: str, route_key: bytes | None = None) -> np.ndarray:
-        """`route_key`: for the content-affinity router (clipfleet.ingress.affinity), unused here."""
+        """`route_key`: for the content-affinity router (clipfleet.ingress.affinity), unused
+        here."""
         await inject_faults(self.config)
         return await self._text_vector(text)
 

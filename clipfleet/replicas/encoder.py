@@ -239,7 +239,8 @@ class ImageEncoder:
         self, image: EncoderImage, timed: bool = False, route_key: bytes | None = None
     ) -> np.ndarray | tuple[np.ndarray, float]:
         """The embedding; with `timed`, also the seconds spent here (see `embed_timed`).
-        `route_key` is read by the content-affinity router (clipfleet.ingress.affinity), not here."""
+        `route_key` is read by the content-affinity router (clipfleet.ingress.affinity), not
+        here."""
         return await embed_timed(self._embed_image(image), timed)
 
     @traced("encoder.embed_images")
@@ -270,7 +271,8 @@ class ImageEncoder:
         return await self.scheduler.run("image", pixel_batch)
 
     async def space(self) -> dict[str, Any]:
-        """The model's space (clipfleet.models.embedding_space): model_space, int8_limit, embed_dim."""
+        """The model's space (clipfleet.models.embedding_space): model_space, int8_limit,
+        embed_dim."""
         return space_of(self.model)
 
     def _count_batch(self, kind: str, size: int, seconds: float) -> None:

@@ -1,5 +1,5 @@
-"""The image fetcher replica without Ray: clipfleet.images.fetch.ImageFetcher's two stages, each timed
-and its failures counted, and the process's memory figures."""
+"""The image fetcher replica without Ray: clipfleet.images.fetch.ImageFetcher's two stages, each
+timed and its failures counted, and the process's memory figures."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 - `ImageSource` (base64 text or uploaded bytes, straight from the ingress: no fetcher hop) and
   `EncodedImage` (bytes): decoded here, once, on the replica's decode threads within the
-  fetch limits and decode budget (clipfleet.images.decode_pool), straight to the square the model's own
-  preprocessing keeps (clipfleet.models.geometry: JPEG draft mode to the nearest scale above
+  fetch limits and decode budget (clipfleet.images.decode_pool), straight to the square the model's
+  own preprocessing keeps (clipfleet.models.geometry: JPEG draft mode to the nearest scale above
   it, one resize, the centre kept), then preprocessed on the same thread;
 - `np.ndarray`: pixels a fetcher decoded (image URLs), preprocessed as they are;
 - `EncodedJpeg`: a JPEG a fetcher shipped undecoded (`fetch.gpu_decode`), decoded with nvJPEG

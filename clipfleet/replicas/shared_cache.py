@@ -3,9 +3,9 @@ encoder's user_config; docs/configuration.md, "Shared cache").
 
 Every replica of every encoder reads and writes one server, so a vector computed once is a hit
 on every replica and survives restarts and scale-ups. Entry key: `clipfleet:v1:<space>:` plus
-the local cache's content key (clipfleet.replicas.cache: the decoded pixels' or the text's hash), where
-`<space>` is the model's `model_space` (clipfleet.models.embedding_space). The image pipeline in front
-of the model (shrink sizes, fit, GPU decoding), which the served `embedding_space` adds, is
+the local cache's content key (clipfleet.replicas.cache: the decoded pixels' or the text's hash),
+where `<space>` is the model's `model_space` (clipfleet.models.embedding_space). The image pipeline
+in front of the model (shrink sizes, fit, GPU decoding), which the served `embedding_space` adds, is
 already in the content key: it hashes the pixels as shipped, or the JPEG file (`j` keys exist
 only with gpu_decode). Value: one dtype byte (`h` float16, `f` float32) and the raw vector.
 

@@ -116,8 +116,8 @@ def canary_app_args(model_dir: Path, **overrides) -> AppArgs:
 
 
 class LocalBinder:
-    """clipfleet.ingress.graph.Binder over the plain classes of clipfleet.replicas, on the CPU with the
-    models' own weights, each behind `handle(target)` (a LocalHandle unless told otherwise)."""
+    """clipfleet.ingress.graph.Binder over the plain classes of clipfleet.replicas, on the CPU with
+    the models' own weights, each behind `handle(target)` (a LocalHandle unless told otherwise)."""
 
     def __init__(self, handle: Callable[[Any], Any] = LocalHandle) -> None:
         self.handle = handle

@@ -1,5 +1,5 @@
-"""`make cluster-sync` (clipfleet.tools.configgen): the generated configs are current, an overlay change
-makes them stale, and a base or overlay entry naming no real deployment is refused."""
+"""`make cluster-sync` (clipfleet.tools.configgen): the generated configs are current, an overlay
+change makes them stale, and a base or overlay entry naming no real deployment is refused."""
 
 from __future__ import annotations
 

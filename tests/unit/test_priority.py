@@ -253,7 +253,8 @@ class AwaitableRecording(Recording):
 @pytest.mark.parametrize("outer", ["affinity", "priority"])
 def test_a_call_carries_both_its_class_and_its_route_key(outer):
     """The ingress wraps the encoders' handles in PriorityHandle and the service wraps some in
-    AffinityHandle (clipfleet/ingress/affinity.py): one call carries both keywords, in either order."""
+    AffinityHandle (clipfleet/ingress/affinity.py): one call carries both keywords, in either
+    order."""
     inner = AwaitableRecording()
     if outer == "affinity":
         handle = AffinityHandle(PriorityHandle(inner))

@@ -1,5 +1,5 @@
-"""Compressed vectors (clipfleet.models.quantize): sign bits and the documented int8 formula, also on
-/v1/embed/text and /v1/embed/image, with the range each model publishes on its card."""
+"""Compressed vectors (clipfleet.models.quantize): sign bits and the documented int8 formula, also
+on /v1/embed/text and /v1/embed/image, with the range each model publishes on its card."""
 
 from __future__ import annotations
 

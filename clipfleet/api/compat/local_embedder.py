@@ -3,8 +3,8 @@
 Its contract is HTTP 200 with `{success: false, error}` on any failure (bad JSON, bad fields,
 an image that can't be fetched, limits), so these two routes validate their own bodies and
 turn clipfleet errors into that shape instead of the v1 envelope. Its `GET /health` is served
-by vector_translation.health (the union of both seeds' fields; `health_fields` supplies this seed's).
-Its model (clip-vit-large-patch14) maps to the `accurate` profile.
+by vector_translation.health (the union of both seeds' fields; `health_fields` supplies this
+seed's). Its model (clip-vit-large-patch14) maps to the `accurate` profile.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Seed 004, the OpenCLIP embedding service: `POST /embed/text`, `POST /embed/image`.
 
 The seed documents `POST /embed/text {"text": ...}` and `GET /readyz -> {status, model}`
-(served by clipfleet.api.routes.health.readyz, which carries `model`). For the image counterpart and the
-response body it only says "image embedding"; we follow its service: `POST /embed/image`
+(served by clipfleet.api.routes.health.readyz, which carries `model`). For the image counterpart and
+the response body it only says "image embedding"; we follow its service: `POST /embed/image`
 with a multipart `file` (or the raw image bytes as the request body), and both routes answer
 `{embedding, model_name, model_version}` (open_clip architecture and pretrained tag), plus
 `model`, clipfleet's full label. Its model (ViT-B-32/openai) maps to the `fast` profile.

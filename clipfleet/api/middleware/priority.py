@@ -1,5 +1,5 @@
-"""The request's priority class (clipfleet/ingress/priority.py), decided once, after auth: the header
-capped by the key's class. Set as the context variable the handle calls read and as
+"""The request's priority class (clipfleet/ingress/priority.py), decided once, after auth: the
+header capped by the key's class. Set as the context variable the handle calls read and as
 `request.state.priority` (admission reads it); echoed in the response's X-Clipfleet-Priority."""
 
 from __future__ import annotations

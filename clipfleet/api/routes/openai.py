@@ -3,9 +3,9 @@
 Embeddings go through the service's `embed_items` (one variant per request; the same encoder
 calls as /v1/embed/text and /v1/embed/image, encoder `clip`), so the vectors are the same; only
 the request and response shapes differ: strings, content parts, vLLM's `messages`
-(clipfleet.api.schemas.content_parts). `model` is the one grammar of clipfleet.modelref; an unknown one
-is a 404 with `code: model_not_found`. `pinned`, `served_headers` and `served_id` serve the other
-peers' routes too.
+(clipfleet.api.schemas.content_parts). `model` is the one grammar of clipfleet.modelref; an unknown
+one is a 404 with `code: model_not_found`. `pinned`, `served_headers` and `served_id` serve the
+other peers' routes too.
 """
 
 from __future__ import annotations

@@ -76,8 +76,8 @@ def _served(response: Response, body: dict) -> dict:
 async def shaped(
     service: ClipfleetService, body: dict, dimensions: int | None = None, encoding: str = "float"
 ) -> dict:
-    """The service's vectors truncated to `dimensions` and in `encoding` (clipfleet.models.quantize),
-    with the space they live in."""
+    """The service's vectors truncated to `dimensions` and in `encoding`
+    (clipfleet.models.quantize), with the space they live in."""
     space = await service.vector_space(body["profile"], body["variant"], body["encoder"])
     matrix = truncate(np.asarray(body["embeddings"], dtype=np.float32), dimensions)
     rows = encode_all(matrix, [encoding], space.int8_limit, space.dim)[encoding]

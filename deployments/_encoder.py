@@ -56,7 +56,8 @@ def fleet_drills(guard: StallGuard) -> None:
 
 
 def publish_cold_start(encoder: Any) -> None:
-    """The replica's measured cold start, in the application's shared store (coldstart.py)."""
+    """The replica's measured cold start, in the application's shared store
+    (clipfleet.ingress.coldstart)."""
     context = serve.get_replica_context()
     publish(RayKVStore(), context.app_name, context.deployment, encoder.cold_start_s)
 

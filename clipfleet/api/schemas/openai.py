@@ -1,6 +1,6 @@
 """OpenAI's embeddings and models bodies (`POST /v1/embeddings`, `GET /v1/models`).
 
-Kept apart from schemas.py: these follow OpenAI's field names and shapes, not clipfleet's.
+Kept apart from v1.py: these follow OpenAI's field names and shapes, not clipfleet's.
 `modality` is infinity's extension (SDKs send it with `extra_body`), with `auto` for NV-CLIP's
 mixed lists; `messages` and content parts in `input` are vLLM's.
 """

@@ -9,18 +9,17 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from clipfleet.api.limits import ApiLimits
+from clipfleet.api.settings import AuthConfig, CorsConfig
 from clipfleet.config_fleet import AffinityConfig, SharedCacheConfig, StrictModel
-from clipfleet.ingress.priority import PriorityClass
 
 RANDOM_WEIGHTS_ENV = "CLIPFLEET_RANDOM_WEIGHTS"
 _TRUE_WORDS = {"1", "true", "yes", "on"}
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-KeyId = Annotated[str, StringConstraints(pattern=r"^key-[0-9a-f]{16}$")]  # api.auth.key_id
 
 
 def random_weights_enabled() -> bool:
@@ -233,31 +232,6 @@ class FetchLimits(StrictModel):
         for network in networks:
             ipaddress.ip_network(network, strict=False)  # ValueError names the bad entry
         return networks
-
-
-class AuthConfig(StrictModel):
-    """API keys: comma-separated in the `api_keys_env` variable and/or one per line in
-    `api_keys_file` (a mounted secret, re-read when it changes). No keys configured: no auth."""
-
-    api_keys_env: str = "CLIPFLEET_API_KEYS"
-    api_keys_file: str | None = None
-    # Priority classes (docs/api.md): the highest class each key may use, by key id (never
-    # the secret: `clipfleet key-id`); keys not listed, and requests without auth, get the default.
-    priorities: dict[KeyId, PriorityClass] = {}
-    default_priority: PriorityClass = "interactive"
-
-
-class CorsConfig(StrictModel):
-    """Browser clients (seed 003). No origins: no CORS headers at all."""
-
-    allow_origins: tuple[str, ...] = ()
-    allow_methods: tuple[str, ...] = ("GET", "POST", "OPTIONS")
-    allow_headers: tuple[str, ...] = (
-        *("Authorization", "Content-Type", "X-API-Key", "X-Clipfleet-Route-Key"),
-        *("X-Clipfleet-Variant", "X-Clipfleet-Priority", "X-Request-ID"),
-    )
-    allow_credentials: bool = False
-    max_age_s: int = Field(600, ge=0)
 
 
 DEFAULT_LABELS: tuple[str, ...] = (

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clipfleet.api.errors import render
 from clipfleet.api.middleware.base import HttpMiddleware
-from clipfleet.config import AuthConfig
+from clipfleet.api.settings import AuthConfig
 from clipfleet.errors import ForbiddenError, UnauthorizedError
 
 logger = logging.getLogger("ray.serve")

@@ -13,9 +13,10 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clipfleet.api.errors import render
+from clipfleet.api.limits import ApiLimits
 from clipfleet.api.middleware.base import HttpMiddleware
 from clipfleet.api.schemas.v1 import HARD_MAX_ITEMS
-from clipfleet.config import ApiLimits, CorsConfig
+from clipfleet.api.settings import CorsConfig
 from clipfleet.errors import (
     RETRY_AFTER_S,
     PayloadTooLargeError,

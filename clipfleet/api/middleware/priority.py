@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from clipfleet.api.errors import render
 from clipfleet.api.middleware.auth import STATE_KEY_ID
 from clipfleet.api.middleware.base import HttpMiddleware
-from clipfleet.config import AuthConfig
+from clipfleet.api.settings import AuthConfig
 from clipfleet.errors import InvalidRequestError
 from clipfleet.ingress import priority
 

@@ -5,14 +5,12 @@ as /v1/embeddings and /v1/embed/*; compressed types from clipfleet.models.quanti
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 
-from clipfleet.api.deps import get_service
+from clipfleet.api.routes.common import ERRORS, Route, Service
 from clipfleet.api.routes.openai import pinned, served_headers, served_id
-from clipfleet.api.routes.v1 import ERRORS, Route
 from clipfleet.api.schemas.cohere import CohereEmbedRequest, CohereEmbedResponse
 from clipfleet.api.schemas.content_parts import image_source, parts_item
 from clipfleet.api.schemas.v1 import ErrorResponse
@@ -22,7 +20,6 @@ from clipfleet.models.quantize import encode_all
 from clipfleet.models.vectors import truncate
 
 router = APIRouter(tags=["cohere"], responses={**ERRORS, 404: {"model": ErrorResponse}})
-Service = Annotated[ClipfleetService, Depends(get_service)]
 
 
 def cohere_items(service: ClipfleetService, body: CohereEmbedRequest) -> tuple[list[Item], str]:

@@ -11,12 +11,10 @@ other peers' routes too.
 from __future__ import annotations
 
 import time
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 
-from clipfleet.api.deps import get_service
-from clipfleet.api.routes.v1 import ERRORS, PROFILE_HEADER, VARIANT_HEADER, Route
+from clipfleet.api.routes.common import ERRORS, PROFILE_HEADER, VARIANT_HEADER, Route, Service
 from clipfleet.api.schemas.content_parts import TextPart, part_item, parts_item, string_item
 from clipfleet.api.schemas.openai import (
     EmbeddingsRequest,
@@ -35,7 +33,6 @@ from clipfleet.models.vectors import shape_embeddings
 router = APIRouter(
     prefix="/v1", tags=["openai"], responses={**ERRORS, 404: {"model": ErrorResponse}}
 )
-Service = Annotated[ClipfleetService, Depends(get_service)]
 OWNED_BY = "clipfleet"
 CREATED = int(time.time())  # when this ingress started serving its models
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 
-from clipfleet.api.deps import get_service
+from clipfleet.api.routes.common import ERRORS, Route, Service
 from clipfleet.api.routes.openai import pinned, served_headers, served_id
-from clipfleet.api.routes.v1 import ERRORS, Route
 from clipfleet.api.schemas.content_parts import (
     ImagePart,
     Modality,
@@ -43,7 +42,6 @@ from clipfleet.ingress.service import ClipfleetService, Routing
 from clipfleet.ingress.service_mixed import Item
 
 router = APIRouter(tags=["rerank"], responses={**ERRORS, 404: {"model": ErrorResponse}})
-Service = Annotated[ClipfleetService, Depends(get_service)]
 
 
 def fields_text(fields: dict[str, str], rank_fields: Sequence[str] | None, param: str) -> str:

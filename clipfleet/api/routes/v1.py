@@ -5,17 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, Header, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Response, UploadFile
 
-from clipfleet.api.deps import get_service
 from clipfleet.api.model_select import ModelHeader, select
+from clipfleet.api.routes.common import ERRORS, PROFILE_HEADER, VARIANT_HEADER, Route, Service
+from clipfleet.api.routes.rerank import vllm_score
 from clipfleet.api.schemas.rerank import ScoreBody, VllmScoreRequest, VllmScoreResponse
 from clipfleet.api.schemas.v1 import (
     EmbeddingResponse,
     EmbedImageRequest,
     EmbedTextRequest,
     Encoder,
-    ErrorResponse,
     ImageRef,
     Labels,
     ProfileName,
@@ -28,35 +28,11 @@ from clipfleet.api.schemas.v1 import (
     TopK,
 )
 from clipfleet.images.fetch import ImageSource
-from clipfleet.ingress.service import ClipfleetService, Routing
+from clipfleet.ingress.service import ClipfleetService
 from clipfleet.models.quantize import encode_all
 from clipfleet.models.vectors import truncate
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 403, 404, 413, 415, 422, 502, 503, 504)}
 router = APIRouter(prefix="/v1", tags=["v1"], responses=ERRORS)
-Service = Annotated[ClipfleetService, Depends(get_service)]
-PROFILE_HEADER = "X-Clipfleet-Profile"
-VARIANT_HEADER = "X-Clipfleet-Variant"
-
-
-async def routing_of(
-    request: Request,
-    route_key: Annotated[
-        str | None,
-        Header(alias="X-Clipfleet-Route-Key", max_length=256, description="sticky canary key"),
-    ] = None,
-    variant: Annotated[
-        str | None,
-        Header(alias="X-Clipfleet-Variant", max_length=32, description="pin a variant"),
-    ] = None,
-) -> Routing:
-    # Without a route key, a client's API key (its fingerprint, set by the auth middleware)
-    # keeps it on one canary variant.
-    key = route_key or getattr(request.state, "api_key_id", None)
-    return Routing(key=key, variant=variant)
-
-
-Route = Annotated[Routing, Depends(routing_of)]
 
 
 def source_of(ref: ImageRef) -> ImageSource:
@@ -114,8 +90,6 @@ async def score(
 ):
     """clipfleet's `pairs` body, or vLLM's score body (`text_1`/`text_2`, ...: /score)."""
     if isinstance(body, VllmScoreRequest):
-        from clipfleet.api.routes.rerank import vllm_score  # it builds on this module
-
         return await vllm_score(body, service, response, routing)
     pairs = [(source_of(pair.image), pair.text) for pair in body.pairs]
     target = select(body.profile, body.model, model, routing)

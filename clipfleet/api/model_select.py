@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Header
 
 from clipfleet.errors import InvalidRequestError
-from clipfleet.ingress.service import Routing
+from clipfleet.ingress.targets import Routing
 from clipfleet.modelref import MAX_MODEL_REF_CHARS, parse_model_ref
 
 MODEL_HEADER = "X-Clipfleet-Model"

@@ -17,7 +17,7 @@ from clipfleet.config import (
 from clipfleet.scoring import ScoreSemantics
 
 if TYPE_CHECKING:
-    from clipfleet.ingress.service import Profile
+    from clipfleet.ingress.targets import Profile
 
 READINESS_TIMEOUT_S = 5.0
 

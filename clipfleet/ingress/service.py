@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from clipfleet.ingress.fleet_view import ServiceViews
 from clipfleet.ingress.readiness import ReadinessView
 from clipfleet.ingress.service_images import ImageOperations
 from clipfleet.ingress.service_mixed import MixedOperations
+from clipfleet.ingress.targets import Profile, Routing
 from clipfleet.models.catalog import MultiplexedProfiles
 from clipfleet.models.geometry import InputGeometry
 from clipfleet.rollout.traffic import TrafficConfig, TrafficManager
@@ -65,28 +65,6 @@ def public_name(source: str) -> str:
     path = source.removeprefix("local-dir:")
     local = path != source or path.startswith(("/", "~", ".")) or os.path.exists(path)
     return Path(path).name if local else source
-
-
-@dataclass(frozen=True)
-class Routing:
-    """How the client asked to be routed: a sticky key and/or an explicitly pinned variant."""
-
-    key: str | None = None
-    variant: str | None = None
-    model_id: str | None = None  # a multiplexed profile's model (`<profile>:<model-id>`)
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    clip: dict[str, Any]  # variant -> DeploymentHandle of its ClipEncoder
-    clip_labels: dict[str, str]
-    resnet: Any  # DeploymentHandle of the profile's ResNetEncoder
-    resnet_label: str
-
-    @property
-    def clip_label(self) -> str:
-        return self.clip_labels[STABLE_VARIANT]
 
 
 def counts_against_variant(exc: BaseException) -> bool:

@@ -11,18 +11,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from clipfleet.errors import ClipfleetError, find_clipfleet_error
 from clipfleet.images.fetch import ImageSource
 from clipfleet.ingress.fanout import Judged
+from clipfleet.ingress.targets import Profile, Routing
 from clipfleet.models.embedding_space import VectorSpace
 from clipfleet.scoring import relevance_scores
-
-if TYPE_CHECKING:
-    from clipfleet.ingress.service import Profile, Routing
 
 _IMAGES = "__images"  # the field the image fan-out names; renamed to each item's own param
 
@@ -59,8 +57,6 @@ class MixedOperations:
         key = (profile_name, variant, encoder)
         if key in self._spaces:
             return self._spaces[key]
-        from clipfleet.ingress.service import Routing
-
         if encoder == "resnet":
             handle = self.profiles[profile_name].resnet
         elif profile_name in self.multiplexed:

@@ -22,7 +22,8 @@ from clipfleet.errors import (
     UpstreamTimeoutError,
 )
 from clipfleet.images.fetch import ImageSource
-from clipfleet.ingress.service import ClipfleetService, Routing
+from clipfleet.ingress.service import ClipfleetService
+from clipfleet.ingress.targets import Routing
 from clipfleet.rollout.traffic import RollbackPolicy, TrafficConfig
 
 

@@ -9,7 +9,8 @@ from fastapi import Depends, Header, Request
 
 from clipfleet.api.deps import get_service
 from clipfleet.api.schemas.v1 import ErrorResponse
-from clipfleet.ingress.service import ClipfleetService, Routing
+from clipfleet.ingress.service import ClipfleetService
+from clipfleet.ingress.targets import Routing
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 403, 404, 413, 415, 422, 502, 503, 504)}
 Service = Annotated[ClipfleetService, Depends(get_service)]

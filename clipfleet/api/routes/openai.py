@@ -24,8 +24,9 @@ from clipfleet.api.schemas.openai import (
 )
 from clipfleet.api.schemas.v1 import ErrorResponse
 from clipfleet.errors import ModelNotFoundError
-from clipfleet.ingress.service import ClipfleetService, Routing
+from clipfleet.ingress.service import ClipfleetService
 from clipfleet.ingress.service_mixed import Item
+from clipfleet.ingress.targets import Routing
 from clipfleet.modelref import ModelRef, parse_model_ref
 from clipfleet.models.embedding_space import embedding_space
 from clipfleet.models.vectors import shape_embeddings

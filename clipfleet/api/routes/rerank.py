@@ -38,8 +38,9 @@ from clipfleet.api.schemas.rerank import (
 )
 from clipfleet.api.schemas.v1 import ErrorResponse
 from clipfleet.errors import InvalidRequestError
-from clipfleet.ingress.service import ClipfleetService, Routing
+from clipfleet.ingress.service import ClipfleetService
 from clipfleet.ingress.service_mixed import Item
+from clipfleet.ingress.targets import Routing
 
 router = APIRouter(tags=["rerank"], responses={**ERRORS, 404: {"model": ErrorResponse}})
 

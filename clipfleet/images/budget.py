@@ -4,7 +4,7 @@ bounds concurrent decodes by it.
 Pillow's codecs allocate more than the raster they decode into, each in its own way; the
 functions here read it from the opened header (clipfleet.images.decode.decode_cost adds its own band
 conversion). Measured per format against the decoders' peak memory by
-tests/unit/test_decode_cost.py (tests/support/bombs.py holds one file per case).
+tests/unit/images/test_decode_cost.py (tests/support/bombs.py holds one file per case).
 """
 
 from __future__ import annotations

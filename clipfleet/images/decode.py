@@ -282,7 +282,7 @@ def _flatten_alpha(image: Image.Image) -> Image.Image:
 
 
 # --- what a decode costs ----------------------------------------------------------------------
-# Measured per format against the decoders' peak memory by tests/unit/test_decode_cost.py.
+# Measured per format against the decoders' peak memory by tests/unit/images/test_decode_cost.py.
 
 
 def decode_cost(

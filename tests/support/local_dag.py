@@ -83,7 +83,7 @@ class LocalHandle:
 def loopback_fetch(**overrides) -> FetchLimits:
     """Fetch limits that let image URLs reach the tests' own 127.0.0.1 servers: the SSRF guard
     refuses loopback and ports other than 80/443 unless the operator allow-lists name them
-    (tests/unit/test_netguard.py proves the refusals without them)."""
+    (tests/unit/images/test_netguard.py proves the refusals without them)."""
     overrides.setdefault("allow_private_networks", ("127.0.0.1/32",))
     overrides.setdefault("allowed_ports", LOOPBACK_ALLOWED_PORTS)
     return FetchLimits(**overrides)

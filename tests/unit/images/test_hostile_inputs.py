@@ -1,6 +1,6 @@
 """The hostile images against the decoder and the fetcher: every input gets its own error (or
 pixels, for odd-but-valid images). Their replay through the app, with every other hostile
-request, is tests/unit/test_hostile_corpus.py's."""
+request, is tests/unit/api/test_hostile_corpus.py's."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from tests.support.tiny_models import (
     make_open_clip_siglip_dir,
     make_sentencepiece_tokenizer,
 )
-from tests.unit.test_fidelity import CPU, TEXTS, assert_rows_match, mixed_images
+from tests.unit.models.test_fidelity import CPU, TEXTS, assert_rows_match, mixed_images
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from tests.support import local_dag
 from tests.support.images import LoopbackServer, image_base64, image_bytes
 from tests.support.servers import ThreadedImageServer
 
-DASHBOARD = Path(__file__).parents[2] / "cluster" / "grafana" / "clipfleet.json"
+DASHBOARD = Path(__file__).parents[3] / "cluster" / "grafana" / "clipfleet.json"
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 

@@ -13,7 +13,7 @@ import pytest
 from cohere.core.api_error import ApiError
 
 from tests.support.images import image_base64
-from tests.unit.test_quantize import formula_int8, sign_bits
+from tests.unit.models.test_quantize import formula_int8, sign_bits
 
 pytestmark = pytest.mark.filterwarnings("ignore:You should not use the .timeout.")
 TEXTS = ["a photo of a cat", "a red dress", "a city at night"]

@@ -20,7 +20,7 @@ import pytest
 from clipfleet.tools.cli import main
 from tests.support.uvicorn_thread import serve_in_thread
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MAX_RSS_MIB = 500
 ROW_TEXT = re.compile(rb'"text": ?"row (\d+)"')
 

@@ -19,7 +19,7 @@ from clipfleet.config import (
 from clipfleet.rollout.traffic import TrafficConfig
 from tests.support.serve_configs import deployed_configs, effective, snapshot
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DEPLOYED = tuple(deployed_configs())
 
 

@@ -21,7 +21,7 @@ from clipfleet.replicas.scorer import Scorer
 from clipfleet.scoring import ScoreSemantics
 from tests.support.images import image_base64
 from tests.support.tiny_models import make_open_clip_dir
-from tests.unit.test_fidelity import CPU
+from tests.unit.models.test_fidelity import CPU
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
 

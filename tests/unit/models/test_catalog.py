@@ -21,7 +21,7 @@ from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncod
 from tests.support.clock import Clock
 from tests.support.local_dag import build_local_service, tiny_app_args
 from tests.support.tiny_models import make_open_clip_dir
-from tests.unit.test_fidelity import CPU
+from tests.unit.models.test_fidelity import CPU
 
 IDS = ("alpha", "beta", "team/gamma")
 

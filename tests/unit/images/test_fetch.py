@@ -17,7 +17,7 @@ from clipfleet.images.fetch import CONNECTIONS_PER_HOST, ImageFetcher, ImageSour
 from tests.support.images import ImageServer, LoopbackServer, image_base64, image_bytes
 from tests.support.local_dag import loopback_fetch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
 from clipfleet.models.onnx_runtime import apply_runtime
 from clipfleet.models.resnet import ResNetModel
-from tests.unit.test_fidelity import MIN_COSINE, mixed_images
+from tests.unit.models.test_fidelity import MIN_COSINE, mixed_images
 
 CPU = choose_device("cpu")
 
@@ -183,7 +183,7 @@ def test_the_fast_int8_overlay_config_is_valid():
 
     from clipfleet.config import clip_deployment_name, resnet_deployment_name
 
-    path = Path(__file__).resolve().parents[2] / "serve_config.fast-int8.yaml"
+    path = Path(__file__).resolve().parents[3] / "serve_config.fast-int8.yaml"
     config = yaml.safe_load(path.read_text())
     ServeDeploySchema.model_validate(config)
     app = config["applications"][0]

@@ -10,7 +10,7 @@ from pathlib import Path
 from loadtests.wait_ready import main, wait_ready
 from tests.support.servers import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class _Ok(http.server.BaseHTTPRequestHandler):

@@ -19,7 +19,7 @@ from clipfleet.images import localfiles
 from clipfleet.scorecsv.rows import inert
 from clipfleet.tools.cli import main
 from tests.support.images import image_bytes
-from tests.unit.test_cli import read_output, server_url  # noqa: F401 (the module's server)
+from tests.unit.scorecsv.test_score_csv import read_output, server_url  # noqa: F401 (the module's server)
 
 HOSTILE_PATHS = {
     "parent": "../secret.jpg",

@@ -24,7 +24,7 @@ from clipfleet.models.device import choose_device
 from clipfleet.models.resnet import ResNetModel
 from tests.support.hostile import GIANTS, giant_png
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 UNCAPPED = FetchLimits(ship_longest_side=65535)
 
 

@@ -127,7 +127,7 @@ CORPUS = hostile_corpus()
 @pytest.mark.parametrize("name", sorted(set(CORPUS) - set(GIANTS) - {"empty"}))
 def test_hostile_inline_images_get_the_url_paths_envelope(local, name):
     """Every image in the hostile corpus, sent inline, gets the status and type it gets by URL
-    (tests/unit/test_hostile_inputs.py), naming its item."""
+    (tests/unit/images/test_hostile_inputs.py), naming its item."""
     _, client = local
     case = CORPUS[name]
     images = [{"base64": _b64(PHOTOS["small-webp"])}, {"base64": _b64(case.body)}]

@@ -28,8 +28,9 @@ WIDE_LABELS = [letters(200, seed) for seed in range(256)]
 UPLOAD = {"image": ("a.jpg", image_bytes(), "image/jpeg")}
 
 
-# Malformed image URLs (issue 23, item 2): each a 400 invalid_url before any lookup; they
-# used to fail inside name resolution as a 500 (tests/unit/rollout/test_blame.py replays them at a canary).
+# Malformed image URLs (issue 23, item 2): each a 400 invalid_url before any lookup; they used
+# to fail inside name resolution as a 500 (tests/unit/rollout/test_blame.py replays them at a
+# canary).
 INVALID_HOSTS = [
     "http://a..b/x.jpg",
     "http://xn--/x.jpg",

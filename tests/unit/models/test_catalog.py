@@ -19,9 +19,9 @@ from clipfleet.models.clip import load_clip_model
 from clipfleet.replicas.batching import ForwardScheduler
 from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
 from tests.support.clock import Clock
+from tests.support.fidelity import CPU
 from tests.support.local_dag import build_local_service, tiny_app_args
 from tests.support.tiny_models import make_open_clip_dir
-from tests.unit.models.test_fidelity import CPU
 
 IDS = ("alpha", "beta", "team/gamma")
 

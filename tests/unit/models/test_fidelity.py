@@ -13,34 +13,16 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from PIL import Image
 from torchvision.models import get_model, get_model_weights
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 from clipfleet.config import ClipModelSpec, ResNetSpec
 from clipfleet.models.base import ModelLoadError
 from clipfleet.models.clip import load_clip_model
-from clipfleet.models.device import choose_device
 from clipfleet.models.open_clip_backend import can_trim_padding, encode_text_trimmed
 from clipfleet.models.resnet import ResNetModel
+from tests.support.fidelity import CPU, TEXTS, assert_rows_match, mixed_images
 from tests.support.tiny_models import TINY_OPEN_CLIP_CFG
-
-CPU = choose_device("cpu")
-TEXTS = ["a photo of a cat", "a dog on a skateboard, at dusk", "x"]
-MIN_COSINE = 0.9999
-
-
-def mixed_images() -> list[Image.Image]:
-    rng = np.random.default_rng(7)
-    shapes = [(90, 120), (200, 64), (64, 64), (301, 257)]
-    return [Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)) for shape in shapes]
-
-
-def assert_rows_match(ours: np.ndarray, reference: torch.Tensor) -> None:
-    reference = torch.nn.functional.normalize(reference.float(), dim=-1).numpy()
-    assert ours.shape == reference.shape
-    cosines = np.sum(ours * reference, axis=1)
-    assert cosines.min() >= MIN_COSINE, cosines
 
 
 @pytest.fixture(scope="module")

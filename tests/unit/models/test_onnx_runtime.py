@@ -16,7 +16,7 @@ from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
 from clipfleet.models.onnx_runtime import apply_runtime
 from clipfleet.models.resnet import ResNetModel
-from tests.unit.models.test_fidelity import MIN_COSINE, mixed_images
+from tests.support.fidelity import MIN_COSINE, mixed_images
 
 CPU = choose_device("cpu")
 

@@ -13,6 +13,7 @@ from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
 from clipfleet.models.quantize import calibration_limit, encode_all, limit_for
 from tests.support.images import image_base64
+from tests.support.vectors import formula_int8, sign_bits
 
 RNG = np.random.default_rng(24)
 
@@ -20,20 +21,6 @@ RNG = np.random.default_rng(24)
 def unit_rows(count: int, dim: int) -> np.ndarray:
     rows = RNG.normal(size=(count, dim)).astype(np.float32)
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
-
-
-def sign_bits(matrix: np.ndarray) -> np.ndarray:
-    """Bit j of a row is 1 when component j is > 0; 8 per byte, the first the most significant."""
-    bits = (np.asarray(matrix) > 0).astype(np.uint8)
-    padded = np.zeros((bits.shape[0], math.ceil(bits.shape[1] / 8) * 8), np.uint8)
-    padded[:, : bits.shape[1]] = bits
-    weights = 2 ** np.arange(7, -1, -1)
-    return (padded.reshape(bits.shape[0], -1, 8) * weights).sum(axis=2)
-
-
-def formula_int8(matrix: np.ndarray, limit: float) -> np.ndarray:
-    """docs/models.md: int8 = clip(round(x * 127 / L_d), -128, 127)."""
-    return np.clip(np.round(np.asarray(matrix) * 127 / limit), -128, 127)
 
 
 @pytest.mark.parametrize("dim", [32, 12, 512])

@@ -17,13 +17,13 @@ from clipfleet.config import ClipModelSpec
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.hf_clip_backend import random_clip_config, random_mode_tokenizer
 from clipfleet.models.open_clip_backend import load_tokenizer
+from tests.support.fidelity import CPU, TEXTS, assert_rows_match, mixed_images
 from tests.support.tiny_models import (
     TINY_SIGLIP_CONTEXT,
     make_hf_siglip_dir,
     make_open_clip_siglip_dir,
     make_sentencepiece_tokenizer,
 )
-from tests.unit.models.test_fidelity import CPU, TEXTS, assert_rows_match, mixed_images
 
 
 @pytest.fixture(scope="module")

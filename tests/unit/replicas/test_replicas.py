@@ -19,9 +19,9 @@ from clipfleet.replicas.fetcher import Fetcher
 from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
 from clipfleet.replicas.scorer import Scorer
 from clipfleet.scoring import ScoreSemantics
+from tests.support.fidelity import CPU
 from tests.support.images import image_base64
 from tests.support.tiny_models import make_open_clip_dir
-from tests.unit.models.test_fidelity import CPU
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
 

@@ -18,7 +18,7 @@ from clipfleet.ingress.fanout import once_more_if_replica_lost
 from clipfleet.replicas import serving
 from clipfleet.replicas.clip import ClipEncoder
 from clipfleet.rollout.store import MemoryStore
-from tests.unit.models.test_fidelity import CPU
+from tests.support.fidelity import CPU
 
 STALL_S, LIMIT_S = 1.5, 0.2
 

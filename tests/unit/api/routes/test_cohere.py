@@ -7,39 +7,21 @@ from __future__ import annotations
 import base64
 
 import cohere
-import httpx
 import numpy as np
 import pytest
 from cohere.core.api_error import ApiError
 
-from tests.support.images import image_base64
-from tests.unit.models.test_quantize import formula_int8, sign_bits
+from tests.support.peer_clients import cohere_over, data_url, native
+from tests.support.vectors import formula_int8, sign_bits
 
 pytestmark = pytest.mark.filterwarnings("ignore:You should not use the .timeout.")
 TEXTS = ["a photo of a cat", "a red dress", "a city at night"]
 TYPES = ["float", "int8", "uint8", "binary", "ubinary", "base64"]
 
 
-def cohere_over(client: httpx.Client) -> cohere.ClientV2:
-    """The SDK sending through `client` (a TestClient: the app, no socket between)."""
-    return cohere.ClientV2(
-        api_key="unused", base_url=str(client.base_url), httpx_client=client, max_retries=0
-    )
-
-
 @pytest.fixture(scope="module")
 def co(client):
     return cohere_over(client)
-
-
-def data_url(seed: int) -> str:
-    return "data:image/jpeg;base64," + image_base64(seed=seed)
-
-
-def native(client, path: str, body: dict) -> tuple[np.ndarray, str]:
-    response = client.post(path, json=body)
-    assert response.status_code == 200, response.text
-    return np.asarray(response.json()["embeddings"], np.float32), response.json()["embedding_space"]
 
 
 def card(client, model: str = "fast") -> dict:

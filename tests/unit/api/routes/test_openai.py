@@ -15,15 +15,10 @@ from transformers import AutoTokenizer
 from clipfleet.config import AuthConfig
 from tests.support.images import image_base64
 from tests.support.local_dag import build_local_service
+from tests.support.peer_clients import sdk_over, vectors
 from tests.support.servers import ThreadedImageServer
 
 TEXTS = ["a photo of a cat", "a red dress"]
-
-
-def sdk_over(client: httpx.Client, api_key: str = "unused") -> openai.OpenAI:
-    """The SDK sending through `client` (a TestClient: the app, with no socket between)."""
-    base_url = f"{client.base_url}/v1"
-    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, http_client=client)
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +42,6 @@ def native(http: httpx.Client, path: str, body: dict) -> np.ndarray:
     response = http.post(path, json=body)
     assert response.status_code == 200, response.text
     return np.asarray(response.json()["embeddings"], dtype=np.float32)
-
-
-def vectors(result) -> np.ndarray:
-    assert [item.index for item in result.data] == list(range(len(result.data)))
-    return np.asarray([item.embedding for item in result.data], dtype=np.float32)
 
 
 @pytest.mark.parametrize("model", ["fast", "accurate/stable"])

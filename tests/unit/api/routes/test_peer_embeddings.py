@@ -10,8 +10,7 @@ from langchain_openai import OpenAIEmbeddings
 
 from clipfleet.api.schemas.content_parts import is_image_reference
 from tests.support.images import image_base64
-from tests.unit.api.routes.test_cohere import data_url, native
-from tests.unit.api.routes.test_openai import sdk_over, vectors
+from tests.support.peer_clients import data_url, native, sdk_over, vectors
 
 
 def embeddings(client, body: dict, status: int = 200) -> dict:

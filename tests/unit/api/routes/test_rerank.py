@@ -11,7 +11,7 @@ from langchain_classic.retrievers.document_compressors.cohere_rerank import Cohe
 from langchain_core.documents import Document
 
 from tests.support.images import image_base64
-from tests.unit.api.routes.test_cohere import cohere_over, data_url
+from tests.support.peer_clients import cohere_over, data_url
 
 pytestmark = pytest.mark.filterwarnings("ignore:You should not use the 'timeout'")
 DOCUMENTS = ["a photo of a cat", "a red dress", "a city at night", "two dogs", "a bowl of soup"]

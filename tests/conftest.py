@@ -44,3 +44,19 @@ def hostile():
     thread = ThreadedImageServer(server).start()
     yield server
     thread.stop()
+
+
+@pytest.fixture(scope="session")
+def image_server():
+    """The test images (tests/support/servers.py), served on 127.0.0.1 for the whole session."""
+    from tests.support.servers import ThreadedImageServer
+
+    server = ThreadedImageServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def image_url(image_server):
+    """An image URL every tier's tests may fetch."""
+    return f"{image_server.base_url}/img.jpg"

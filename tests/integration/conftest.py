@@ -18,7 +18,7 @@ from clipfleet.config import (
     multiplexed_deployment_name,
     resnet_deployment_name,
 )
-from tests.support.servers import ThreadedImageServer, free_port
+from tests.support.servers import free_port
 
 APP_NAME = "clipfleet"
 READY_TIMEOUT_S = 240
@@ -172,10 +172,3 @@ def multiplexed_checkpoints(tmp_path_factory):
     make_open_clip_dir(base / "outside", seed=9)
     os.symlink(base / "outside", root / "escape")
     return root
-
-
-@pytest.fixture(scope="session")
-def image_server():
-    server = ThreadedImageServer().start()
-    yield server
-    server.stop()

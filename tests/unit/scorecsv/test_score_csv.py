@@ -6,25 +6,10 @@ import csv
 
 import pytest
 
-from clipfleet.api.app import create_app
 from clipfleet.tools.cli import main
 from tests.support.images import image_bytes
-from tests.support.local_dag import build_local_service
-from tests.support.servers import ThreadedImageServer, free_port
-from tests.support.uvicorn_thread import serve_in_thread
-
-
-@pytest.fixture(scope="module")
-def server_url(tiny_args):
-    with serve_in_thread(create_app(build_local_service(tiny_args))) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def image_server():
-    server = ThreadedImageServer().start()
-    yield server.base_url
-    server.stop()
+from tests.support.score_csv import read_output
+from tests.support.servers import free_port
 
 
 @pytest.fixture
@@ -37,7 +22,7 @@ def input_csv(tmp_path, image_server):
     rows = [
         ("images/a.jpg", "a photo of a cat"),
         (str(images / "b.png"), "a red dress"),
-        (f"{image_server}/img.jpg", "a dog in a park"),
+        (f"{image_server.base_url}/img.jpg", "a dog in a park"),
         ("images/missing.jpg", "nothing here"),
         ("images/notes.txt", "a text file"),
         ("images/a.jpg", "the same image again"),
@@ -48,11 +33,6 @@ def input_csv(tmp_path, image_server):
         writer.writerow(["id", "url", "caption"])
         writer.writerows((index, image, text) for index, (image, text) in enumerate(rows))
     return path
-
-
-def read_output(path):
-    with path.with_name(f"{path.stem}_with_scores.csv").open(newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_score_csv_scores_good_rows_and_reports_bad_ones(server_url, input_csv, capsys):

@@ -19,7 +19,7 @@ from clipfleet.images import localfiles
 from clipfleet.scorecsv.rows import inert
 from clipfleet.tools.cli import main
 from tests.support.images import image_bytes
-from tests.unit.scorecsv.test_score_csv import read_output, server_url  # noqa: F401 (the module's server)
+from tests.support.score_csv import read_output
 
 HOSTILE_PATHS = {
     "parent": "../secret.jpg",
@@ -67,7 +67,7 @@ def run_bounded(function, timeout_s: float = 60):
     return result[0]
 
 
-def test_score_csv_sends_only_files_under_the_root(server_url, tree):  # noqa: F811
+def test_score_csv_sends_only_files_under_the_root(server_url, tree):
     root, outside, opened = tree
     values = hostile_values(outside)
     path = root / "in.csv"
@@ -85,7 +85,7 @@ def test_score_csv_sends_only_files_under_the_root(server_url, tree):  # noqa: F
     assert opened == [str(root / "images" / "a.jpg")]  # nothing else was ever opened
 
 
-def test_score_csv_image_root_and_byte_limit(server_url, tree):  # noqa: F811
+def test_score_csv_image_root_and_byte_limit(server_url, tree):
     root, outside, _ = tree
     path = root / "in.csv"
     path.write_text(f"image,caption\nroot/images/a.jpg,a cat\n{outside}/secret.jpg,a secret\n")
@@ -96,7 +96,7 @@ def test_score_csv_image_root_and_byte_limit(server_url, tree):  # noqa: F811
 
 
 @pytest.mark.parametrize("cell", ['=HYPERLINK("http://x")', "+1+2", "-2+3", "@SUM(A1)", "\tx"])
-def test_cells_a_spreadsheet_would_run_are_written_inert(server_url, tree, cell):  # noqa: F811
+def test_cells_a_spreadsheet_would_run_are_written_inert(server_url, tree, cell):
     root, _, _ = tree
     path = root / "in.csv"
     with path.open("w", newline="") as handle:

@@ -10,14 +10,6 @@ import pytest
 
 from clipfleet.api.compat.common import LOCAL_IMAGE_DIR_ENV
 from tests.support.images import image_bytes
-from tests.support.servers import ThreadedImageServer
-
-
-@pytest.fixture(scope="module")
-def image_url():
-    server = ThreadedImageServer().start()
-    yield f"{server.base_url}/img.jpg"
-    server.stop()
 
 
 def jpeg(name: str = "sample.jpg") -> tuple[str, bytes, str]:

@@ -16,7 +16,6 @@ from clipfleet.config import AuthConfig
 from tests.support.images import image_base64
 from tests.support.local_dag import build_local_service
 from tests.support.peer_clients import sdk_over, vectors
-from tests.support.servers import ThreadedImageServer
 
 TEXTS = ["a photo of a cat", "a red dress"]
 
@@ -29,13 +28,6 @@ def sdk(client):
 @pytest.fixture(scope="module")
 def http(client):
     return client
-
-
-@pytest.fixture(scope="module")
-def image_url():
-    server = ThreadedImageServer().start()
-    yield f"{server.base_url}/img.jpg"
-    server.stop()
 
 
 def native(http: httpx.Client, path: str, body: dict) -> np.ndarray:

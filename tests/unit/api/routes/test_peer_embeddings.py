@@ -148,15 +148,6 @@ def test_image_url_through_messages_uses_the_fetcher(client, image_url):
     np.testing.assert_allclose(rows(answer), expected, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def image_url():
-    from tests.support.servers import ThreadedImageServer
-
-    server = ThreadedImageServer().start()
-    yield f"{server.base_url}/img.jpg"
-    server.stop()
-
-
 def test_data_urls_of_every_kind_decode(client):
     png = "data:image/png;base64," + image_base64(fmt="PNG")
     answer = embeddings(client, {"input": [png], "modality": "auto"})

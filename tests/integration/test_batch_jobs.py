@@ -24,9 +24,9 @@ from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
 from clipfleet.scoring import clip_scores
 from clipfleet.tools.cli import main
-from tests.integration.conftest import wait_ready
 from tests.support.batch_inputs import pairs_table, write_config, write_table
 from tests.support.images import LoopbackServer, image_bytes
+from tests.support.serve_apps import wait_ready
 from tests.support.servers import ThreadedImageServer
 from tests.support.tiny_models import make_open_clip_siglip_dir
 

@@ -69,7 +69,7 @@ class ServeBinder:
         return self.deploy(multiplexed_encoder(spec), name).bind(profile, spec, limits)
 
     def ingress(self, args, graph):
-        return self.deploy(Ingress, INGRESS_DEPLOYMENT).bind(args, *graph)
+        return self.deploy(Ingress, INGRESS_DEPLOYMENT).bind(args, graph)
 
 
 def build_app(args: AppArgs) -> Application:

@@ -26,7 +26,8 @@ from clipfleet.config import (
 
 
 class Graph(NamedTuple):
-    """What the ingress is built over, in Ingress's and ClipfleetService's argument order."""
+    """What the ingress is built over: `Ingress(args, graph)`, its nodes as deployment handles;
+    ClipfleetService takes its fields by name."""
 
     fetcher: Any
     scorer: Any

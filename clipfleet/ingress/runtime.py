@@ -6,12 +6,12 @@ the traffic gauge refresher, and the traffic sync that starts with the first use
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from clipfleet.config import AppArgs
 from clipfleet.ingress.coldstart import ColdStarts
+from clipfleet.ingress.graph import Graph
 from clipfleet.ingress.priority import prioritize_handles
 from clipfleet.ingress.readiness import ReadinessView
 from clipfleet.ingress.service import ClipfleetService
@@ -20,35 +20,34 @@ from clipfleet.observability.tracing import trace_handles
 from clipfleet.rollout.store import SharedStore
 from clipfleet.rollout.traffic import Rollback, TrafficConfig, TrafficManager, keep_synced
 
-ENCODERS = frozenset({"clip_encoders", "resnet_encoders", "multiplexed_encoders"})
 GAUGE_REFRESH_S = 5.0  # Ray 2.60 drops a gauge series not set again within ~2 export intervals
 
 
 def replica_service(
-    args: AppArgs,
-    handles: tuple[Any, ...],
-    named_handles: dict[str, Any],
-    store: SharedStore,
-    app: str,
-    replica: str,
+    args: AppArgs, graph: Graph, store: SharedStore, app: str, replica: str
 ) -> ClipfleetService:
-    """The service over the deployment handles, given as ClipfleetService takes them (fetcher,
-    scorer, clip_encoders, resnet_encoders, multiplexed_encoders=None), traced when tracing is
-    on, their embedding calls carrying the request's priority class. One traffic state per
+    """The service over the graph's deployment handles, traced when tracing is on, the
+    encoders' embedding calls carrying the request's priority class. One traffic state per
     application, in the shared store: every replica reads it before sending canary traffic,
     and it outlives any replica."""
-    bound = inspect.signature(ClipfleetService).bind(args, *handles, **named_handles)
-    for name, value in bound.arguments.items():
-        if name != "args" and value is not None:
-            value = trace_handles(value)
-            bound.arguments[name] = prioritize_handles(value) if name in ENCODERS else value
-    bound.arguments["traffic"] = TrafficManager(
-        {name: list(spec.variants) for name, spec in args.profiles.items()},
-        store=store,
-        app=app,
-        replica=replica,
+
+    def encoders(handles: Any) -> Any:
+        return prioritize_handles(trace_handles(handles))
+
+    return ClipfleetService(
+        args,
+        fetcher=trace_handles(graph.fetcher),
+        scorer=trace_handles(graph.scorer),
+        clip_encoders=encoders(graph.clip_encoders),
+        resnet_encoders=encoders(graph.resnet_encoders),
+        multiplexed_encoders=encoders(graph.multiplexed_encoders),
+        traffic=TrafficManager(
+            {name: list(spec.variants) for name, spec in args.profiles.items()},
+            store=store,
+            app=app,
+            replica=replica,
+        ),
     )
-    return ClipfleetService(*bound.args, **bound.kwargs)
 
 
 class IngressRuntime:

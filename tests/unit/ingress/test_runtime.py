@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clipfleet.api.app import create_app
+from clipfleet.ingress.graph import Graph
 from clipfleet.ingress.runtime import IngressRuntime, replica_service
 from clipfleet.rollout.store import MemoryStore
 from tests.support.local_dag import build_local_service
@@ -81,20 +82,17 @@ def test_readyz_reads_the_runtimes_view(runtime):
     )
 
 
-def test_replica_service_takes_the_handles_as_the_service_does(tiny_args):
+def test_replica_service_wraps_the_graphs_handles(tiny_args):
     local = build_local_service(tiny_args)
-    handles = (local.fetcher, local.scorer)
-    clip = {name: profile.clip for name, profile in local.profiles.items()}
-    resnet = {name: profile.resnet for name, profile in local.profiles.items()}
-    store = MemoryStore()
-    positional = replica_service(tiny_args, (*handles, clip, resnet), {}, store, "app", "r1")
-    named = replica_service(
-        tiny_args, handles, {"clip_encoders": clip, "resnet_encoders": resnet}, store, "app", "r2"
+    graph = Graph(
+        local.fetcher,
+        local.scorer,
+        {name: profile.clip for name, profile in local.profiles.items()},
+        {name: profile.resnet for name, profile in local.profiles.items()},
+        {},
     )
-    for service, replica in ((positional, "r1"), (named, "r2")):
-        assert service.fetcher is local.fetcher and not service.multiplexed.handles
-        clip = service.profiles["fast"].clip  # each call carries the request's class
-        assert {v: h._handle for v, h in clip.items()} == local.profiles["fast"].clip
-        assert service.traffic.shared_state()["replica"] == replica
-    with pytest.raises(TypeError):
-        replica_service(tiny_args, handles, {}, store, "app", "r3")
+    service = replica_service(tiny_args, graph, MemoryStore(), "app", "r1")
+    assert service.fetcher is local.fetcher and not service.multiplexed.handles
+    clip = service.profiles["fast"].clip  # each call carries the request's class
+    assert {v: h._handle for v, h in clip.items()} == local.profiles["fast"].clip
+    assert service.traffic.shared_state()["replica"] == "r1"

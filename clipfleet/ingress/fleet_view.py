@@ -1,49 +1,48 @@
-"""What the service tells about itself: model details (`/v1/status`, `/v1/models/{id}`),
-score semantics per variant, and readiness. A mixin of ClipfleetService, which holds the
-handles and state these read."""
+"""What the fleet looks like from an ingress replica: the deployment map, each deployment's
+model details (`/v1/status`, `/v1/models/{id}`) and readiness. A component the service is
+built with (`service.fleet`), over the same handles; IngressRuntime gives it the readiness view
+and the cold starts inside Serve."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clipfleet.config import (
     STABLE_VARIANT,
+    AppArgs,
     clip_deployment_name,
     multiplexed_deployment_name,
     resnet_deployment_name,
 )
-from clipfleet.scoring import ScoreSemantics
-
-if TYPE_CHECKING:
-    from clipfleet.ingress.targets import Profile
+from clipfleet.ingress.coldstart import ColdStarts
+from clipfleet.ingress.readiness import ReadinessView
+from clipfleet.ingress.targets import Profile
+from clipfleet.models.catalog import MultiplexedProfiles
+from clipfleet.rollout.traffic import TrafficManager
 
 READINESS_TIMEOUT_S = 5.0
 
 
-class ServiceViews:
-    async def logit_scale(self, profile: Profile, variant: str) -> float:
-        """Fixed per loaded model: asked once per variant."""
-        key = (profile.name, variant)
-        if key not in self._logit_scales:
-            description = await profile.clip[variant].describe.remote()
-            self._logit_scales[key] = description["logit_scale"]
-        return self._logit_scales[key]
-
-    async def semantics(self, profile: Profile, variant: str) -> ScoreSemantics:
-        """The model's score semantics (fixed per loaded model): asked once per variant or
-        multiplexed model id."""
-        key = (profile.name, variant)
-        if key not in self._semantics:
-            if profile.name in self.multiplexed:
-                answer = await profile.clip[variant].scoring.remote()
-            else:
-                answer = (await profile.clip[variant].describe.remote()).get("semantics")
-                if answer is None:  # an encoder that predates score semantics: CLIP
-                    answer = {"logit_scale": await self.logit_scale(profile, variant)}
-            self._semantics[key] = ScoreSemantics(**answer)
-        return self._semantics[key]
+class FleetView:
+    def __init__(
+        self,
+        args: AppArgs,
+        fetcher: Any,
+        scorer: Any,
+        profiles: dict[str, Profile],
+        multiplexed: MultiplexedProfiles,
+        traffic: TrafficManager,
+    ) -> None:
+        self.args = args
+        self.fetcher = fetcher
+        self.scorer = scorer
+        self.profiles = profiles
+        self.multiplexed = multiplexed
+        self.traffic = traffic
+        self.readiness_view: ReadinessView | None = None
+        self.cold_starts: ColdStarts | None = None  # inside Serve (IngressRuntime.start)
 
     async def multiplexed_models(self) -> dict:
         """Multiplexed profiles: allow-lists, LRU sizes and one replica's pool each."""
@@ -53,7 +52,7 @@ class ServiceViews:
         profiles = {}
         for name, profile in self.profiles.items():
             spec = self.args.profiles[name]
-            traffic = self.traffic_view()[name]
+            traffic = self.traffic.view()[name]
             variants = dict(
                 zip(
                     profile.clip,

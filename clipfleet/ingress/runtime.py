@@ -77,11 +77,12 @@ class IngressRuntime:
             return
         checks = {
             key: (deployment, handle.describe.remote)
-            for key, (deployment, handle) in self.service.deployment_checks().items()
+            for key, (deployment, handle) in self.service.fleet.deployment_checks().items()
         }
-        self.service.readiness_view = self.make_view(checks)
-        self.service.readiness_view.start()
-        self.service.cold_starts = self._cold_starts(checks)
+        fleet = self.service.fleet
+        fleet.readiness_view = self.make_view(checks)
+        fleet.readiness_view.start()
+        fleet.cold_starts = self._cold_starts(checks)
         self.tasks = [asyncio.get_running_loop().create_task(self._keep_gauges_fresh())]
 
     def _cold_starts(self, checks: dict) -> ColdStarts:
@@ -93,7 +94,7 @@ class IngressRuntime:
         }
         return ColdStarts(
             profiles,
-            service.readiness_view.running,
+            service.fleet.readiness_view.running,
             lambda deployment: describes[deployment](),
             service.args.cold_start_estimate_s,
             self.store,

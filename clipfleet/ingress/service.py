@@ -29,11 +29,9 @@ from clipfleet.config import (
 from clipfleet.errors import InvalidRequestError, PayloadTooLargeError, is_variant_fault
 from clipfleet.images.fetch import ImageSource
 from clipfleet.ingress.affinity import with_affinity
-from clipfleet.ingress.coldstart import ColdStarts
 from clipfleet.ingress.fanout import Judged, gather_items, raise_for
 from clipfleet.ingress.fanout import once_more_if_replica_lost as again
-from clipfleet.ingress.fleet_view import ServiceViews
-from clipfleet.ingress.readiness import ReadinessView
+from clipfleet.ingress.fleet_view import FleetView
 from clipfleet.ingress.service_images import ImageOperations
 from clipfleet.ingress.service_mixed import MixedOperations
 from clipfleet.ingress.targets import Profile, Routing
@@ -75,7 +73,7 @@ def counts_against_variant(exc: BaseException) -> bool:
     return is_variant_fault(exc)
 
 
-class ClipfleetService(ServiceViews, MixedOperations, ImageOperations):
+class ClipfleetService(MixedOperations, ImageOperations):
     def __init__(
         self,
         args: AppArgs,
@@ -108,8 +106,29 @@ class ClipfleetService(ServiceViews, MixedOperations, ImageOperations):
         self._spaces: dict[tuple[str, str, str], Any] = {}  # (profile, variant, encoder)
         self._geometries: dict[tuple[str, str], InputGeometry | None] = {}
         self.multiplexed = MultiplexedProfiles(args.multiplexed, multiplexed_encoders or {})
-        self.readiness_view: ReadinessView | None = None
-        self.cold_starts: ColdStarts | None = None  # inside Serve (IngressRuntime.start)
+        self.fleet = FleetView(args, fetcher, scorer, self.profiles, self.multiplexed, self.traffic)
+
+    async def logit_scale(self, profile: Profile, variant: str) -> float:
+        """Fixed per loaded model: asked once per variant."""
+        key = (profile.name, variant)
+        if key not in self._logit_scales:
+            description = await profile.clip[variant].describe.remote()
+            self._logit_scales[key] = description["logit_scale"]
+        return self._logit_scales[key]
+
+    async def semantics(self, profile: Profile, variant: str) -> ScoreSemantics:
+        """The model's score semantics (fixed per loaded model): asked once per variant or
+        multiplexed model id."""
+        key = (profile.name, variant)
+        if key not in self._semantics:
+            if profile.name in self.multiplexed:
+                answer = await profile.clip[variant].scoring.remote()
+            else:
+                answer = (await profile.clip[variant].describe.remote()).get("semantics")
+                if answer is None:  # an encoder that predates score semantics: CLIP
+                    answer = {"logit_scale": await self.logit_scale(profile, variant)}
+            self._semantics[key] = ScoreSemantics(**answer)
+        return self._semantics[key]
 
     def apply_traffic(self, config: TrafficConfig) -> None:
         self.traffic.apply(config)
@@ -196,9 +215,9 @@ class ClipfleetService(ServiceViews, MixedOperations, ImageOperations):
     async def _warm(self, profile: str, deployment: str) -> None:
         """Wait for a scaled-to-zero deployment's cold start if it fits in the request's
         deadline; else 503 + Retry-After (clipfleet/ingress/coldstart.py)."""
-        if self.cold_starts is not None:
+        if self.fleet.cold_starts is not None:
             budget_s = self.args.limits.request_timeout_s - COLD_START_MARGIN_S
-            await self.cold_starts.admit(profile, [deployment], budget_s)
+            await self.fleet.cold_starts.admit(profile, [deployment], budget_s)
 
     def _served(self, profile: Profile, variant: str, label: str, **body) -> dict:
         return {**body, "profile": profile.name, "variant": variant, "model": label}

@@ -36,7 +36,7 @@ async def readyz(
 ) -> JSONResponse:
     """503 until every deployment has a running replica (encoders: warmed up). Answered from a
     view refreshed in the background, so a busy application stays ready."""
-    ready, deployments = await service.readiness()
+    ready, deployments = await service.fleet.readiness()
     body = {
         "status": "ready" if ready else "not_ready",
         "model": service.profile(None).clip_label,  # seed 004's {status, model}

@@ -160,7 +160,7 @@ async def list_models(service: Service):
 async def retrieve_model(model_id: str, service: Service):
     """Everything about one id; the whole fleet's document is in GET /v1/status."""
     ref = model_ref(service, model_id, param=None)
-    document = await service.models()
+    document = await service.fleet.models()
     if ref.model_id is not None:  # one model of a multiplexed profile
         service.route(ref.profile, Routing(model_id=ref.model_id))  # 403/404 for a bad id
         pool = document.get("multiplexed", {}).get(ref.profile, {})

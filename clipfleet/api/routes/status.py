@@ -116,11 +116,12 @@ async def encoder_status(
 @router.get("/status")
 async def status(service: Annotated[ClipfleetService, Depends(get_service)]) -> dict:
     application, deployments = await asyncio.to_thread(deployment_states)
-    cold_starts = service.cold_starts
+    cold_starts = service.fleet.cold_starts
     if cold_starts is not None:
         await cold_starts.refresh_measured()
     return {
-        **await service.models(),  # default_profile, random_weights, rollback_policy, profiles
+        # default_profile, random_weights, rollback_policy, profiles
+        **await service.fleet.models(),
         "application": application,
         "ingress": {"system": system_resources(), "process": process_resources()},
         "deployments": deployments,

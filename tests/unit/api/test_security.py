@@ -280,11 +280,11 @@ def test_readiness_fails_while_a_deployment_hangs_and_recovers(serve, monkeypatc
 
     monkeypatch.setattr(clipfleet.ingress.fleet_view, "READINESS_TIMEOUT_S", 0.2)
     service, client = serve()
-    healthy_scorer, service.scorer = service.scorer, Hanging()
+    healthy_scorer, service.fleet.scorer = service.fleet.scorer, Hanging()
     not_ready = client.get("/readyz")
     assert not_ready.status_code == 503 and not_ready.headers["Retry-After"]
     assert not_ready.json()["deployments"]["scorer"]["ready"] is False
-    service.scorer = healthy_scorer
+    service.fleet.scorer = healthy_scorer
     assert client.get("/readyz").status_code == 200
 
 

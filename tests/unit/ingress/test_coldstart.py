@@ -76,7 +76,7 @@ def test_a_request_to_a_cold_profile_that_cannot_make_it_gets_503_retry_after(
     client = client_for(service)
     cold = clip_deployment_name("accurate")
     starts, woken = cold_starts({cold: 0}, estimate_s=service.args.limits.request_timeout_s)
-    service.cold_starts = starts
+    service.fleet.cold_starts = starts
     response = client.post("/v1/embed/text", json={"texts": ["x"], "profile": "accurate"})
     assert response.status_code == 503, response.text
     assert response.headers["Retry-After"] == str(int(service.args.limits.request_timeout_s))

@@ -42,7 +42,7 @@ def test_start_is_once_and_reconfigure_applies_traffic(runtime):
     async def scenario():
         runtime.start()
         runtime.start()
-        assert runtime.service.readiness_view.started == 1 and len(runtime.tasks) == 1
+        assert runtime.service.fleet.readiness_view.started == 1 and len(runtime.tasks) == 1
         assert runtime.traffic_sync is None  # no user_config yet: nothing to sync
         await runtime.reconfigure({"weights": {"fast": {"stable": 1.0}}})
         sync = runtime.traffic_sync
@@ -63,7 +63,7 @@ def test_reconfigure_rejects_unknown_variants(runtime):
 
 def test_checks_name_every_deployment(runtime):
     asyncio.run(_started(runtime))
-    checks = runtime.service.readiness_view.checks
+    checks = runtime.service.fleet.readiness_view.checks
     assert {"image_fetcher", "scorer", "fast.clip", "fast.resnet"} <= set(checks)
     assert checks["scorer"][0] == "Scorer"
 
@@ -78,7 +78,7 @@ def test_readyz_reads_the_runtimes_view(runtime):
     with TestClient(create_app(runtime.service)) as client:
         body = client.get("/readyz").json()
     assert body["status"] == "ready" and set(body["deployments"]) == set(
-        runtime.service.readiness_view.checks
+        runtime.service.fleet.readiness_view.checks
     )
 
 

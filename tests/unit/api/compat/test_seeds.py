@@ -78,7 +78,7 @@ def test_health_warns_about_random_weights(client, monkeypatch):
     async def readiness():
         return True, answer
 
-    monkeypatch.setattr(client.app.state.service, "readiness", readiness)
+    monkeypatch.setattr(client.app.state.service.fleet, "readiness", readiness)
     body = client.get("/health").json()
     assert any("random weights" in warning for warning in body["warnings"])
     assert body["models"]["resnet_model_loaded"] is False  # not in the patched answer
@@ -88,7 +88,7 @@ def test_health_is_503_when_not_ready(client, monkeypatch):
     async def readiness():
         return False, {"fast.clip": {"ready": False, "reason": "TimeoutError"}}
 
-    monkeypatch.setattr(client.app.state.service, "readiness", readiness)
+    monkeypatch.setattr(client.app.state.service.fleet, "readiness", readiness)
     for path in ("/health", "/evaluator/health"):
         response = client.get(path)
         assert response.status_code == 503 and response.json()["status"] == "unhealthy"

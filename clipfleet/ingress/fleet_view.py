@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 from clipfleet.config import (
@@ -25,24 +26,16 @@ from clipfleet.rollout.traffic import TrafficManager
 READINESS_TIMEOUT_S = 5.0
 
 
+@dataclass
 class FleetView:
-    def __init__(
-        self,
-        args: AppArgs,
-        fetcher: Any,
-        scorer: Any,
-        profiles: dict[str, Profile],
-        multiplexed: MultiplexedProfiles,
-        traffic: TrafficManager,
-    ) -> None:
-        self.args = args
-        self.fetcher = fetcher
-        self.scorer = scorer
-        self.profiles = profiles
-        self.multiplexed = multiplexed
-        self.traffic = traffic
-        self.readiness_view: ReadinessView | None = None
-        self.cold_starts: ColdStarts | None = None  # inside Serve (IngressRuntime.start)
+    args: AppArgs
+    fetcher: Any
+    scorer: Any
+    profiles: dict[str, Profile]
+    multiplexed: MultiplexedProfiles
+    traffic: TrafficManager
+    readiness_view: ReadinessView | None = None  # inside Serve (IngressRuntime.start)
+    cold_starts: ColdStarts | None = None  # inside Serve (IngressRuntime.start)
 
     async def multiplexed_models(self) -> dict:
         """Multiplexed profiles: allow-lists, LRU sizes and one replica's pool each."""

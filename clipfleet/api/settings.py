@@ -10,7 +10,8 @@ from pydantic import Field, StringConstraints
 from clipfleet.config_fleet import StrictModel
 from clipfleet.ingress.priority import PriorityClass
 
-KeyId = Annotated[str, StringConstraints(pattern=r"^key-[0-9a-f]{16}$")]  # api.auth.key_id
+# what clipfleet.api.middleware.auth.key_id makes of a key
+KeyId = Annotated[str, StringConstraints(pattern=r"^key-[0-9a-f]{16}$")]
 
 
 class AuthConfig(StrictModel):

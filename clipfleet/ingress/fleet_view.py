@@ -6,7 +6,7 @@ and the cold starts inside Serve."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +19,10 @@ from clipfleet.config import (
 )
 from clipfleet.ingress.coldstart import ColdStarts
 from clipfleet.ingress.readiness import ReadinessView
+from clipfleet.ingress.serve_state import deployment_states
 from clipfleet.ingress.targets import Profile
 from clipfleet.models.catalog import MultiplexedProfiles
 from clipfleet.rollout.traffic import TrafficManager
-
-READINESS_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -36,6 +35,9 @@ class FleetView:
     traffic: TrafficManager
     readiness_view: ReadinessView | None = None  # inside Serve (IngressRuntime.start)
     cold_starts: ColdStarts | None = None  # inside Serve (IngressRuntime.start)
+    # What runs, for a view built on a probe: the Serve controller's deployment states
+    states: Callable[[], tuple[str | None, dict | None]] = deployment_states
+    refresh_on_probe: bool = False
 
     async def multiplexed_models(self) -> dict:
         """Multiplexed profiles: allow-lists, LRU sizes and one replica's pool each."""
@@ -115,31 +117,20 @@ class FleetView:
             checks[f"{name}.multiplexed"] = (multiplexed_deployment_name(name), handle)
         return checks
 
-    async def readiness(self) -> tuple[bool, dict]:
-        """Inside Serve: the background-refreshed view (ReadinessView). Elsewhere (the local
-        graph): ask every deployment to answer `describe` (encoders answer after warm-up)."""
-        if self.readiness_view is not None:
-            return self.readiness_view.current()
-        checks: dict[str, Awaitable] = {
-            key: handle.describe.remote() for key, (_, handle) in self.deployment_checks().items()
+    def describe_checks(self) -> dict[str, tuple[str, Callable[[], Awaitable[dict]]]]:
+        """What ReadinessView checks: {readiness key: (deployment name, its describe())}."""
+        return {
+            key: (deployment, handle.describe.remote)
+            for key, (deployment, handle) in self.deployment_checks().items()
         }
-        answers = await asyncio.gather(
-            *(asyncio.wait_for(_awaited(check), READINESS_TIMEOUT_S) for check in checks.values()),
-            return_exceptions=True,
-        )
-        status = {}
-        for key, answer in zip(checks, answers, strict=True):
-            if isinstance(answer, BaseException):
-                status[key] = {"ready": False, "reason": type(answer).__name__}
-            else:
-                status[key] = {"ready": True, **_summary(answer)}
-        return all(entry["ready"] for entry in status.values()), status
 
-
-async def _awaited(awaitable: Awaitable) -> Any:
-    return await awaitable
-
-
-def _summary(description: dict) -> dict:
-    keys = ("model", "weights", "random_weights", "device")
-    return {key: description[key] for key in keys if key in description}
+    async def readiness(self) -> tuple[bool, dict]:
+        """ReadinessView's answer, the one readiness there is. Inside Serve, IngressRuntime
+        starts the view and it refreshes in the background; a view built here (outside Serve:
+        the local graph, whose `states` say what runs) refreshes on each probe."""
+        if self.readiness_view is None:
+            self.readiness_view = ReadinessView(self.describe_checks(), states=self.states)
+            self.refresh_on_probe = True
+        if self.refresh_on_probe:
+            await self.readiness_view.refresh()
+        return self.readiness_view.current()

@@ -75,10 +75,7 @@ class IngressRuntime:
         """Readiness view and gauge refresher, once; call on the replica's event loop."""
         if self.tasks:
             return
-        checks = {
-            key: (deployment, handle.describe.remote)
-            for key, (deployment, handle) in self.service.fleet.deployment_checks().items()
-        }
+        checks = self.service.fleet.describe_checks()
         fleet = self.service.fleet
         fleet.readiness_view = self.make_view(checks)
         fleet.readiness_view.start()

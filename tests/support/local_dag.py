@@ -21,6 +21,7 @@ from clipfleet.config import (
     ProfileSpec,
     ResNetSpec,
 )
+from clipfleet.ingress.fleet_view import FleetView
 from clipfleet.ingress.graph import Graph, wire
 from clipfleet.ingress.service import ClipfleetService
 from clipfleet.models.device import choose_device
@@ -141,7 +142,16 @@ class LocalBinder:
         return self.handle(MultiplexedClipEncoder(profile, spec, self.plan, limits=limits))
 
     def ingress(self, args: AppArgs, graph: Graph) -> ClipfleetService:
-        return ClipfleetService(args, **graph._asdict())
+        service = ClipfleetService(args, **graph._asdict())
+        service.fleet.states = lambda: in_process_states(service.fleet)
+        return service
+
+
+def in_process_states(fleet: FleetView) -> tuple[str, dict[str, dict]]:
+    """What a Serve controller would say of the local graph: every deployment runs, in process,
+    one replica."""
+    running = {"status": "HEALTHY", "replicas": {"RUNNING": 1}}
+    return "local", {deployment: running for deployment, _ in fleet.deployment_checks().values()}
 
 
 def build_local_service(

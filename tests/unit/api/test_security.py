@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import os
 
 import pytest
@@ -19,7 +20,7 @@ from clipfleet import errors
 from clipfleet.api.app import create_app
 from clipfleet.config import ApiLimits, AuthConfig, CorsConfig
 from clipfleet.ingress.service import ClipfleetService
-from tests.support.local_dag import build_local_service
+from tests.support.local_dag import build_local_service, in_process_states
 
 KEYS_ENV = "CLIPFLEET_TEST_API_KEYS"
 TEXT = {"texts": ["a cat"]}
@@ -269,22 +270,24 @@ def test_serves_own_plain_503_handlers_become_the_envelope(base_service):
     assert response.json()["error"]["type"] == "service_unavailable"
 
 
-def test_readiness_fails_while_a_deployment_hangs_and_recovers(serve, monkeypatch):
-    import clipfleet.ingress.fleet_view
-
-    class Hanging:
-        class describe:  # mimics handle.describe.remote()
-            @staticmethod
-            def remote():
-                return asyncio.sleep(60)
-
-    monkeypatch.setattr(clipfleet.ingress.fleet_view, "READINESS_TIMEOUT_S", 0.2)
+def test_readiness_fails_while_a_deployment_runs_no_replica_and_recovers(serve):
+    """The local graph answers /readyz from ReadinessView too (the one readiness there is): a
+    deployment with no RUNNING replica is not ready; it is again once one runs."""
     service, client = serve()
-    healthy_scorer, service.fleet.scorer = service.fleet.scorer, Hanging()
+    running = {"Scorer": 0}
+
+    def states():
+        app, deployments = in_process_states(service.fleet)
+        deployments["Scorer"] = {"status": "UPDATING", "replicas": {"RUNNING": running["Scorer"]}}
+        return app, deployments
+
+    service.fleet = dataclasses.replace(
+        service.fleet, readiness_view=None, refresh_on_probe=False, states=states
+    )
     not_ready = client.get("/readyz")
     assert not_ready.status_code == 503 and not_ready.headers["Retry-After"]
     assert not_ready.json()["deployments"]["scorer"]["ready"] is False
-    service.fleet.scorer = healthy_scorer
+    running["Scorer"] = 1
     assert client.get("/readyz").status_code == 200
 
 

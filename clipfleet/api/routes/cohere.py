@@ -9,8 +9,8 @@ import uuid
 import numpy as np
 from fastapi import APIRouter, Response
 
-from clipfleet.api.routes.common import ERRORS, Route, Service
-from clipfleet.api.routes.openai import pinned, served_headers, served_id
+from clipfleet.api.routes.common import ERRORS, Route, Service, served_headers
+from clipfleet.api.routes.openai import pinned, served_id
 from clipfleet.api.schemas.cohere import CohereEmbedRequest, CohereEmbedResponse
 from clipfleet.api.schemas.content_parts import image_source, parts_item
 from clipfleet.api.schemas.v1 import ErrorResponse

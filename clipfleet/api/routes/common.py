@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 
 from clipfleet.api.deps import get_service
 from clipfleet.api.schemas.v1 import ErrorResponse
@@ -36,3 +36,10 @@ async def routing_of(
 
 
 Route = Annotated[Routing, Depends(routing_of)]
+
+
+def served_headers(response: Response, result: dict) -> dict:
+    """Name the profile and variant that served `result` in the response's headers."""
+    response.headers[PROFILE_HEADER] = result["profile"]
+    response.headers[VARIANT_HEADER] = result["variant"]
+    return result

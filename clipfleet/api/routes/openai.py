@@ -4,8 +4,8 @@ Embeddings go through the service's `embed_items` (one variant per request; the 
 calls as /v1/embed/text and /v1/embed/image, encoder `clip`), so the vectors are the same; only
 the request and response shapes differ: strings, content parts, vLLM's `messages`
 (clipfleet.api.schemas.content_parts). `model` is the one grammar of clipfleet.modelref; an unknown
-one is a 404 with `code: model_not_found`. `pinned`, `served_headers` and `served_id` serve the
-other peers' routes too.
+one is a 404 with `code: model_not_found`. `pinned` and `served_id` serve the other peers' routes
+too.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 
 from fastapi import APIRouter, Response
 
-from clipfleet.api.routes.common import ERRORS, PROFILE_HEADER, VARIANT_HEADER, Route, Service
+from clipfleet.api.routes.common import ERRORS, Route, Service, served_headers
 from clipfleet.api.schemas.content_parts import TextPart, part_item, parts_item, string_item
 from clipfleet.api.schemas.openai import (
     EmbeddingsRequest,
@@ -85,11 +85,6 @@ def pinned(
     if ref.variant is not None or ref.model_id is not None:
         routing = Routing(key=routing.key, variant=ref.variant, model_id=ref.model_id)
     return ref.profile, routing
-
-
-def served_headers(response: Response, result: dict) -> None:
-    response.headers[PROFILE_HEADER] = result["profile"]
-    response.headers[VARIANT_HEADER] = result["variant"]
 
 
 def served_id(service: ClipfleetService, result: dict) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from clipfleet.api.routes.common import ERRORS, Route, Service
-from clipfleet.api.routes.openai import pinned, served_headers, served_id
+from clipfleet.api.routes.common import ERRORS, Route, Service, served_headers
+from clipfleet.api.routes.openai import pinned, served_id
 from clipfleet.api.schemas.content_parts import (
     ImagePart,
     Modality,

@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from clipfleet.api.model_select import ModelHeader, select
-from clipfleet.api.routes.common import ERRORS, PROFILE_HEADER, VARIANT_HEADER, Route, Service
+from clipfleet.api.routes.common import ERRORS, Route, Service, served_headers
 from clipfleet.api.routes.rerank import vllm_score
 from clipfleet.api.schemas.rerank import ScoreBody, VllmScoreRequest, VllmScoreResponse
 from clipfleet.api.schemas.v1 import (
@@ -43,12 +43,6 @@ async def source_of_upload(upload: UploadFile) -> ImageSource:
     return ImageSource(data=await upload.read())
 
 
-def _served(response: Response, body: dict) -> dict:
-    response.headers[PROFILE_HEADER] = body["profile"]
-    response.headers[VARIANT_HEADER] = body["variant"]
-    return body
-
-
 async def shaped(
     service: ClipfleetService, body: dict, dimensions: int | None = None, encoding: str = "float"
 ) -> dict:
@@ -72,7 +66,9 @@ async def embed_image(
     sources = [source_of(ref) for ref in body.images]
     target = select(body.profile, body.model, model, routing)
     result = await service.embed_images(sources, body.encoder, *target)
-    return _served(response, await shaped(service, result, body.dimensions, body.encoding_format))
+    return served_headers(
+        response, await shaped(service, result, body.dimensions, body.encoding_format)
+    )
 
 
 @router.post("/embed/text", response_model=EmbeddingResponse)
@@ -81,7 +77,9 @@ async def embed_text(
 ):
     target = select(body.profile, body.model, model, routing)
     result = await service.embed_texts(body.texts, *target)
-    return _served(response, await shaped(service, result, body.dimensions, body.encoding_format))
+    return served_headers(
+        response, await shaped(service, result, body.dimensions, body.encoding_format)
+    )
 
 
 @router.post("/score", response_model=ScoreResponse | VllmScoreResponse)
@@ -93,7 +91,7 @@ async def score(
         return await vllm_score(body, service, response, routing)
     pairs = [(source_of(pair.image), pair.text) for pair in body.pairs]
     target = select(body.profile, body.model, model, routing)
-    return _served(response, await service.score(pairs, *target))
+    return served_headers(response, await service.score(pairs, *target))
 
 
 @router.post("/tag", response_model=TagResponse)
@@ -110,7 +108,7 @@ async def tag(
         routing,
         threshold=body.threshold,
     )
-    return _served(response, result)
+    return served_headers(response, result)
 
 
 @router.post("/embed/image/upload", response_model=EmbeddingResponse)
@@ -125,7 +123,7 @@ async def embed_image_upload(
 ):
     sources = [await source_of_upload(upload) for upload in image]
     target = select(profile, None, model, routing)
-    return _served(
+    return served_headers(
         response, await shaped(service, await service.embed_images(sources, encoder, *target))
     )
 
@@ -141,7 +139,9 @@ async def score_upload(
     profile: Annotated[ProfileName | None, Form()] = None,
 ):
     pairs = [(await source_of_upload(image), text)]
-    return _served(response, await service.score(pairs, *select(profile, None, model, routing)))
+    return served_headers(
+        response, await service.score(pairs, *select(profile, None, model, routing))
+    )
 
 
 @router.post("/tag/upload", response_model=TagResponse)
@@ -167,4 +167,4 @@ async def tag_upload(
         routing,
         threshold=threshold,
     )
-    return _served(response, result)
+    return served_headers(response, result)

@@ -39,7 +39,7 @@ TAG_TYPE = pa.list_(pa.struct([("label", pa.string()), ("confidence", pa.float64
 
 
 @dataclass(frozen=True)
-class DecodePlan:
+class DecodeTask:
     """What the decode task needs to know (it is pickled to every task)."""
 
     base: Location  # the image root: relative paths start there, and no file outside it is read
@@ -100,7 +100,7 @@ def _text_error(text: str | None, column: str, limit: int) -> str | None:
     return None
 
 
-def decode_batch(table: pa.Table, plan: DecodePlan) -> pa.Table:
+def decode_batch(table: pa.Table, plan: DecodeTask) -> pa.Table:
     """Add the decoded pixels (raw HxWx3 bytes + shape) and any per-row error."""
     rows = table.num_rows
     errors: list[str | None] = [None] * rows

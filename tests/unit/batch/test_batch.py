@@ -14,7 +14,7 @@ from clipfleet.batch.command import settings_from
 from clipfleet.batch.inputs import InputError, Location, load_input
 from clipfleet.batch.output import JOB_FILE, OutputError, ShardWriter, prepare_output
 from clipfleet.batch.settings import SettingsError, resolve_model, size_actors
-from clipfleet.batch.stages import ERROR, ROW_ID, SHARD, DecodePlan, ModelActor, decode_batch
+from clipfleet.batch.stages import ERROR, ROW_ID, SHARD, DecodeTask, ModelActor, decode_batch
 from clipfleet.config import FetchLimits
 from clipfleet.images.decode import decode_image
 from clipfleet.models.clip import load_clip_model
@@ -80,7 +80,7 @@ def test_unusable_inputs_say_what_to_fix(tmp_path):
 
 
 def decoded(folder, table, limits=None, image="image", text="caption"):
-    plan = DecodePlan(Location.parse(str(folder)), image, text, limits or FetchLimits(), 1000)
+    plan = DecodeTask(Location.parse(str(folder)), image, text, limits or FetchLimits(), 1000)
     return decode_batch(table, plan)
 
 

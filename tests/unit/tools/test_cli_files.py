@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from clipfleet.batch.inputs import Location
-from clipfleet.batch.stages import ERROR, DecodePlan, decode_batch
+from clipfleet.batch.stages import ERROR, DecodeTask, decode_batch
 from clipfleet.config import FetchLimits
 from clipfleet.images import localfiles
 from clipfleet.scorecsv.rows import inert
@@ -114,12 +114,12 @@ def test_batch_reads_only_files_under_the_root(tree):
     root, outside, opened = tree
     values = ["images/a.jpg", *hostile_values(outside).values()]
     table = pa.table({"image": values, "caption": ["x"] * len(values)})
-    plan = DecodePlan(Location.parse(str(root)), "image", "caption", FetchLimits(), 1000)
+    plan = DecodeTask(Location.parse(str(root)), "image", "caption", FetchLimits(), 1000)
     errors = run_bounded(lambda: decode_batch(table, plan)[ERROR].to_pylist())
     assert errors[0] is None
     assert all(error.startswith("cannot read image file") for error in errors[1:]), errors
     assert opened == [str(root / "images" / "a.jpg")]
-    small = DecodePlan(
+    small = DecodeTask(
         Location.parse(str(root)), "image", "caption", FetchLimits(max_bytes=1024), 1
     )
     assert "larger than 1024 bytes" in decode_batch(table.slice(0, 1), small)[ERROR][0].as_py()

@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Every Ray process `serve run` starts (its proxy too) gets clipfleet.configgen.RAY_PROCESS_ENV.
+# Every Ray process `serve run` starts (its proxy too) gets clipfleet.tools.configgen.RAY_PROCESS_ENV.
 run: $(STAMP)
-	env $$($(BIN)/python -m clipfleet.configgen --ray-env) $(BIN)/serve run $(CONFIG)
+	env $$($(BIN)/python -m clipfleet.tools.configgen --ray-env) $(BIN)/serve run $(CONFIG)
 
 # The unit tier runs first as a fast gate; the Ray tiers only run when it passes.
 test: $(STAMP)
@@ -43,7 +43,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 weights: $(STAMP)
-	$(BIN)/python -m clipfleet.weights $(CONFIG)
+	$(BIN)/python -m clipfleet.tools.weights $(CONFIG)
 
 # Load tests against a running service (`make run` in another terminal).
 LOADTEST_URL ?= http://127.0.0.1:8000
@@ -117,9 +117,9 @@ bench-priority: $(STAMP)
 	$(BIN)/python -m loadtests.priority --seconds $(PRIORITY_SECONDS) --out $(RESULTS)/priority.json
 
 # Generate the GPU, bench and fast-int8 configs and the RayServices' serveConfigV2 from
-# serve_config.yaml + cluster/overlays/*.yaml (clipfleet/configgen.py).
+# serve_config.yaml + cluster/overlays/*.yaml (clipfleet/tools/configgen.py).
 cluster-sync: $(STAMP)
-	$(BIN)/python -m clipfleet.configgen
+	$(BIN)/python -m clipfleet.tools.configgen
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

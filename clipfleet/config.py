@@ -9,18 +9,17 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from clipfleet.api.limits import ApiLimits
+from clipfleet.api.settings import AuthConfig, CorsConfig
 from clipfleet.config_fleet import AffinityConfig, SharedCacheConfig, StrictModel
-from clipfleet.limits import ApiLimits
-from clipfleet.priority import PriorityClass
 
 RANDOM_WEIGHTS_ENV = "CLIPFLEET_RANDOM_WEIGHTS"
 _TRUE_WORDS = {"1", "true", "yes", "on"}
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-KeyId = Annotated[str, StringConstraints(pattern=r"^key-[0-9a-f]{16}$")]  # api.auth.key_id
 
 
 def random_weights_enabled() -> bool:
@@ -163,8 +162,8 @@ class EncoderConfig(BatchingConfig):
     """
 
     cache: CacheConfig = CacheConfig()
-    # Priority classes (clipfleet/priority.py): while bulk work waits, at least one forward in
-    # this many serves it; the others serve interactive work first.
+    # Priority classes (clipfleet/ingress/priority.py): while bulk work waits, at least one forward
+    # in this many serves it; the others serve interactive work first.
     bulk_every: int = Field(4, ge=2, le=1000)
     # Items in one bulk forward (null: max_batch_size). A running forward is never interrupted:
     # on a CPU this bounds how long an interactive request can wait behind bulk work.
@@ -190,16 +189,16 @@ class FetchLimits(StrictModel):
         *("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"),
         "application/octet-stream",
     )
-    # SSRF allow-list (see clipfleet.netguard): internal networks (CIDRs) and host names
+    # SSRF allow-list (see clipfleet.images.netguard): internal networks (CIDRs) and host names
     # (exact, or `*.example.com`) that image URLs may reach. Empty: public addresses only.
     allow_private_networks: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     # Ports image URLs may name (every redirect hop too). Add a port only for a source you run.
     allowed_ports: tuple[int, ...] = Field((80, 443), min_length=1)
 
-    # Decode memory budget (clipfleet.imaging, clipfleet.fetch): concurrent decodes per replica
-    # are bounded by their estimated bytes (raster = width x height x bytes per pixel, + bands),
-    # on `decode_threads` threads. One image over the budget still decodes, alone.
+    # Decode memory budget (clipfleet.images.decode, clipfleet.images.fetch): concurrent decodes per
+    # replica are bounded by their estimated bytes (raster = width x height x bytes per pixel, +
+    # bands), on `decode_threads` threads. One image over the budget still decodes, alone.
     decode_budget_bytes: int = Field(512 * 1024 * 1024, ge=16 * 1024 * 1024)
     decode_threads: int = Field(2, ge=1, le=64)
     # The shipped array's longer side: `crop` keeps its centre (the encoders resize the shorter
@@ -222,8 +221,9 @@ class FetchLimits(StrictModel):
             raise ValueError(f"ports must be 1-65535, got {bad}")
         return ports
 
-    # JPEGs go to the encoders undecoded; one on a GPU decodes them there (clipfleet.gpu_decode),
-    # one without decodes them on its CPU. Off: the fetcher decodes every image.
+    # JPEGs go to the encoders undecoded; one on a GPU decodes them there
+    # (clipfleet.images.gpu_decode), one without decodes them on its CPU. Off: the fetcher decodes
+    # every image.
     gpu_decode: bool = False
 
     @field_validator("allow_private_networks")
@@ -232,31 +232,6 @@ class FetchLimits(StrictModel):
         for network in networks:
             ipaddress.ip_network(network, strict=False)  # ValueError names the bad entry
         return networks
-
-
-class AuthConfig(StrictModel):
-    """API keys: comma-separated in the `api_keys_env` variable and/or one per line in
-    `api_keys_file` (a mounted secret, re-read when it changes). No keys configured: no auth."""
-
-    api_keys_env: str = "CLIPFLEET_API_KEYS"
-    api_keys_file: str | None = None
-    # Priority classes (docs/api.md): the highest class each key may use, by key id (never
-    # the secret: `clipfleet key-id`); keys not listed, and requests without auth, get the default.
-    priorities: dict[KeyId, PriorityClass] = {}
-    default_priority: PriorityClass = "interactive"
-
-
-class CorsConfig(StrictModel):
-    """Browser clients (seed 003). No origins: no CORS headers at all."""
-
-    allow_origins: tuple[str, ...] = ()
-    allow_methods: tuple[str, ...] = ("GET", "POST", "OPTIONS")
-    allow_headers: tuple[str, ...] = (
-        *("Authorization", "Content-Type", "X-API-Key", "X-Clipfleet-Route-Key"),
-        *("X-Clipfleet-Variant", "X-Clipfleet-Priority", "X-Request-ID"),
-    )
-    allow_credentials: bool = False
-    max_age_s: int = Field(600, ge=0)
 
 
 DEFAULT_LABELS: tuple[str, ...] = (
@@ -302,7 +277,7 @@ class AppArgs(StrictModel):
     cors: CorsConfig = CorsConfig()
     default_labels: tuple[str, ...] = DEFAULT_LABELS
     prompt_template: str = "a photo of a {label}."
-    # Scale to zero: a never-measured profile's cold start (clipfleet/coldstart.py).
+    # Scale to zero: a never-measured profile's cold start (clipfleet/ingress/coldstart.py).
     cold_start_estimate_s: float = Field(60.0, gt=0, le=3600)
     # Multiplexed profiles (requests name `<profile>:<model-id>`); see docs/models.md.
     multiplexed: dict[str, MultiplexedProfileSpec] = {}

@@ -14,11 +14,11 @@ class StrictModel(BaseModel):
 
 
 class SharedCacheConfig(StrictModel):
-    """The second-level cache every replica shares, in Valkey / Redis (clipfleet.shared_cache,
-    docs/configuration.md). The password never appears here: it is read from the environment
-    variable `password_env` (a Kubernetes Secret in the cluster). A slow or absent server costs
-    a lookup at most `timeout_s`; after `breaker_failures` failures in a row the cache is
-    skipped for `breaker_cooldown_s`, then one call tries it again."""
+    """The second-level cache every replica shares, in Valkey / Redis
+    (clipfleet.replicas.shared_cache, docs/configuration.md). The password never appears here: it is
+    read from the environment variable `password_env` (a Kubernetes Secret in the cluster). A slow
+    or absent server costs a lookup at most `timeout_s`; after `breaker_failures` failures in a row
+    the cache is skipped for `breaker_cooldown_s`, then one call tries it again."""
 
     url: str
     ttl_s: int = Field(86_400, ge=1, le=30 * 86_400)
@@ -45,7 +45,7 @@ class SharedCacheConfig(StrictModel):
 
 
 class AffinityConfig(StrictModel):
-    """Content-affinity routing (clipfleet.affinity): the encoder deployments named here get
+    """Content-affinity routing (clipfleet.ingress.affinity): the encoder deployments named here get
     each image / text at the replica that owns its content hash (rendezvous hashing over the
     live replicas), so their embedding caches split the content instead of each caching all of
     it; a request whose owner has `max_owner_queue` or more requests in flight goes to the less

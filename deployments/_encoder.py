@@ -9,13 +9,13 @@ import ray
 import torch
 from ray import serve
 
-from clipfleet.coldstart import publish
-from clipfleet.fleet_store import RayKVStore
+from clipfleet.ingress.coldstart import publish
 from clipfleet.models.base import TextTokens
 from clipfleet.models.device import DevicePlan, choose_device, set_torch_threads
 from clipfleet.models.sizing import ForwardLease, forward_slots, forward_threads
 from clipfleet.replicas.encoder import DEFAULT_CONFIG
 from clipfleet.replicas.serving import StallGuard
+from clipfleet.rollout.store import RayKVStore
 
 # @serve.batch hands batches to the ForwardScheduler, which merges those that queue behind a
 # running forward; up to this many may be waiting there (each holds at least one item).
@@ -56,7 +56,8 @@ def fleet_drills(guard: StallGuard) -> None:
 
 
 def publish_cold_start(encoder: Any) -> None:
-    """The replica's measured cold start, in the application's shared store (coldstart.py)."""
+    """The replica's measured cold start, in the application's shared store
+    (clipfleet.ingress.coldstart)."""
     context = serve.get_replica_context()
     publish(RayKVStore(), context.app_name, context.deployment, encoder.cold_start_s)
 

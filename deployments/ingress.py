@@ -1,28 +1,27 @@
 """Ingress deployment: Serve's shell around the FastAPI app, which is built on the replica
-with its service (clipfleet/ingress_runtime.py runs what goes on beside the routes)."""
+with its service (clipfleet/ingress/runtime.py runs what goes on beside the routes)."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
 from clipfleet.api.app import create_app
 from clipfleet.config import AppArgs
-from clipfleet.fleet_store import RayKVStore
-from clipfleet.ingress_runtime import IngressRuntime, replica_service
+from clipfleet.ingress.graph import Graph
+from clipfleet.ingress.runtime import IngressRuntime, replica_service
+from clipfleet.rollout.store import RayKVStore
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
 @serve.ingress()
 class Ingress:
-    def __init__(self, args: AppArgs, *handles: DeploymentHandle, **named_handles) -> None:
-        """`Ingress(args, fetcher, scorer, clip_encoders, resnet_encoders,
-        multiplexed_encoders=None)`: the handles as ClipfleetService takes them."""
+    def __init__(self, args: AppArgs, graph: Graph) -> None:
+        """`graph`: clipfleet.ingress.graph.wire's, its nodes as Serve's deployment handles."""
         context = serve.get_replica_context()
         store = RayKVStore()
         service = replica_service(
-            args, handles, named_handles, store, context.app_name, context.replica_id.unique_id
+            args, graph, store, context.app_name, context.replica_id.unique_id
         )
         self.runtime = IngressRuntime(service, store=store, app=context.app_name)
 

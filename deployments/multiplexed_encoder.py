@@ -13,7 +13,7 @@ from ray import serve
 from ray.serve.deployment import Deployment
 
 from clipfleet.config import FetchLimits, MultiplexedProfileSpec, random_weights_enabled
-from clipfleet.multiplex import LoadedModel
+from clipfleet.models.catalog import LoadedModel
 from clipfleet.replicas import multiplexed
 from deployments._context import replica_id
 from deployments._encoder import (

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from clipfleet.config import AppArgs
-from clipfleet.graph import wire
+from clipfleet.ingress.graph import wire
 from tests.support.fleet_cache import (
     fleet_image_hit_rate,
     repeating_stream,

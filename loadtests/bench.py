@@ -42,7 +42,7 @@ from clipfleet.config import (
     FetchLimits,
     clip_deployment_name,
 )
-from clipfleet.imaging import decode_image
+from clipfleet.images.decode import decode_image
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device, set_torch_threads
 from loadtests import bench_rows, results

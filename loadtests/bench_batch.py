@@ -32,7 +32,7 @@ import yaml
 from PIL import Image
 
 from clipfleet.config import AppArgs
-from clipfleet.processes import stop_tree
+from clipfleet.tools.processes import stop_tree
 from loadtests.images import SIZES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def first_part_watcher(output: Path, found: dict) -> threading.Thread:
 
 def run_batch(pairs_csv: Path, config: Path, output: Path, batch_size: int | None) -> dict:
     command = [
-        sys.executable, "-m", "clipfleet.cli", "batch", "score", "--config", str(config),
+        sys.executable, "-m", "clipfleet.tools.cli", "batch", "score", "--config", str(config),
         "--input", str(pairs_csv), "--output", str(output), "--shard-rows", str(SHARD_ROWS),
     ]  # fmt: skip
     if batch_size:
@@ -166,7 +166,7 @@ def run_score_csv(pairs_csv: Path, config: Path, port: int) -> dict:
     ready = time.perf_counter()
     try:
         command = [
-            sys.executable, "-m", "clipfleet.cli", "score-csv", str(pairs_csv), "--url", url,
+            sys.executable, "-m", "clipfleet.tools.cli", "score-csv", str(pairs_csv), "--url", url,
             "--output", str(pairs_csv.with_name("score_csv_out.csv")),
         ]  # fmt: skip
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)

@@ -11,8 +11,8 @@ Two figures, img/s at `--batch` (default 32), after a warm-up batch:
 Stacks: `hf` is what infinity-emb does with a CLIP (PIL `Image.open` of the bytes, the
 directory's `AutoProcessor` on the list of images, `get_image_features` under inference mode;
 torch's default threads), measured in infinity's venv with its transformers; `clipfleet` is
-clipfleet's own model code (`clipfleet.imaging.decode_image`: draft JPEG decode and the shipped
-resize, `preprocess_image`, `encode_images`, threads sized by clipfleet) in .venv.
+clipfleet's own model code (`clipfleet.images.decode.decode_image`: draft JPEG decode and the
+shipped resize, `preprocess_image`, `encode_images`, threads sized by clipfleet) in .venv.
 Prints one JSON object.
 """
 
@@ -58,7 +58,7 @@ class ClipfleetStack:
         self.limits = FetchLimits()
 
     def preprocess(self, jpegs: list[bytes]) -> list:
-        from clipfleet.imaging import decode_image
+        from clipfleet.images.decode import decode_image
 
         return [self.model.preprocess_image(decode_image(data, self.limits)) for data in jpegs]
 

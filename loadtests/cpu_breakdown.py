@@ -7,8 +7,8 @@
 
 Starts `serve run` of the config as the benchmarks do (loadtests/servers.py: its own Ray
 cluster, workers at nice 0, the encoders' embedding cache off, the loopback image server allowed,
-clipfleet.configgen.RAY_PROCESS_ENV as `make run` sets it; random weights unless `--peers`), or
-attaches to the server listening on `--attach`'s port; runs a bounded closed-loop load (warm-up,
+clipfleet.tools.configgen.RAY_PROCESS_ENV as `make run` sets it; random weights unless `--peers`),
+or attaches to the server listening on `--attach`'s port; runs a bounded closed-loop load (warm-up,
 then the measured window) and reads every process's CPU times (psutil, user + system, all
 threads) before and after the window. Ray workers are grouped by the actor they host (the Serve
 proxy, the controller, each deployment's replicas), the rest by program (raylet, GCS, dashboard,

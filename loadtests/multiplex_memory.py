@@ -3,7 +3,7 @@
     .venv/bin/python -m loadtests.multiplex_memory --arch ViT-B-32 --models 3 --lru 2
 
 Writes `--models` random-init open_clip checkpoints of `--arch` (local-dir folders, different
-seeds) to a temporary directory, then requests them through clipfleet.multiplex.ModelPool in
+seeds) to a temporary directory, then requests them through clipfleet.models.catalog.ModelPool in
 Ray's LRU order (evict the least recently used, then load) with an LRU of `--lru`, as a
 multiplexed replica does: for each request, the wall time and the process RSS before/after.
 The first pass loads every model cold from disk (page cache warm after writing them).
@@ -26,9 +26,9 @@ import psutil
 import torch
 
 from clipfleet.config import MultiplexedProfileSpec
+from clipfleet.models.catalog import ModelCatalog, ModelPool
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device, set_torch_threads
-from clipfleet.multiplex import ModelCatalog, ModelPool
 
 
 def write_checkpoints(root: Path, arch: str, count: int) -> list[str]:

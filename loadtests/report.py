@@ -9,7 +9,7 @@ in one of DOCS; everything outside the markers is hand-written and kept as it is
 `source` (file, commit, machine, versions, command), `table` (every row: median and min-max
 over the runs), `targets` (the goals, judged on the medians) or `summary` (one paragraph).
 Each region is rendered from the newest results file of its kind in loadtests/results/.
-tests/unit/test_bench_report.py fails while a region differs from what the files give.
+tests/unit/loadtests/test_bench_report.py fails while a region differs from what the files give.
 """
 
 from __future__ import annotations

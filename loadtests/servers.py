@@ -15,8 +15,8 @@ import requests
 import yaml
 
 from clipfleet.config import FIXED_DEPLOYMENTS, AppArgs, FetchLimits, deployment_names
-from clipfleet.configgen import RAY_PROCESS_ENV
-from clipfleet.processes import stop_tree
+from clipfleet.tools.configgen import RAY_PROCESS_ENV
+from clipfleet.tools.processes import stop_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 

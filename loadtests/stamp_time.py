@@ -3,7 +3,7 @@
     python -m loadtests.stamp_time ViT-B-32 laion2b_s34b_b79k
 
 Loads the open_clip model twice (random weights, CPU) into a fresh cache folder and times
-clipfleet.embedding_space.stamp each time: the first computes the weights digest and runs the
+clipfleet.models.embedding_space.stamp each time: the first computes the weights digest and runs the
 calibration forwards, the second reads the range from the cache (the digest is still hashed).
 """
 
@@ -22,9 +22,9 @@ def main() -> None:
     options = parser.parse_args()
     os.environ["CLIPFLEET_CALIBRATION_CACHE"] = tempfile.mkdtemp(prefix="clipfleet-calib-")
     from clipfleet.config import ClipModelSpec
-    from clipfleet.embedding_space import stamp
     from clipfleet.models.clip import load_clip_model
     from clipfleet.models.device import choose_device
+    from clipfleet.models.embedding_space import stamp
 
     spec = ClipModelSpec(backend="open_clip", model=options.model, pretrained=options.pretrained)
     for label in ("empty cache", "warm cache"):

@@ -3,7 +3,7 @@
 No `from __future__ import annotations` here: Serve reads the real `AppArgs` annotation to
 validate `args`.
 
-The graph is clipfleet.graph.wire's; this module binds its nodes as Serve deployments. Each
+The graph is clipfleet.ingress.graph.wire's; this module binds its nodes as Serve deployments. Each
 encoder's user_config (batching, cache) comes from the Serve config, or EncoderConfig's
 defaults.
 """
@@ -14,7 +14,6 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 from ray.serve.deployment import Deployment
 
-from clipfleet.affinity import ROUTER_CLASS
 from clipfleet.config import (
     FETCHER_DEPLOYMENT,
     INGRESS_DEPLOYMENT,
@@ -23,7 +22,8 @@ from clipfleet.config import (
     AppArgs,
     random_weights_enabled,
 )
-from clipfleet.graph import wire
+from clipfleet.ingress.affinity import ROUTER_CLASS
+from clipfleet.ingress.graph import wire
 from deployments.clip_encoder import ClipEncoder
 from deployments.image_fetcher import ImageFetcher
 from deployments.ingress import Ingress
@@ -35,9 +35,9 @@ logger = logging.getLogger("ray.serve")
 
 
 class ServeBinder:
-    """clipfleet.graph.Binder over Serve: each node a bound deployment, named as
+    """clipfleet.ingress.graph.Binder over Serve: each node a bound deployment, named as
     clipfleet.config names it; the encoders `affinity` names get the content-affinity
-    router (clipfleet.affinity)."""
+    router (clipfleet.ingress.affinity)."""
 
     def __init__(self, affinity: AffinityConfig = AffinityConfig()) -> None:
         self.affinity = affinity
@@ -69,7 +69,7 @@ class ServeBinder:
         return self.deploy(multiplexed_encoder(spec), name).bind(profile, spec, limits)
 
     def ingress(self, args, graph):
-        return self.deploy(Ingress, INGRESS_DEPLOYMENT).bind(args, *graph)
+        return self.deploy(Ingress, INGRESS_DEPLOYMENT).bind(args, graph)
 
 
 def build_app(args: AppArgs) -> Application:

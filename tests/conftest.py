@@ -8,7 +8,7 @@ import tempfile
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# int8 ranges cached per session, never in the user's ~/.cache (clipfleet/embedding_space.py)
+# int8 ranges cached per session, never in the user's ~/.cache (clipfleet/models/embedding_space.py)
 os.environ.setdefault("CLIPFLEET_CALIBRATION_CACHE", tempfile.mkdtemp(prefix="clipfleet-calib-"))
 # Single-node Ray in tests binds its node address to loopback (127.0.0.1), never to the host's
 # interface address: tests may only talk to loopback. (The multi-node test sets this back to 1
@@ -44,3 +44,19 @@ def hostile():
     thread = ThreadedImageServer(server).start()
     yield server
     thread.stop()
+
+
+@pytest.fixture(scope="session")
+def image_server():
+    """The test images (tests/support/servers.py), served on 127.0.0.1 for the whole session."""
+    from tests.support.servers import ThreadedImageServer
+
+    server = ThreadedImageServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def image_url(image_server):
+    """An image URL every tier's tests may fetch."""
+    return f"{image_server.base_url}/img.jpg"

@@ -10,28 +10,26 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
-from clipfleet.api import (
-    compat,
-    routes_cohere,
-    routes_health,
-    routes_openai,
-    routes_rerank,
-    routes_status,
-    routes_v1,
-)
-from clipfleet.api.admission import AdmissionMiddleware
-from clipfleet.api.auth import AuthMiddleware, KeyStore, declared_api_key
+from clipfleet.api import compat
 from clipfleet.api.errors import error_response, handle_exception
-from clipfleet.api.middleware import (
+from clipfleet.api.middleware.admission import AdmissionMiddleware
+from clipfleet.api.middleware.auth import AuthMiddleware, KeyStore, declared_api_key
+from clipfleet.api.middleware.base import HttpMiddleware
+from clipfleet.api.middleware.bounds import (
     BodyLimitMiddleware,
     DeadlineMiddleware,
     ServeRejectionMiddleware,
     cors_middleware,
 )
-from clipfleet.api.priority import PriorityMiddleware
-from clipfleet.asgi import HttpMiddleware
+from clipfleet.api.middleware.priority import PriorityMiddleware
+from clipfleet.api.routes import cohere as routes_cohere
+from clipfleet.api.routes import health as routes_health
+from clipfleet.api.routes import openai as routes_openai
+from clipfleet.api.routes import rerank as routes_rerank
+from clipfleet.api.routes import status as routes_status
+from clipfleet.api.routes import v1 as routes_v1
+from clipfleet.ingress.service import ClipfleetService
 from clipfleet.observability.http import ObservabilityMiddleware
-from clipfleet.service import ClipfleetService
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _MAX_REQUEST_ID = 128

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from clipfleet.api.auth import KeyStore
-from clipfleet.service import ClipfleetService
+from clipfleet.api.middleware.auth import KeyStore
+from clipfleet.ingress.service import ClipfleetService
 
 
 async def get_service(request: Request) -> ClipfleetService:

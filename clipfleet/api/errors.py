@@ -47,7 +47,7 @@ def _validation_param(error: dict) -> str | None:
     param = ""
     for part in error.get("loc", ())[1:]:  # loc[0] is "body", "query", ...
         if isinstance(part, str) and part.startswith("~"):
-            continue  # a union member's tag (clipfleet/api/rerank_schemas.py), not a field
+            continue  # a union member's tag (clipfleet/api/schemas/rerank.py), not a field
         param += f"[{part}]" if isinstance(part, int) else f".{part}"
     return param.lstrip(".") or None
 

@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import Depends, Header
 
 from clipfleet.errors import InvalidRequestError
+from clipfleet.ingress.targets import Routing
 from clipfleet.modelref import MAX_MODEL_REF_CHARS, parse_model_ref
-from clipfleet.service import Routing
 
 MODEL_HEADER = "X-Clipfleet-Model"
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 from clipfleet.batch.inputs import InputTable, Location
 from clipfleet.batch.output import ShardWriter, prepare_output
 from clipfleet.batch.settings import JobSettings
-from clipfleet.batch.stages import ROW_ID, SHARD, DecodePlan, ModelActor, decode_batch
+from clipfleet.batch.stages import ROW_ID, SHARD, DecodeTask, ModelActor, decode_batch
 from clipfleet.config import FetchLimits, random_weights_enabled
 
 RESULT_COLUMNS = ("clip_score", "embedding", "embedding_space", "tags", "model", "error")
@@ -153,7 +153,7 @@ def build_dataset(settings, source, todo, shard_rows, address, decode_cpus):
     limits = settings.args.fetch
     if settings.needs_image:  # in a worker: the model's memory goes with it
         limits = ray.get(ray.remote(service_decode_limits).remote(settings))
-    plan = DecodePlan(
+    plan = DecodeTask(
         base=source.base,
         image_column=source.image_column if settings.needs_image else None,
         text_column=source.text_column if settings.needs_text else None,

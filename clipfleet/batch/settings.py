@@ -15,11 +15,11 @@ from typing import Literal
 
 import yaml
 
+from clipfleet.api.limits import render_prompts
 from clipfleet.config import STABLE_VARIANT, AppArgs, ClipModelSpec, EncoderConfig
 from clipfleet.errors import ClipfleetError
-from clipfleet.limits import render_prompts
+from clipfleet.ingress.service import clip_model_label
 from clipfleet.modelref import parse_model_ref
-from clipfleet.service import clip_model_label
 
 Mode = Literal["embed", "score", "tag"]
 APP_IMPORT_PATH = "pipelines.app:build_app"

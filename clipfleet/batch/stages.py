@@ -21,15 +21,15 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import fs as pafs
 
+from clipfleet.api.limits import render_prompt
 from clipfleet.batch.inputs import Location
 from clipfleet.batch.settings import JobSettings
 from clipfleet.config import FetchLimits, random_weights_enabled
-from clipfleet.embedding_space import embedding_space, stamp
 from clipfleet.errors import ClipfleetError
-from clipfleet.fetch import ImageFetcher
-from clipfleet.imaging import decode_image
-from clipfleet.limits import render_prompt
-from clipfleet.localfiles import ImageFileError, read_image_file
+from clipfleet.images.decode import decode_image
+from clipfleet.images.fetch import ImageFetcher
+from clipfleet.images.localfiles import ImageFileError, read_image_file
+from clipfleet.models.embedding_space import embedding_space, stamp
 from clipfleet.scoring import clip_scores, semantic_tags
 
 PIXELS, SHAPE, ERROR = "__pixels", "__shape", "__error"
@@ -39,7 +39,7 @@ TAG_TYPE = pa.list_(pa.struct([("label", pa.string()), ("confidence", pa.float64
 
 
 @dataclass(frozen=True)
-class DecodePlan:
+class DecodeTask:
     """What the decode task needs to know (it is pickled to every task)."""
 
     base: Location  # the image root: relative paths start there, and no file outside it is read
@@ -61,8 +61,8 @@ def describe_error(exc: BaseException) -> str:
 
 def read_file(root: Location, value: str, limits: FetchLimits) -> bytes:
     """A regular file under `root` (--image-root), at most fetch.max_bytes: on the local
-    filesystem through clipfleet.localfiles (symlinks resolved); on others, its normalised path
-    under the root."""
+    filesystem through clipfleet.images.localfiles (symlinks resolved); on others, its normalised
+    path under the root."""
     if isinstance(root.filesystem, pafs.LocalFileSystem):
         return read_image_file(Path(root.path), value, limits.max_bytes)
     path = posixpath.normpath(value if value.startswith("/") else root.join(value))
@@ -100,7 +100,7 @@ def _text_error(text: str | None, column: str, limit: int) -> str | None:
     return None
 
 
-def decode_batch(table: pa.Table, plan: DecodePlan) -> pa.Table:
+def decode_batch(table: pa.Table, plan: DecodeTask) -> pa.Table:
     """Add the decoded pixels (raw HxWx3 bytes + shape) and any per-row error."""
     rows = table.num_rows
     errors: list[str | None] = [None] * rows

@@ -1,6 +1,6 @@
 """What makes a loaded model's vectors what they are, in a form that is the same on every
 replica and every restart: a digest of its weights, its preprocessing, its tokenizer, its runtime
-and precision (clipfleet.embedding_space turns this into the `embedding_space` id).
+and precision (clipfleet.models.embedding_space turns this into the `embedding_space` id).
 
 Random-weights mode seeds the initialisation from the model spec (`seeded_init`), so replicas of
 one variant, and restarts, build the very same weights, as real weights are the same file.
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from clipfleet.calibration import CALIBRATION_PROMPTS
+from clipfleet.models.calibration import CALIBRATION_PROMPTS
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # function reprs carry their memory address
 

@@ -3,7 +3,7 @@
 A CLIP or ResNet preprocess resizes the shorter side to S and centre-crops a square (or squashes
 both sides to S x S); everything outside that square is thrown away and everything finer than
 S px is averaged away. An encoder that decodes the bytes itself can therefore decode (JPEG draft
-mode) and resize straight to an S x S square (clipfleet.imaging's `crop` / `squash` geometry)
+mode) and resize straight to an S x S square (clipfleet.images.decode's `crop` / `squash` geometry)
 instead of the fetcher's generic 448 px array, and the model's resize becomes the identity.
 `None` where the preprocessing is anything else (keep-ratio, patch-based NaFlex, ...): those
 images get the generic geometry and the model does its own resizing as before.

@@ -6,8 +6,8 @@ made of the weights' digest and the torch / onnx / onnxruntime versions (written
 file and `os.replace`d, so a crashed or concurrent export never leaves half a file under the
 final name), and swaps the model's image forward for an ORT session. precision=int8 adds ORT's
 dynamic quantisation (MatMul / Gemm weights to int8, CPU only) and measures it against the fp32
-torch tower on the calibration set (clipfleet.calibration) before the model may serve. On CUDA
-the export is fp16 and the session uses TensorRT (when installed) then CUDA. Random weights are
+torch tower on the calibration set (clipfleet.models.calibration) before the model may serve. On
+CUDA the export is fp16 and the session uses TensorRT (when installed) then CUDA. Random weights are
 exported to a temporary directory: they differ on every start, so caching them would only fill
 the disk. The text tower stays on torch.
 """
@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipfleet.calibration import calibration_images
 from clipfleet.config import RuntimeChoice
 from clipfleet.models.base import ImageEncoderModel, ModelLoadError
+from clipfleet.models.calibration import calibration_images
 from clipfleet.models.device import DevicePlan, inference, l2_normalize
 from clipfleet.models.fingerprint import weights_digest
 

@@ -14,7 +14,7 @@ OpenMP team per decode thread beside the forward's, on the same cores.
 
 Only where the result is the same: an HxWx3 uint8 array of exactly the square, and a processor
 whose steps are the ones replayed here (anything else, e.g. padding or a keep-ratio resize, goes
-through the library as before). `tests/unit/test_square_input.py` checks equality with the
+through the library as before). `tests/unit/models/test_square_input.py` checks equality with the
 library's own output.
 """
 

@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from clipfleet.asgi import HttpMiddleware
+from clipfleet.api.middleware.base import HttpMiddleware
 from clipfleet.errors import ClientClosedError
 from clipfleet.observability import metrics, tracing
 

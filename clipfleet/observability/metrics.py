@@ -118,7 +118,7 @@ SPECS: tuple[MetricSpec, ...] = (
         ("profile", "variant"),
     ),
 )
-SPECS += (  # multiplexed profiles (clipfleet.multiplex); model ids are never labels
+SPECS += (  # multiplexed profiles (clipfleet.models.catalog); model ids are never labels
     MetricSpec(
         "clipfleet_multiplexed_models",
         "counter",
@@ -296,13 +296,13 @@ def record_cache(hit: bool, kind: str) -> None:
 
 
 def record_shared_cache(result: str, kind: str) -> None:
-    """One shared-cache call's result (clipfleet.shared_cache)."""
+    """One shared-cache call's result (clipfleet.replicas.shared_cache)."""
     tags = {"result": result, "kind": kind}
     _safely(_metric("clipfleet_shared_cache_results").inc, 1, tags)
 
 
 def record_affinity(result: str) -> None:
-    """One content-affinity routing decision (clipfleet.affinity_router), in the caller."""
+    """One content-affinity routing decision (clipfleet.ingress.affinity_router), in the caller."""
     _safely(_metric("clipfleet_affinity_routes").inc, 1, {"result": result})
 
 

@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from clipfleet.keyword_handles import KeywordHandle, wrap_handles
+from clipfleet.ingress.keyword_handles import KeywordHandle, wrap_handles
 
 logger = logging.getLogger("ray.serve")
 

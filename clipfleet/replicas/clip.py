@@ -6,16 +6,16 @@ from typing import Any
 
 import numpy as np
 
-from clipfleet.cache import text_key
 from clipfleet.config import ClipModelSpec, FetchLimits
+from clipfleet.ingress.priority import classed, prioritized
 from clipfleet.models.base import TextTokens
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import DevicePlan
 from clipfleet.models.onnx_runtime import apply_runtime
 from clipfleet.models.sizing import ForwardLease
 from clipfleet.observability.tracing import traced
-from clipfleet.priority import classed, prioritized
 from clipfleet.replicas import LOCAL_REPLICA
+from clipfleet.replicas.cache import text_key
 from clipfleet.replicas.encoder import (
     ImageEncoder,
     cached_embedding,
@@ -50,7 +50,8 @@ class ClipEncoder(ImageEncoder):
     @prioritized
     @serving
     async def embed_text(self, text: str, route_key: bytes | None = None) -> np.ndarray:
-        """`route_key`: for the content-affinity router (clipfleet.affinity), unused here."""
+        """`route_key`: for the content-affinity router (clipfleet.ingress.affinity), unused
+        here."""
         await inject_faults(self.config)
         return await self._text_vector(text)
 
@@ -77,7 +78,7 @@ class ClipEncoder(ImageEncoder):
         """(N, D) for N texts, each tokenized once (cut to what the tokenizer can use) and
         joining the shared batch queue with other requests'; with `count_tokens`, also the
         tokens per text (start/end included, truncated to the context): usage figures.
-        `route_key`: for the content-affinity router (clipfleet.affinity), unused here."""
+        `route_key`: for the content-affinity router (clipfleet.ingress.affinity), unused here."""
         await inject_faults(self.config)
         return await embed_tokenized(self.model, texts, count_tokens, self._embed_one_text)
 

@@ -14,24 +14,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipfleet.batching import ForwardScheduler
-from clipfleet.cache import EmbeddingCache
 from clipfleet.config import EncoderConfig, FetchLimits, ResNetSpec
-from clipfleet.embedding_space import space_of, stamp
-from clipfleet.fanout import gather_items
+from clipfleet.ingress.fanout import gather_items
+from clipfleet.ingress.priority import classed, prioritized
 from clipfleet.models.base import ImageEncoderModel, TextTokens
 from clipfleet.models.device import DevicePlan
+from clipfleet.models.embedding_space import space_of, stamp
 from clipfleet.models.onnx_runtime import apply_runtime
 from clipfleet.models.resnet import ResNetModel
 from clipfleet.models.sizing import ForwardLease
 from clipfleet.observability import metrics
 from clipfleet.observability.resources import process_resources
 from clipfleet.observability.tracing import traced
-from clipfleet.priority import classed, prioritized
 from clipfleet.replicas import LOCAL_REPLICA
+from clipfleet.replicas.batching import ForwardScheduler
+from clipfleet.replicas.cache import EmbeddingCache
 from clipfleet.replicas.images import EncoderImage, ImageInputs, client_seconds
 from clipfleet.replicas.serving import StallGuard, serving
-from clipfleet.shared_cache import SharedCache
+from clipfleet.replicas.shared_cache import SharedCache
 
 logger = logging.getLogger("ray.serve")
 
@@ -208,7 +208,7 @@ class ImageEncoder:
         stamp(model)  # its embedding space and int8 range, before it serves
         process_resources()  # starts this process's CPU % window
         # From the constructor's start to ready: what a scaled-to-zero profile's first request
-        # waits for (clipfleet/coldstart.py), less the process's own start.
+        # waits for (clipfleet/ingress/coldstart.py), less the process's own start.
         self.cold_start_s = model.info.load_seconds + time.perf_counter() - started
 
     def _forwards(self) -> dict:
@@ -216,7 +216,7 @@ class ImageEncoder:
 
     @property
     def cache_space(self) -> str:
-        """The shared cache's namespace: the model's space (clipfleet.shared_cache)."""
+        """The shared cache's namespace: the model's space (clipfleet.replicas.shared_cache)."""
         return self.model.info.extra["model_space"]
 
     async def reconfigure(self, user_config: dict[str, Any], batched: Sequence = ()) -> None:
@@ -239,7 +239,8 @@ class ImageEncoder:
         self, image: EncoderImage, timed: bool = False, route_key: bytes | None = None
     ) -> np.ndarray | tuple[np.ndarray, float]:
         """The embedding; with `timed`, also the seconds spent here (see `embed_timed`).
-        `route_key` is read by the content-affinity router (clipfleet.affinity), not here."""
+        `route_key` is read by the content-affinity router (clipfleet.ingress.affinity), not
+        here."""
         return await embed_timed(self._embed_image(image), timed)
 
     @traced("encoder.embed_images")
@@ -270,7 +271,8 @@ class ImageEncoder:
         return await self.scheduler.run("image", pixel_batch)
 
     async def space(self) -> dict[str, Any]:
-        """The model's space (clipfleet.embedding_space): model_space, int8_limit, embed_dim."""
+        """The model's space (clipfleet.models.embedding_space): model_space, int8_limit,
+        embed_dim."""
         return space_of(self.model)
 
     def _count_batch(self, kind: str, size: int, seconds: float) -> None:

@@ -1,5 +1,5 @@
-"""The image fetcher replica without Ray: clipfleet.fetch.ImageFetcher's two stages, each timed
-and its failures counted, and the process's memory figures."""
+"""The image fetcher replica without Ray: clipfleet.images.fetch.ImageFetcher's two stages, each
+timed and its failures counted, and the process's memory figures."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import psutil
 
 from clipfleet.config import FetchLimits
-from clipfleet.fetch import ImageFetcher, ImageSource
-from clipfleet.gpu_decode import EncodedJpeg, jpeg_for_device
+from clipfleet.images.fetch import ImageFetcher, ImageSource
+from clipfleet.images.gpu_decode import EncodedJpeg, jpeg_for_device
 from clipfleet.models.geometry import InputGeometry
 from clipfleet.observability import metrics
 from clipfleet.observability.tracing import traced

@@ -2,12 +2,12 @@
 
 - `ImageSource` (base64 text or uploaded bytes, straight from the ingress: no fetcher hop) and
   `EncodedImage` (bytes): decoded here, once, on the replica's decode threads within the
-  fetch limits and decode budget (clipfleet.decoding), straight to the square the model's own
-  preprocessing keeps (clipfleet.models.geometry: JPEG draft mode to the nearest scale above
+  fetch limits and decode budget (clipfleet.images.decode_pool), straight to the square the model's
+  own preprocessing keeps (clipfleet.models.geometry: JPEG draft mode to the nearest scale above
   it, one resize, the centre kept), then preprocessed on the same thread;
 - `np.ndarray`: pixels a fetcher decoded (image URLs), preprocessed as they are;
 - `EncodedJpeg`: a JPEG a fetcher shipped undecoded (`fetch.gpu_decode`), decoded with nvJPEG
-  on a GPU (clipfleet.gpu_decode), on the CPU elsewhere.
+  on a GPU (clipfleet.images.gpu_decode), on the CPU elsewhere.
 
 Decoding a client's bytes here is the client's doing, not the variant's: its failures are the
 client's errors (4xx, never marked as the variant's fault: clipfleet/replicas/serving.py), and
@@ -28,11 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from clipfleet.cache import image_key
 from clipfleet.config import FetchLimits
-from clipfleet.decoding import BudgetedDecoder
-from clipfleet.fetch import ImageSource, inline_bytes
-from clipfleet.gpu_decode import (
+from clipfleet.images.decode_pool import BudgetedDecoder
+from clipfleet.images.fetch import ImageSource, inline_bytes
+from clipfleet.images.gpu_decode import (
     EncodedJpeg,
     decode_on_cpu,
     decode_on_device,
@@ -40,6 +39,7 @@ from clipfleet.gpu_decode import (
     preprocess_on_device,
 )
 from clipfleet.observability import metrics
+from clipfleet.replicas.cache import image_key
 
 # Inline images larger than this are base64-decoded and hashed on a worker thread, not on the
 # replica's event loop (a 20 MB image takes tens of milliseconds).
@@ -97,7 +97,7 @@ EncoderImage = np.ndarray | EncodedJpeg | EncodedImage | ImageSource
 
 def inline_image(source: ImageSource, limits: FetchLimits) -> EncodedImage:
     """An inline source's bytes (base64 decoded, within max_bytes): what an encoder caches it
-    under (`key()`), and what the ingress routes it by (clipfleet.affinity)."""
+    under (`key()`), and what the ingress routes it by (clipfleet.ingress.affinity)."""
     kind = "base64" if source.base64 is not None else "upload"
     return EncodedImage(inline_bytes(source, limits), kind)
 

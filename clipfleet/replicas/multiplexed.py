@@ -3,7 +3,7 @@
 Serve routes a request by its `multiplexed_model_id`, which the replica reads per request; here
 that is `_requested_model_id()` (a context variable; the shell reads Serve's). The LRU is
 `ModelLru`, Ray's order of work reduced to its essentials; the shell replaces it with
-`@serve.multiplexed`. Validation and loading live in clipfleet.multiplex (no bad id or failing
+`@serve.multiplexed`. Validation and loading live in clipfleet.models.catalog (no bad id or failing
 checkpoint ever evicts a loaded model).
 """
 
@@ -21,20 +21,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipfleet.batching import ForwardScheduler
-from clipfleet.cache import EmbeddingCache, text_key
 from clipfleet.config import FetchLimits, MultiplexedProfileSpec
-from clipfleet.embedding_space import stamp
 from clipfleet.errors import InvalidRequestError
+from clipfleet.ingress.priority import classed, prioritized
 from clipfleet.models.base import TextTokens
+from clipfleet.models.catalog import LoadedModel, ModelCatalog, ModelPool, ResolvedModel
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import DevicePlan
-from clipfleet.multiplex import LoadedModel, ModelCatalog, ModelPool, ResolvedModel
+from clipfleet.models.embedding_space import stamp
 from clipfleet.observability import metrics
 from clipfleet.observability.resources import process_resources
 from clipfleet.observability.tracing import traced
-from clipfleet.priority import classed, prioritized
 from clipfleet.replicas import LOCAL_REPLICA
+from clipfleet.replicas.batching import ForwardScheduler
+from clipfleet.replicas.cache import EmbeddingCache, text_key
 from clipfleet.replicas.encoder import (
     DEFAULT_CONFIG,
     apply_encoder_config,

@@ -29,7 +29,7 @@ from typing import Any
 
 from clipfleet.config import EncoderConfig
 from clipfleet.errors import ClipfleetError, ModelServingError, ReplicaStalledError
-from clipfleet.fleet_store import MemoryStore, SharedStore
+from clipfleet.rollout.store import MemoryStore, SharedStore
 
 logger = logging.getLogger("ray.serve")
 

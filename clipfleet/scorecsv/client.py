@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from clipfleet import priority
+from clipfleet.ingress import priority
 from clipfleet.scorecsv.rows import Columns, Item, score_pair
 
 RETRY_STATUSES = frozenset({429, 503})
@@ -144,7 +144,7 @@ async def scored_in_order(
 
 def client_for(args) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=max(1, args.concurrency))
-    # A CSV run is a bulk job: it must not slow interactive users (clipfleet/priority.py).
+    # A CSV run is a bulk job: it must not slow interactive users (clipfleet/ingress/priority.py).
     headers = {priority.HEADER: args.priority}
     if args.api_key:
         headers["Authorization"] = f"Bearer {args.api_key}"

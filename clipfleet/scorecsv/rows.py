@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipfleet.config import FetchLimits
-from clipfleet.localfiles import ImageFileError, read_image_file
+from clipfleet.images.localfiles import ImageFileError, read_image_file
 
 IMAGE_COLUMNS = ("image_input", "image_url", "url", "image", "image_path", "path")
 TEXT_COLUMNS = ("text_prompt", "caption", "text", "prompt")
@@ -106,7 +106,7 @@ def iter_items(path: Path, start: int = 0) -> Iterator[Item]:
 
 def image_ref(value: str, root: Path, max_bytes: int = MAX_IMAGE_BYTES) -> dict:
     """An http(s) URL as is, or a local file's base64: only a regular file under `root`
-    (clipfleet.localfiles), else ImageFileError."""
+    (clipfleet.images.localfiles), else ImageFileError."""
     if value.startswith(("http://", "https://")):
         return {"url": value}
     data = read_image_file(root, value, max_bytes)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from clipfleet.processes import stop_tree
+from clipfleet.tools.processes import stop_tree
 from tests.support.images import image_base64
 
 ROOT = Path(__file__).resolve().parents[2]

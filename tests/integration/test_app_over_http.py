@@ -9,8 +9,8 @@ import requests
 from ray import serve
 
 from clipfleet.config import clip_deployment_name
-from tests.integration.conftest import APP_NAME
 from tests.support.images import image_base64, image_bytes
+from tests.support.serve_apps import APP_NAME
 
 
 def post(app_url: str, path: str, **kwargs) -> requests.Response:

@@ -12,7 +12,7 @@ import requests
 from ray import serve
 
 from clipfleet.config import ApiLimits, AppArgs, ClipModelSpec, ProfileSpec, ResNetSpec
-from tests.integration.conftest import merge_deployments, small_deployments, wait_for, wait_ready
+from tests.support.serve_apps import merge_deployments, small_deployments, wait_for, wait_ready
 
 APP = "scaling"
 PREFIX = "/scaling"

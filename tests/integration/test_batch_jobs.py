@@ -18,15 +18,15 @@ import pyarrow.dataset as pads
 import pytest
 import requests
 
-from clipfleet.cli import main
 from clipfleet.config import ClipModelSpec, FetchLimits
-from clipfleet.imaging import decode_image
+from clipfleet.images.decode import decode_image
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
 from clipfleet.scoring import clip_scores
-from tests.integration.conftest import wait_ready
+from clipfleet.tools.cli import main
 from tests.support.batch_inputs import pairs_table, write_config, write_table
 from tests.support.images import LoopbackServer, image_bytes
+from tests.support.serve_apps import wait_ready
 from tests.support.servers import ThreadedImageServer
 from tests.support.tiny_models import make_open_clip_siglip_dir
 
@@ -166,7 +166,7 @@ def test_a_killed_job_resumes_and_writes_every_row_once(data, ray_address, tmp_p
         command = [
             sys.executable,
             "-m",
-            "clipfleet.cli",
+            "clipfleet.tools.cli",
             "batch",
             "score",
             "--config",

@@ -15,7 +15,7 @@ import pytest
 from ray import serve
 
 from clipfleet.config import AppArgs, ClipModelSpec, ProfileSpec, ResNetSpec
-from tests.integration.conftest import merge_deployments, small_deployments, wait_ready
+from tests.support.serve_apps import merge_deployments, small_deployments, wait_ready
 
 APP, PREFIX, ENCODER = "batching", "/batching", "clip_fast"
 ITEMS, MAX_BATCH, ARRIVAL_GAP_S = 12, 8, 0.03

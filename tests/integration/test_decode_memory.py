@@ -14,8 +14,8 @@ import requests
 from ray import serve
 
 from clipfleet.config import ApiLimits, FetchLimits
-from tests.integration.conftest import APP_NAME
 from tests.support.bombs import MIXED
+from tests.support.serve_apps import APP_NAME
 
 CONCURRENT = 24
 RSS_LIMIT = 2 * 1024**3

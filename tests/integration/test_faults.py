@@ -24,11 +24,11 @@ import requests
 from ray import serve
 
 from clipfleet.config import ApiLimits, AppArgs, ClipModelSpec, ProfileSpec, ResNetSpec
-from tests.integration.conftest import merge_deployments, small_deployments, wait_for, wait_ready
 from tests.support.attacks import as_requests, check_answer
 from tests.support.hostile_corpus import ATTACKS
 from tests.support.images import image_base64
 from tests.support.local_dag import loopback_fetch
+from tests.support.serve_apps import merge_deployments, small_deployments, wait_for, wait_ready
 
 APP = "faults"
 PREFIX = "/faults"

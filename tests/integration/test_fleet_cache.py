@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from ray import serve
 
-from tests.integration.conftest import merge_deployments, small_deployments, wait_ready
 from tests.support.fleet_cache import (
     fleet_image_hit_rate,
     one_replica_hit_rate,
@@ -25,6 +24,7 @@ from tests.support.fleet_cache import (
 )
 from tests.support.local_dag import tiny_app_args
 from tests.support.redis_server import PASSWORD, RedisServer
+from tests.support.serve_apps import merge_deployments, small_deployments, wait_ready
 
 APP, PREFIX = "fleet", "/fleet"
 DISTINCT, ROUNDS = 20, 5

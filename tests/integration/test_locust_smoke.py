@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.conftest import wait_for
 from tests.support.images import claim_loopback_port, release_loopback_port
+from tests.support.serve_apps import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import requests
 from clipfleet.config import AppArgs, ClipModelSpec
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
-from tests.integration.conftest import small_deployments, wait_ready
+from tests.support.serve_apps import small_deployments, wait_ready
 
 PROFILE = "custom"
 TEXT = "a photo of a cat"

@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clipfleet.observability.metrics import RAY_SERVE_BUILTIN_NAMES
 from clipfleet.observability.tracing import TRACING_ENV, TRACING_FILE_ENV
-from tests.integration.conftest import small_deployments, wait_for, wait_ready
 from tests.support.images import image_base64
 from tests.support.local_dag import tiny_app_args
+from tests.support.serve_apps import small_deployments, wait_for, wait_ready
 from tests.support.servers import ThreadedImageServer
 
 APP = "obs"

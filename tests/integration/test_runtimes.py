@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from clipfleet.config import AppArgs, ClipModelSpec, ProfileSpec, ResNetSpec
-from tests.integration.conftest import merge_deployments, small_deployments, wait_ready
 from tests.support.local_dag import loopback_fetch
+from tests.support.serve_apps import merge_deployments, small_deployments, wait_ready
 
 APP, PREFIX = "runtimes", "/runtimes"
 

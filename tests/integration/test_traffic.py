@@ -15,7 +15,7 @@ import ray
 import requests
 
 from clipfleet.config import AppArgs, ClipModelSpec, ProfileSpec, ResNetSpec
-from tests.integration.conftest import merge_deployments, small_deployments, wait_for, wait_ready
+from tests.support.serve_apps import merge_deployments, small_deployments, wait_for, wait_ready
 
 APP = "traffic"
 PREFIX = "/traffic"

@@ -49,7 +49,7 @@ def _measure(names: list[str]) -> None:
     from PIL import Image
 
     from clipfleet.config import FetchLimits
-    from clipfleet.imaging import decode_image, open_image
+    from clipfleet.images.decode import decode_image, open_image
 
     limits = FetchLimits()
     for fmt, mode in _WARM_UP:
@@ -72,7 +72,7 @@ def _measure(names: list[str]) -> None:
 def _held(count: int, name: str) -> None:
     """What `count` plans (headers read, waiting for their budget) hold together."""
     from clipfleet.config import FetchLimits
-    from clipfleet.imaging import open_image
+    from clipfleet.images.decode import open_image
 
     data = bomb_bytes(name)
     open_image(data, FetchLimits())  # warm up

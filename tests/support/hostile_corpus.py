@@ -2,7 +2,7 @@
 
 Each `Attack` (tests/support/attacks.py) is one request and the answer it must get: its status,
 its envelope's `type` (and `param`, where the corpus pins it), and text the answer must never
-hold (an echo of what was sent, a library's words). tests/unit/test_hostile_corpus.py replays
+hold (an echo of what was sent, a library's words). tests/unit/api/test_hostile_corpus.py replays
 every attack against the in-process app; tests/integration/test_faults.py replays those marked
 `serve` against a real Serve; after a replay a normal request must still succeed. Nothing here
 may answer a 5xx except an upstream image that never finishes (504 upstream_timeout: the
@@ -28,8 +28,9 @@ WIDE_LABELS = [letters(200, seed) for seed in range(256)]
 UPLOAD = {"image": ("a.jpg", image_bytes(), "image/jpeg")}
 
 
-# Malformed image URLs (issue 23, item 2): each a 400 invalid_url before any lookup; they
-# used to fail inside name resolution as a 500 (tests/unit/test_blame.py replays them at a canary).
+# Malformed image URLs (issue 23, item 2): each a 400 invalid_url before any lookup; they used
+# to fail inside name resolution as a 500 (tests/unit/rollout/test_blame.py replays them at a
+# canary).
 INVALID_HOSTS = [
     "http://a..b/x.jpg",
     "http://xn--/x.jpg",

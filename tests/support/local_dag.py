@@ -1,4 +1,4 @@
-"""The clipfleet DAG without Ray: the real graph (clipfleet.graph.wire) of the plain replica
+"""The clipfleet DAG without Ray: the real graph (clipfleet.ingress.graph.wire) of the plain replica
 classes (clipfleet.replicas: cache and forward scheduler included), with in-process handles.
 
 Unit tests (v1 API, compat routes) drive the real FastAPI app over this; integration tests
@@ -21,14 +21,15 @@ from clipfleet.config import (
     ProfileSpec,
     ResNetSpec,
 )
-from clipfleet.graph import Graph, wire
+from clipfleet.ingress.fleet_view import FleetView
+from clipfleet.ingress.graph import Graph, wire
+from clipfleet.ingress.service import ClipfleetService
 from clipfleet.models.device import choose_device
 from clipfleet.replicas.clip import ClipEncoder
 from clipfleet.replicas.encoder import ResNetEncoder
 from clipfleet.replicas.fetcher import Fetcher
 from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
 from clipfleet.replicas.scorer import Scorer
-from clipfleet.service import ClipfleetService
 from tests.support.images import LOOPBACK_ALLOWED_PORTS
 
 
@@ -83,7 +84,7 @@ class LocalHandle:
 def loopback_fetch(**overrides) -> FetchLimits:
     """Fetch limits that let image URLs reach the tests' own 127.0.0.1 servers: the SSRF guard
     refuses loopback and ports other than 80/443 unless the operator allow-lists name them
-    (tests/unit/test_netguard.py proves the refusals without them)."""
+    (tests/unit/images/test_netguard.py proves the refusals without them)."""
     overrides.setdefault("allow_private_networks", ("127.0.0.1/32",))
     overrides.setdefault("allowed_ports", LOOPBACK_ALLOWED_PORTS)
     return FetchLimits(**overrides)
@@ -116,8 +117,8 @@ def canary_app_args(model_dir: Path, **overrides) -> AppArgs:
 
 
 class LocalBinder:
-    """clipfleet.graph.Binder over the plain classes of clipfleet.replicas, on the CPU with the
-    models' own weights, each behind `handle(target)` (a LocalHandle unless told otherwise)."""
+    """clipfleet.ingress.graph.Binder over the plain classes of clipfleet.replicas, on the CPU with
+    the models' own weights, each behind `handle(target)` (a LocalHandle unless told otherwise)."""
 
     def __init__(self, handle: Callable[[Any], Any] = LocalHandle) -> None:
         self.handle = handle
@@ -141,11 +142,20 @@ class LocalBinder:
         return self.handle(MultiplexedClipEncoder(profile, spec, self.plan, limits=limits))
 
     def ingress(self, args: AppArgs, graph: Graph) -> ClipfleetService:
-        return ClipfleetService(args, **graph._asdict())
+        service = ClipfleetService(args, **graph._asdict())
+        service.fleet.states = lambda: in_process_states(service.fleet)
+        return service
+
+
+def in_process_states(fleet: FleetView) -> tuple[str, dict[str, dict]]:
+    """What a Serve controller would say of the local graph: every deployment runs, in process,
+    one replica."""
+    running = {"status": "HEALTHY", "replicas": {"RUNNING": 1}}
+    return "local", {deployment: running for deployment, _ in fleet.deployment_checks().values()}
 
 
 def build_local_service(
     args: AppArgs, handle: Callable[[Any], Any] = LocalHandle
 ) -> ClipfleetService:
-    """The real graph (clipfleet.graph.wire) with in-process calls."""
+    """The real graph (clipfleet.ingress.graph.wire) with in-process calls."""
     return wire(args, LocalBinder(handle))

@@ -22,7 +22,7 @@ CRD_FILES = {
     "RayCluster": "ray.io_rayclusters.yaml",
     "RayJob": "ray.io_rayjobs.yaml",
 }
-# The RayService manifests; clipfleet.configgen writes their serveConfigV2.
+# The RayService manifests; clipfleet.tools.configgen writes their serveConfigV2.
 EMBEDS = ("rayservice.gpu.yaml", "rayservice.yaml")
 
 

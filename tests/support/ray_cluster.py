@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from clipfleet.processes import stop_tree
+from clipfleet.tools.processes import stop_tree
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

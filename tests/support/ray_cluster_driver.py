@@ -48,7 +48,7 @@ def _deploy(address: str, http_port: str, args_json: str) -> dict:
     """serve.run(build_app(args)) with the deployments pinned: encoders to the worker node."""
     from ray import serve
 
-    from clipfleet.graph import wire
+    from clipfleet.ingress.graph import wire
 
     _connect(address)
     serve.start(

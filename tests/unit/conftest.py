@@ -38,3 +38,12 @@ def clip(clip_spec):
     from clipfleet.replicas.clip import ClipEncoder
 
     return ClipEncoder(clip_spec, choose_device("cpu"), replica_id="r-1")
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_args):
+    """The app over the local DAG behind a real uvicorn on 127.0.0.1 (score-csv's server)."""
+    from tests.support.uvicorn_thread import serve_in_thread
+
+    with serve_in_thread(create_app(build_local_service(tiny_args))) as url:
+        yield url

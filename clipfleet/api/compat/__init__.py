@@ -5,8 +5,20 @@ One router per seed; each handler calls the same ClipfleetService as /v1.
 
 from __future__ import annotations
 
-from clipfleet.api.compat import seed000, seed001, seed002, seed003, seed004
+from clipfleet.api.compat import (
+    evaluator,
+    local_embedder,
+    openclip_embedder,
+    pet_tagger,
+    vector_translation,
+)
 
-routers = [seed000.router, seed001.router, seed002.router, seed003.router, seed004.router]
+routers = [
+    vector_translation.router,
+    evaluator.router,
+    pet_tagger.router,
+    local_embedder.router,
+    openclip_embedder.router,
+]
 
 __all__ = ["routers"]

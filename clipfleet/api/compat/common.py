@@ -21,9 +21,9 @@ from clipfleet.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from clipfleet.fetch import ImageSource
+from clipfleet.images.fetch import ImageSource
+from clipfleet.ingress.service import ClipfleetService
 from clipfleet.observability.resources import system_resources  # noqa: F401 (re-exported)
-from clipfleet.service import ClipfleetService
 
 Service = Annotated[ClipfleetService, Depends(get_service)]
 
@@ -115,7 +115,7 @@ def first_vector(body: dict) -> list[float]:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the compat health routes report, from one `service.readiness()` call."""
+    """What the compat health routes report, from one `service.fleet.readiness()` call."""
 
     ready: bool
     deployments: dict[str, dict]
@@ -147,6 +147,6 @@ class Snapshot:
 
 
 async def snapshot(service: ClipfleetService) -> Snapshot:
-    ready, deployments = await service.readiness()
+    ready, deployments = await service.fleet.readiness()
     random_weights = any(entry.get("random_weights") for entry in deployments.values())
     return Snapshot(ready=ready, deployments=deployments, random_weights=random_weights)

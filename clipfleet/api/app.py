@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from clipfleet.api import compat
+from clipfleet.api.encoding import served_headers
 from clipfleet.api.errors import error_response, handle_exception
 from clipfleet.api.middleware.admission import AdmissionMiddleware
 from clipfleet.api.middleware.auth import AuthMiddleware, KeyStore, declared_api_key
@@ -22,12 +23,14 @@ from clipfleet.api.middleware.bounds import (
     cors_middleware,
 )
 from clipfleet.api.middleware.priority import PriorityMiddleware
+from clipfleet.api.openapi import stable_openapi
 from clipfleet.api.routes import cohere as routes_cohere
 from clipfleet.api.routes import health as routes_health
 from clipfleet.api.routes import openai as routes_openai
 from clipfleet.api.routes import rerank as routes_rerank
 from clipfleet.api.routes import status as routes_status
 from clipfleet.api.routes import v1 as routes_v1
+from clipfleet.api.routes.common import SERVED_STATE
 from clipfleet.ingress.service import ClipfleetService
 from clipfleet.observability.http import ObservabilityMiddleware
 
@@ -37,7 +40,9 @@ _MAX_REQUEST_ID = 128
 
 class RequestContextMiddleware(HttpMiddleware):
     """Gives each request an id (`request.state.request_id`, echoed as X-Request-ID when the
-    client sent none) and turns any exception that escapes the app into the one error envelope.
+    client sent none), names the target that served it (`request.state.served`, recorded by
+    clipfleet.api.routes.common.resolved) in every response's headers, errors included, and
+    turns any exception that escapes the app into the one error envelope.
     Pure ASGI: Starlette's `@app.middleware("http")` would run the app in a separate task and
     stream the response through a queue, on every request."""
 
@@ -55,6 +60,9 @@ class RequestContextMiddleware(HttpMiddleware):
                 headers = MutableHeaders(scope=message)
                 if not incoming and REQUEST_ID_HEADER not in headers:
                     headers[REQUEST_ID_HEADER] = scope["state"]["request_id"]
+                served = scope["state"].get(SERVED_STATE)
+                if served is not None:
+                    headers.update(served_headers(served))
             await send(message)
 
         try:
@@ -85,6 +93,7 @@ def create_app(service: ClipfleetService) -> FastAPI:
     app.include_router(routes_status.router, dependencies=keyed)
     for compat_router in compat.routers:  # the five seeds' drop-in routes (issue 8)
         app.include_router(compat_router, dependencies=keyed)
+    app.openapi = stable_openapi(app)  # the component names clients generated code from
     app.add_exception_handler(RequestValidationError, handle_exception)
     app.add_exception_handler(StarletteHTTPException, handle_exception)
     # Innermost first: Serve's plain 503s as envelopes, body limit, API keys, deadline, request

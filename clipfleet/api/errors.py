@@ -123,9 +123,6 @@ def as_clipfleet_error(exc: BaseException, request_id: str | None) -> ClipfleetE
 def error_response(request: Request, exc: BaseException) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None)
     headers = dict(exc.headers or {}) if isinstance(exc, StarletteHTTPException) else {}
-    served = getattr(exc, "clipfleet_served", None)
-    if served is not None:
-        headers["X-Clipfleet-Profile"], headers["X-Clipfleet-Variant"] = served
     return render(as_clipfleet_error(exc, request_id), headers)
 
 

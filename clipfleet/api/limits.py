@@ -75,13 +75,23 @@ def check_count(count: int, field: str, limits: ApiLimits) -> None:
 def check_texts(texts: Sequence[str], field: str, limits: ApiLimits) -> None:
     """Each text within max_text_chars (422 at `field[i]`), all within the budget (413)."""
     for index, text in enumerate(texts):
-        if len(text) > limits.max_text_chars:
-            raise InvalidRequestError(
-                f"text is {len(text)} characters; the limit is {limits.max_text_chars}",
-                f"{field}[{index}]",
-                status=422,
-            )
+        check_length(text, f"{field}[{index}]", limits)
     check_budget(sum(map(len, texts)), field, limits)
+
+
+def check_text(text: str, param: str, limits: ApiLimits) -> None:
+    """One text of its own request field `param`: within max_text_chars and the budget."""
+    check_length(text, param, limits)
+    check_budget(len(text), param, limits)
+
+
+def check_length(text: str, param: str, limits: ApiLimits) -> None:
+    if len(text) > limits.max_text_chars:
+        raise InvalidRequestError(
+            f"text is {len(text)} characters; the limit is {limits.max_text_chars}",
+            param,
+            status=422,
+        )
 
 
 def check_budget(chars: int, field: str, limits: ApiLimits) -> None:

@@ -18,7 +18,7 @@ import yaml
 from clipfleet.api.limits import render_prompts
 from clipfleet.config import STABLE_VARIANT, AppArgs, ClipModelSpec, EncoderConfig
 from clipfleet.errors import ClipfleetError
-from clipfleet.ingress.service import clip_model_label
+from clipfleet.ingress.targets import clip_model_label
 from clipfleet.modelref import parse_model_ref
 
 Mode = Literal["embed", "score", "tag"]

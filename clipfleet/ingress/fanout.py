@@ -21,9 +21,12 @@ def raise_for(exc: BaseException, param: str) -> NoReturn:
     raise exc
 
 
-async def gather_items(responses: Sequence[Awaitable], field: str) -> list:
+async def gather_items(
+    responses: Sequence[Awaitable], field: str, params: Sequence[str] | None = None
+) -> list:
     """Await per-item responses. The first failure cancels the other items (and with them
-    their deployment calls) and is re-raised naming its item (`images[2]`)."""
+    their deployment calls) and is re-raised naming its item: `params[i]` where the items came
+    from fields of their own, else `field[i]` (`images[2]`)."""
     results: list[Any] = [None] * len(responses)
     failures: list[tuple[int, Exception]] = []
 
@@ -42,7 +45,7 @@ async def gather_items(responses: Sequence[Awaitable], field: str) -> list:
         if not failures:
             raise
         index, exc = failures[0]
-        raise_for(exc, f"{field}[{index}]")
+        raise_for(exc, params[index] if params is not None else f"{field}[{index}]")
     return results
 
 

@@ -8,7 +8,6 @@ little-endian float32 bytes of each vector, base64-encoded.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -39,13 +38,3 @@ def encode(matrix: np.ndarray, encoding_format: EncodingFormat) -> list:
         rows = np.ascontiguousarray(matrix, dtype="<f4")
         return [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
     return matrix.tolist()
-
-
-def shape_embeddings(
-    embeddings: Sequence[Sequence[float]],
-    dimensions: int | None,
-    encoding_format: EncodingFormat,
-) -> tuple[list, int]:
-    """The service's float32 rows, truncated and encoded; returns (rows, dim)."""
-    matrix = truncate(np.asarray(embeddings, dtype=np.float32), dimensions)
-    return encode(matrix, encoding_format), int(matrix.shape[1])

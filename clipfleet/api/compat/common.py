@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import Depends, UploadFile
 
 from clipfleet.api.deps import get_service
+from clipfleet.api.encoding import float_rows
 from clipfleet.errors import (
     ForbiddenError,
     InvalidRequestError,
@@ -22,6 +23,7 @@ from clipfleet.errors import (
     PayloadTooLargeError,
 )
 from clipfleet.images.fetch import ImageSource
+from clipfleet.ingress.results import Embeddings
 from clipfleet.ingress.service import ClipfleetService
 from clipfleet.observability.resources import system_resources  # noqa: F401 (re-exported)
 
@@ -104,8 +106,8 @@ async def upload_source(*uploads: UploadFile | None, names: str = "file") -> Ima
     raise InvalidRequestError(f"upload an image as multipart field {names}", names)
 
 
-def first_vector(body: dict) -> list[float]:
-    return body["embeddings"][0]
+def first_vector(result: Embeddings) -> list[float]:
+    return float_rows(result)[0]
 
 
 # -- health figures ---------------------------------------------------------------------------

@@ -104,10 +104,10 @@ async def _evaluate(service: ClipfleetService, item: EvaluationRequest) -> dict:
     return {
         "image_input": item.image_input,
         "text_prompt": item.text_prompt,
-        "clip_score": scored["results"][0]["clip_score"],
+        "clip_score": scored.results[0]["clip_score"],
         "processing_time_ms": (time.perf_counter() - started) * 1000,
-        "model_used": scored["profile"],
-        "model_name": scored["model"],
+        "model_used": scored.target.profile.name,
+        "model_name": scored.target.model,
     }
 
 

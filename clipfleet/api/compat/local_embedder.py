@@ -21,8 +21,10 @@ from clipfleet.api.compat.common import (
     profile_for,
     remote_source,
 )
+from clipfleet.api.encoding import float_rows
 from clipfleet.api.schemas.v1 import HARD_MAX_ITEMS
 from clipfleet.errors import UpstreamError, UpstreamTimeoutError, find_clipfleet_error
+from clipfleet.ingress.results import Embeddings
 from clipfleet.ingress.service import ClipfleetService
 
 router = APIRouter(tags=["compat: seed 003 (local CLIP server)"])
@@ -62,7 +64,7 @@ def health_fields(service: ClipfleetService, state: Snapshot) -> dict:
     return {"device": state.device(f"{profile.name}.clip"), "model": profile.clip_label}
 
 
-async def _embed(service: ClipfleetService, inputs: list[str], kind: str) -> dict:
+async def _embed(service: ClipfleetService, inputs: list[str], kind: str) -> Embeddings:
     profile = profile_for(service, PROFILE)
     if kind == "text":
         return await service.embed_texts(inputs, profile)
@@ -107,4 +109,4 @@ async def embed_batch(request: Request, service: Service):
         result = await _embed(service, body.inputs, body.type)
     except Exception as exc:
         return _failure(exc, "Batch embedding generation failed")
-    return {"success": True, "embeddings": result["embeddings"]}
+    return {"success": True, "embeddings": float_rows(result)}

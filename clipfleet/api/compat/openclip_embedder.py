@@ -19,6 +19,7 @@ from clipfleet.api.compat.common import Service, first_vector, profile_for
 from clipfleet.api.schemas.v1 import HARD_MAX_TEXT
 from clipfleet.errors import InvalidRequestError
 from clipfleet.images.fetch import ImageSource
+from clipfleet.ingress.results import Embeddings
 from clipfleet.ingress.service import ClipfleetService
 
 router = APIRouter(tags=["compat: seed 004 (OpenCLIP embeddings)"])
@@ -36,13 +37,13 @@ class EmbedResponse(BaseModel):
     model: str
 
 
-def _answer(service: ClipfleetService, result: dict) -> dict:
-    spec = service.args.profiles[result["profile"]].clip
+def _answer(service: ClipfleetService, result: Embeddings) -> dict:
+    spec = service.args.profiles[result.target.profile.name].clip
     return {
         "embedding": first_vector(result),
         "model_name": spec.model,
         "model_version": spec.pretrained or spec.backend,
-        "model": result["model"],
+        "model": result.target.model,
     }
 
 

@@ -19,6 +19,7 @@ from fastapi import APIRouter, File, Response, UploadFile
 from pydantic import BaseModel
 
 from clipfleet.api.compat.common import Service, profile_for, upload_source
+from clipfleet.ingress.targets import MODEL_HEADER
 
 router = APIRouter(tags=["compat: seed 002 (pet tagging)"])
 PROFILE = "fast"
@@ -26,7 +27,6 @@ PET_TYPES = ("cat", "dog", "hamster", "rabbit", "bird", "fish", "turtle", "snake
 FUR_TYPES = ("long-hair", "short-hair", "medium-hair")
 LABELS = PET_TYPES + FUR_TYPES
 MIN_SCORE = 0.01
-MODEL_HEADER = "X-Clipfleet-Model"
 
 Upload = Annotated[UploadFile | None, File()]
 
@@ -44,14 +44,14 @@ async def tag(service: Service, response: Response, file: Upload = None, image: 
     result = await service.tag(
         source, LABELS, len(LABELS), "{label}", profile_for(service, PROFILE)
     )
-    response.headers[MODEL_HEADER] = result["model"]
+    response.headers[MODEL_HEADER] = result.target.model
     return [
         {
             "label": tag["label"],
             "score": tag["confidence"],
             "confidence": tag["confidence"],
-            "activation": result.get("activation", "softmax"),
+            "activation": result.activation,
         }
-        for tag in result["tags"]
+        for tag in result.tags
         if tag["confidence"] > MIN_SCORE
     ]

@@ -44,9 +44,14 @@ async def _source(image_file: UploadFile | None, image_url: str | None) -> Image
 
 
 async def _image_body(service: ClipfleetService, source: ImageSource, encoder: str) -> dict:
-    body = await service.embed_images([source], encoder, profile_for(service, PROFILE))
-    vector = first_vector(body)
-    return {"vector": [vector], "image_vector": vector, "dim": body["dim"], "model": body["model"]}
+    result = await service.embed_images([source], encoder, profile_for(service, PROFILE))
+    vector = first_vector(result)
+    return {
+        "vector": [vector],
+        "image_vector": vector,
+        "dim": result.dim,
+        "model": result.target.model,
+    }
 
 
 @router.post("/get_clip_vector")

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import uuid
 
-import numpy as np
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request
 
-from clipfleet.api.routes.common import ERRORS, Route, Service, served_headers
-from clipfleet.api.routes.openai import pinned, served_id
+from clipfleet.api.encoding import wire_vectors
+from clipfleet.api.routes.common import ERRORS, Route, Service, resolved
 from clipfleet.api.schemas.cohere import CohereEmbedRequest, CohereEmbedResponse
 from clipfleet.api.schemas.content_parts import image_source, parts_item
 from clipfleet.api.schemas.v1 import ErrorResponse
 from clipfleet.ingress.service import ClipfleetService
 from clipfleet.ingress.service_mixed import Item
-from clipfleet.models.quantize import encode_all
-from clipfleet.models.vectors import truncate
 
 router = APIRouter(tags=["cohere"], responses={**ERRORS, 404: {"model": ErrorResponse}})
 
@@ -38,25 +35,25 @@ def cohere_items(service: ClipfleetService, body: CohereEmbedRequest) -> tuple[l
 
 
 @router.post("/v2/embed", response_model=CohereEmbedResponse)
-async def embed(body: CohereEmbedRequest, service: Service, response: Response, routing: Route):
-    profile, routing = pinned(service, body.model, routing)
+async def embed(body: CohereEmbedRequest, service: Service, request: Request, routing: Route):
+    asked = service.targets.named(body.model, routing)
     items, field = cohere_items(service, body)
-    result = await service.embed_items(items, profile, routing, field, count_tokens=True)
-    served_headers(response, result)
-    space = result["space"]
-    matrix = np.stack(result["embeddings"]).astype(np.float32, copy=False)
-    matrix = truncate(matrix, body.output_dimension, "output_dimension")
+    target = resolved(request, service, asked)
+    result = await service.embed_items(items, None, target, field, count_tokens=True)
+    space = result.space
+    dimensions, kinds = body.output_dimension, body.embedding_types
+    rows, _ = wire_vectors(result, kinds, dimensions, space, "output_dimension")
     return {
         "id": str(uuid.uuid4()),
-        "embeddings": encode_all(matrix, body.embedding_types, space.int8_limit, space.dim),
+        "embeddings": rows,
         "texts": [item.text for item in items if item.text is not None],
         "meta": {
             "api_version": {"version": "2"},
             "billed_units": {
-                "input_tokens": sum(result["token_counts"]),
+                "input_tokens": sum(result.token_counts),
                 "images": sum(item.image is not None for item in items),
             },
         },
-        "model": served_id(service, result),
+        "model": target.served_id,
         "embedding_space": space.embedding_space,
     }

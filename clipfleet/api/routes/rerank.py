@@ -15,10 +15,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request
 
-from clipfleet.api.routes.common import ERRORS, Route, Service, served_headers
-from clipfleet.api.routes.openai import pinned, served_id
+from clipfleet.api.routes.common import ERRORS, Route, Service, resolved
 from clipfleet.api.schemas.content_parts import (
     ImagePart,
     Modality,
@@ -89,8 +88,8 @@ def rerank_item(
 @router.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True)
 @router.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True)
 @router.post("/rerank", response_model=RerankResponse, response_model_exclude_none=True)
-async def rerank(body: RerankRequest, service: Service, response: Response, routing: Route):
-    profile, routing = pinned(service, body.model, routing)
+async def rerank(body: RerankRequest, service: Service, request: Request, routing: Route):
+    asked = service.targets.named(body.model, routing)
     documents = body.documents.content if isinstance(body.documents, MultiModal) else body.documents
     service.check_count(len(documents), "documents")  # before any document is looked at
     query, _ = rerank_item(body.query, "query", body.modality, counted=False)
@@ -100,9 +99,9 @@ async def rerank(body: RerankRequest, service: Service, response: Response, rout
     ]
     pairs = [(0, index) for index in range(len(found))]
     items = [item for item, _ in found]
-    result = await service.relevance([query], items, pairs, profile, routing, "documents")
-    served_headers(response, result)
-    scores = result["scores"]
+    target = resolved(request, service, asked)
+    result = await service.relevance([query], items, pairs, None, target, "documents")
+    scores = result.scores
     order = sorted(range(len(scores)), key=lambda index: (-scores[index], index))
     results = []
     for index in order[: body.top_n or len(order)]:
@@ -112,12 +111,12 @@ async def rerank(body: RerankRequest, service: Service, response: Response, rout
         results.append(entry)
     return {
         "id": str(uuid.uuid4()),
-        "model": served_id(service, result),
+        "model": target.served_id,
         "results": results,
-        "usage": {"total_tokens": sum(result["token_counts"])},
+        "usage": {"total_tokens": sum(result.token_counts)},
         "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
-        "activation": result["activation"],
-        "embedding_space": result["space"].embedding_space,
+        "activation": result.activation,
+        "embedding_space": result.space.embedding_space,
     }
 
 
@@ -143,10 +142,10 @@ def side_length(value: Any) -> int:
 
 
 async def vllm_score(
-    body: VllmScoreRequest, service: ClipfleetService, response: Response, routing: Routing
+    body: VllmScoreRequest, service: ClipfleetService, request: Request, routing: Routing
 ) -> dict:
     """vLLM's score: one first item against every second (1:N), or pair by pair (N:N)."""
-    profile, routing = pinned(service, body.model, routing)
+    asked = service.targets.named(body.model, routing)
     (first_name, first), (second_name, second) = body.sides()
     service.check_count(side_length(second), second_name)
     left = side_items(first, first_name, body.modality, counted=False)
@@ -162,24 +161,24 @@ async def vllm_score(
             first_name,
             status=422,
         )
-    result = await service.relevance(left, right, pairs, profile, routing, second_name)
-    served_headers(response, result)
-    tokens = sum(result["token_counts"])
+    target = resolved(request, service, asked)
+    result = await service.relevance(left, right, pairs, None, target, second_name)
+    tokens = sum(result.token_counts)
     return {
         "id": f"score-{uuid.uuid4().hex}",
         "object": "list",
         "created": int(time.time()),
-        "model": served_id(service, result),
+        "model": target.served_id,
         "data": [
             {"index": index, "object": "score", "score": score}
-            for index, score in enumerate(result["scores"])
+            for index, score in enumerate(result.scores)
         ],
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        "activation": result["activation"],
-        "embedding_space": result["space"].embedding_space,
+        "activation": result.activation,
+        "embedding_space": result.space.embedding_space,
     }
 
 
 @router.post("/score", response_model=VllmScoreResponse)
-async def score(body: VllmScoreRequest, service: Service, response: Response, routing: Route):
-    return await vllm_score(body, service, response, routing)
+async def score(body: VllmScoreRequest, service: Service, request: Request, routing: Route):
+    return await vllm_score(body, service, request, routing)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import numpy as np
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 
-from clipfleet.api.model_select import ModelHeader, select
-from clipfleet.api.routes.common import ERRORS, Route, Service, served_headers
+from clipfleet.api.encoding import served_fields, wire_vectors
+from clipfleet.api.routes.common import ERRORS, ModelHeader, Route, Service, resolved
 from clipfleet.api.routes.rerank import vllm_score
 from clipfleet.api.schemas.rerank import ScoreBody, VllmScoreRequest, VllmScoreResponse
 from clipfleet.api.schemas.v1 import (
@@ -28,9 +27,8 @@ from clipfleet.api.schemas.v1 import (
     TopK,
 )
 from clipfleet.images.fetch import ImageSource
+from clipfleet.ingress.results import Embeddings, Scores, Tags
 from clipfleet.ingress.service import ClipfleetService
-from clipfleet.models.quantize import encode_all
-from clipfleet.models.vectors import truncate
 
 router = APIRouter(prefix="/v1", tags=["v1"], responses=ERRORS)
 
@@ -43,78 +41,90 @@ async def source_of_upload(upload: UploadFile) -> ImageSource:
     return ImageSource(data=await upload.read())
 
 
-async def shaped(
-    service: ClipfleetService, body: dict, dimensions: int | None = None, encoding: str = "float"
+async def embedding_body(
+    service: ClipfleetService,
+    result: Embeddings,
+    dimensions: int | None = None,
+    encoding: str = "float",
 ) -> dict:
-    """The service's vectors truncated to `dimensions` and in `encoding`
+    """The v1 embedding body: the result's vectors truncated to `dimensions` and in `encoding`
     (clipfleet.models.quantize), with the space they live in."""
-    space = await service.vector_space(body["profile"], body["variant"], body["encoder"])
-    matrix = truncate(np.asarray(body["embeddings"], dtype=np.float32), dimensions)
-    rows = encode_all(matrix, [encoding], space.int8_limit, space.dim)[encoding]
-    dim = int(matrix.shape[1])
-    return {**body, "embeddings": rows, "dim": dim, "embedding_space": space.embedding_space}
+    space = await service.vector_space(result.target)
+    rows, dim = wire_vectors(result, [encoding], dimensions, space)
+    return {
+        **served_fields(result.target),
+        "embeddings": rows[encoding],
+        "dim": dim,
+        "encoder": result.target.encoder,
+        "embedding_space": space.embedding_space,
+    }
+
+
+def scores_body(result: Scores) -> dict:
+    return {
+        **served_fields(result.target),
+        "results": result.results,
+        "activation": result.activation,
+    }
+
+
+def tags_body(result: Tags) -> dict:
+    return {**served_fields(result.target), "tags": result.tags, "activation": result.activation}
 
 
 @router.post("/embed/image", response_model=EmbeddingResponse)
 async def embed_image(
-    body: EmbedImageRequest,
-    service: Service,
-    response: Response,
-    routing: Route,
-    model: ModelHeader,
+    body: EmbedImageRequest, service: Service, request: Request, routing: Route, model: ModelHeader
 ):
     sources = [source_of(ref) for ref in body.images]
-    target = select(body.profile, body.model, model, routing)
-    result = await service.embed_images(sources, body.encoder, *target)
-    return served_headers(
-        response, await shaped(service, result, body.dimensions, body.encoding_format)
-    )
+    asked = service.targets.requested(body.profile, body.model, model, routing)
+    target = resolved(request, service, asked, body.encoder)
+    result = await service.embed_images(sources, body.encoder, None, target)
+    return await embedding_body(service, result, body.dimensions, body.encoding_format)
 
 
 @router.post("/embed/text", response_model=EmbeddingResponse)
 async def embed_text(
-    body: EmbedTextRequest, service: Service, response: Response, routing: Route, model: ModelHeader
+    body: EmbedTextRequest, service: Service, request: Request, routing: Route, model: ModelHeader
 ):
-    target = select(body.profile, body.model, model, routing)
-    result = await service.embed_texts(body.texts, *target)
-    return served_headers(
-        response, await shaped(service, result, body.dimensions, body.encoding_format)
-    )
+    asked = service.targets.requested(body.profile, body.model, model, routing)
+    result = await service.embed_texts(body.texts, None, resolved(request, service, asked))
+    return await embedding_body(service, result, body.dimensions, body.encoding_format)
 
 
 @router.post("/score", response_model=ScoreResponse | VllmScoreResponse)
 async def score(
-    body: ScoreBody, service: Service, response: Response, routing: Route, model: ModelHeader
+    body: ScoreBody, service: Service, request: Request, routing: Route, model: ModelHeader
 ):
     """clipfleet's `pairs` body, or vLLM's score body (`text_1`/`text_2`, ...: /score)."""
     if isinstance(body, VllmScoreRequest):
-        return await vllm_score(body, service, response, routing)
+        return await vllm_score(body, service, request, routing)
     pairs = [(source_of(pair.image), pair.text) for pair in body.pairs]
-    target = select(body.profile, body.model, model, routing)
-    return served_headers(response, await service.score(pairs, *target))
+    asked = service.targets.requested(body.profile, body.model, model, routing)
+    return scores_body(await service.score(pairs, None, resolved(request, service, asked)))
 
 
 @router.post("/tag", response_model=TagResponse)
 async def tag(
-    body: TagRequest, service: Service, response: Response, routing: Route, model: ModelHeader
+    body: TagRequest, service: Service, request: Request, routing: Route, model: ModelHeader
 ):
-    profile, routing = select(body.profile, body.model, model, routing)
+    asked = service.targets.requested(body.profile, body.model, model, routing)
     result = await service.tag(
         source_of(body.image),
         body.labels,
         body.top_k,
         body.prompt_template,
-        profile,
-        routing,
+        None,
+        resolved(request, service, asked),
         threshold=body.threshold,
     )
-    return served_headers(response, result)
+    return tags_body(result)
 
 
 @router.post("/embed/image/upload", response_model=EmbeddingResponse)
 async def embed_image_upload(
     service: Service,
-    response: Response,
+    request: Request,
     image: Annotated[list[UploadFile], File(description="one or more image files")],
     routing: Route,
     model: ModelHeader,
@@ -122,16 +132,15 @@ async def embed_image_upload(
     profile: Annotated[ProfileName | None, Form()] = None,
 ):
     sources = [await source_of_upload(upload) for upload in image]
-    target = select(profile, None, model, routing)
-    return served_headers(
-        response, await shaped(service, await service.embed_images(sources, encoder, *target))
-    )
+    asked = service.targets.requested(profile, None, model, routing)
+    target = resolved(request, service, asked, encoder)
+    return await embedding_body(service, await service.embed_images(sources, encoder, None, target))
 
 
 @router.post("/score/upload", response_model=ScoreResponse)
 async def score_upload(
     service: Service,
-    response: Response,
+    request: Request,
     image: Annotated[UploadFile, File()],
     text: Annotated[Text, Form()],
     routing: Route,
@@ -139,15 +148,14 @@ async def score_upload(
     profile: Annotated[ProfileName | None, Form()] = None,
 ):
     pairs = [(await source_of_upload(image), text)]
-    return served_headers(
-        response, await service.score(pairs, *select(profile, None, model, routing))
-    )
+    asked = service.targets.requested(profile, None, model, routing)
+    return scores_body(await service.score(pairs, None, resolved(request, service, asked)))
 
 
 @router.post("/tag/upload", response_model=TagResponse)
 async def tag_upload(
     service: Service,
-    response: Response,
+    request: Request,
     image: Annotated[UploadFile, File()],
     routing: Route,
     model: ModelHeader,
@@ -157,14 +165,14 @@ async def tag_upload(
     profile: Annotated[ProfileName | None, Form()] = None,
     threshold: Annotated[Threshold | None, Form()] = None,
 ):
-    profile, routing = select(profile, None, model, routing)
+    asked = service.targets.requested(profile, None, model, routing)
     result = await service.tag(
         await source_of_upload(image),
         labels,
         top_k,
         prompt_template,
-        profile,
-        routing,
+        None,
+        resolved(request, service, asked),
         threshold=threshold,
     )
-    return served_headers(response, result)
+    return tags_body(result)

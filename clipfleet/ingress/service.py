@@ -25,8 +25,8 @@ from clipfleet.ingress.fanout import Judged, gather_items, raise_for
 from clipfleet.ingress.fanout import once_more_if_replica_lost as again
 from clipfleet.ingress.fleet_view import FleetView
 from clipfleet.ingress.results import Embeddings, Relevance, Scores, Tags
-from clipfleet.ingress.service_images import ImageInputs
-from clipfleet.ingress.service_mixed import Item, check_items, item_vectors
+from clipfleet.ingress.service_images import RequestImages
+from clipfleet.ingress.service_mixed import MixedItem, check_items, item_vectors
 from clipfleet.ingress.targets import Profile, Routing, Target, Targets, profiles_of
 from clipfleet.models.catalog import MultiplexedProfiles
 from clipfleet.models.embedding_space import VectorSpace
@@ -73,7 +73,7 @@ class ClipfleetService:
         self._spaces: dict[tuple[str, str, str], Any] = {}  # (profile, variant, encoder)
         self.multiplexed = MultiplexedProfiles(args.multiplexed, multiplexed_encoders or {})
         self.targets = Targets(args.default_profile, self.profiles, self.multiplexed, self.traffic)
-        self.images = ImageInputs(fetcher, self.multiplexed)
+        self.images = RequestImages(fetcher, self.multiplexed)
         self.fleet = FleetView(args, fetcher, scorer, self.profiles, self.multiplexed, self.traffic)
 
     @property
@@ -272,7 +272,7 @@ class ClipfleetService:
         return Tags(target, tags, semantics.activation)
 
     async def _items(
-        self, target: Target, items: Sequence[Item], judged: Judged, count_tokens: bool
+        self, target: Target, items: Sequence[MixedItem], judged: Judged, count_tokens: bool
     ) -> tuple[np.ndarray, list[int]]:
         key = (target.profile.name, target.variant)
         return await item_vectors(
@@ -281,7 +281,7 @@ class ClipfleetService:
 
     async def embed_items(
         self,
-        items: Sequence[Item],
+        items: Sequence[MixedItem],
         profile_name: str | None = None,
         routing: Asked = None,
         field: str = "input",
@@ -296,8 +296,8 @@ class ClipfleetService:
 
     async def relevance(
         self,
-        left: Sequence[Item],
-        right: Sequence[Item],
+        left: Sequence[MixedItem],
+        right: Sequence[MixedItem],
         pairs: Sequence[tuple[int, int]],
         profile_name: str | None = None,
         routing: Asked = None,

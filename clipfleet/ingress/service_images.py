@@ -1,4 +1,4 @@
-"""How the service gets images to an encoder: `ImageInputs`, a component of ClipfleetService.
+"""How the service gets images to an encoder: `RequestImages`, a component of ClipfleetService.
 
 Inline images (base64, uploads) go to the encoder as they came, and it decodes them itself, at
 its model's input square; a request's inline images travel in one call (`embed_images`). Image
@@ -25,7 +25,7 @@ Key = tuple[str, str]  # (profile, variant) of a CLIP encoder; ("", label) of a 
 
 
 @dataclass
-class ImageInputs:
+class RequestImages:
     fetcher: Any  # DeploymentHandle of the ImageFetcher
     multiplexed: MultiplexedProfiles
     geometries: dict[Key, InputGeometry | None] = field(default_factory=dict)

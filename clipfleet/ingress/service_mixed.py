@@ -20,13 +20,13 @@ from clipfleet.api.limits import check_count, check_text, check_texts
 from clipfleet.config import ApiLimits
 from clipfleet.images.fetch import ImageSource
 from clipfleet.ingress.fanout import Judged
-from clipfleet.ingress.service_images import ImageInputs
+from clipfleet.ingress.service_images import RequestImages
 
 TextVectors = Callable[[Any, Sequence[str], bool], Awaitable[tuple[np.ndarray, list[int] | None]]]
 
 
 @dataclass(frozen=True)
-class Item:
+class MixedItem:
     """One text or one image of a request, with the request field it came from (`param`).
     `counted`: whether it counts against limits.max_items (a rerank query does not)."""
 
@@ -40,7 +40,7 @@ class Item:
             raise ValueError("an item is a text or an image")
 
 
-def check_items(items: Sequence[Item], field: str, limits: ApiLimits) -> None:
+def check_items(items: Sequence[MixedItem], field: str, limits: ApiLimits) -> None:
     """The limits (item count, each text's length, all texts' characters), before any work;
     a text over its own limit is named by its field."""
     check_count(sum(item.counted for item in items), field, limits)
@@ -51,11 +51,11 @@ def check_items(items: Sequence[Item], field: str, limits: ApiLimits) -> None:
 
 
 async def item_vectors(
-    images: ImageInputs,
+    images: RequestImages,
     text_vectors: TextVectors,
     clip: Any,
     key: tuple[str, str],
-    items: Sequence[Item],
+    items: Sequence[MixedItem],
     judged: Judged,
     count_tokens: bool,
 ) -> tuple[np.ndarray, list[int]]:

@@ -43,7 +43,7 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class Target:
+class GeneratedFile:
     path: str
     overlays: tuple[str, ...]
     # a RayService manifest: only its serveConfigV2 block is generated
@@ -51,15 +51,15 @@ class Target:
 
 
 TARGETS = (
-    Target("cluster/serve_config.gpu.yaml", (f"{OVERLAYS}/gpu.yaml",)),
-    Target("cluster/rayservice.yaml", (f"{OVERLAYS}/pod.yaml",), embedded=True),
-    Target("cluster/rayservice.gpu.yaml", (f"{OVERLAYS}/gpu.yaml",), embedded=True),
-    Target("loadtests/bench_config.yaml", (f"{OVERLAYS}/bench.yaml",)),
-    Target(
+    GeneratedFile("cluster/serve_config.gpu.yaml", (f"{OVERLAYS}/gpu.yaml",)),
+    GeneratedFile("cluster/rayservice.yaml", (f"{OVERLAYS}/pod.yaml",), embedded=True),
+    GeneratedFile("cluster/rayservice.gpu.yaml", (f"{OVERLAYS}/gpu.yaml",), embedded=True),
+    GeneratedFile("loadtests/bench_config.yaml", (f"{OVERLAYS}/bench.yaml",)),
+    GeneratedFile(
         "loadtests/bench_config.gpu.yaml", (f"{OVERLAYS}/bench.yaml", f"{OVERLAYS}/bench.gpu.yaml")
     ),
-    Target("serve_config.fast-int8.yaml", (f"{OVERLAYS}/fast-int8.yaml",)),
-    Target(
+    GeneratedFile("serve_config.fast-int8.yaml", (f"{OVERLAYS}/fast-int8.yaml",)),
+    GeneratedFile(
         "loadtests/bench_config.peers.yaml",
         (f"{OVERLAYS}/bench.yaml", f"{OVERLAYS}/bench-peers.yaml"),
     ),
@@ -218,7 +218,7 @@ def with_process_env(manifest_text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def generate(target: Target, read=None, current: str | None = None) -> str:
+def generate(target: GeneratedFile, read=None, current: str | None = None) -> str:
     """The text `target.path` should hold (`current`: its manifest text, for embedded ones)."""
     body = render(compose(target.overlays, read), target.overlays)
     if not target.embedded:

@@ -14,21 +14,23 @@ from clipfleet.api.schemas.cohere import CohereEmbedRequest, CohereEmbedResponse
 from clipfleet.api.schemas.content_parts import image_source, parts_item
 from clipfleet.api.schemas.v1 import ErrorResponse
 from clipfleet.ingress.service import ClipfleetService
-from clipfleet.ingress.service_mixed import Item
+from clipfleet.ingress.service_mixed import MixedItem
 
 router = APIRouter(tags=["cohere"], responses={**ERRORS, 404: {"model": ErrorResponse}})
 
 
-def cohere_items(service: ClipfleetService, body: CohereEmbedRequest) -> tuple[list[Item], str]:
+def cohere_items(
+    service: ClipfleetService, body: CohereEmbedRequest
+) -> tuple[list[MixedItem], str]:
     """One item per vector, after the item count is checked."""
     field = "texts" if body.texts else "images" if body.images else "inputs"
     given = body.texts or body.images or body.inputs
     service.check_count(len(given), field)
     if body.texts:
-        return [Item(f"texts[{i}]", text=text) for i, text in enumerate(body.texts)], field
+        return [MixedItem(f"texts[{i}]", text=text) for i, text in enumerate(body.texts)], field
     if body.images:
         return [
-            Item(f"images[{i}]", image=image_source(image, f"images[{i}]"))
+            MixedItem(f"images[{i}]", image=image_source(image, f"images[{i}]"))
             for i, image in enumerate(body.images)
         ], field
     return [parts_item(one.content, f"inputs[{i}]") for i, one in enumerate(body.inputs)], field

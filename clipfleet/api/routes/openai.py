@@ -25,7 +25,7 @@ from clipfleet.api.schemas.openai import (
 )
 from clipfleet.api.schemas.v1 import ErrorResponse
 from clipfleet.ingress.service import ClipfleetService
-from clipfleet.ingress.service_mixed import Item
+from clipfleet.ingress.service_mixed import MixedItem
 from clipfleet.ingress.targets import Routing
 from clipfleet.modelref import ModelRef
 from clipfleet.models.embedding_space import embedding_space
@@ -45,7 +45,7 @@ def model_ids(service: ClipfleetService) -> list[str]:
     return ids
 
 
-def embedding_items(body: EmbeddingsRequest) -> tuple[list[Item], str]:
+def embedding_items(body: EmbeddingsRequest) -> tuple[list[MixedItem], str]:
     """The request's texts and images, one item per vector, and the field they came from."""
     if body.messages is not None:
         parts = []

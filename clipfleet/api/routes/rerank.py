@@ -38,7 +38,7 @@ from clipfleet.api.schemas.rerank import (
 from clipfleet.api.schemas.v1 import ErrorResponse
 from clipfleet.errors import InvalidRequestError
 from clipfleet.ingress.service import ClipfleetService
-from clipfleet.ingress.service_mixed import Item
+from clipfleet.ingress.service_mixed import MixedItem
 from clipfleet.ingress.targets import Routing
 
 router = APIRouter(tags=["rerank"], responses={**ERRORS, 404: {"model": ErrorResponse}})
@@ -65,7 +65,7 @@ def fields_text(fields: dict[str, str], rank_fields: Sequence[str] | None, param
 
 def rerank_item(
     value: Any, param: str, modality: Modality, rank_fields=None, counted: bool = True
-) -> tuple[Item, dict]:
+) -> tuple[MixedItem, dict]:
     """A query or document as an item, and its echo for `return_documents`."""
     if isinstance(value, str):
         item = string_item(value, modality, param, counted)
@@ -79,10 +79,12 @@ def rerank_item(
     if isinstance(value, MultiModal):
         return parts_item(value.content, param, counted), {}
     if isinstance(value, ImageDocument):
-        return Item(param, image=image_source(value.image, param), counted=counted), {
+        return MixedItem(param, image=image_source(value.image, param), counted=counted), {
             "image": value.image
         }
-    return Item(param, text=fields_text(value, rank_fields, param), counted=counted), dict(value)
+    return MixedItem(param, text=fields_text(value, rank_fields, param), counted=counted), dict(
+        value
+    )
 
 
 @router.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True)
@@ -120,7 +122,7 @@ async def rerank(body: RerankRequest, service: Service, request: Request, routin
     }
 
 
-def side_items(value: Any, name: str, modality: Modality, counted: bool) -> list[Item]:
+def side_items(value: Any, name: str, modality: Modality, counted: bool) -> list[MixedItem]:
     if isinstance(value, str):
         return [string_item(value, modality, name, counted)]
     if isinstance(value, MultiModal):

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clipfleet.api.schemas.v1 import HARD_MAX_BASE64, HARD_MAX_ITEMS, Text
 from clipfleet.errors import InvalidRequestError
 from clipfleet.images.fetch import ImageSource
-from clipfleet.ingress.service_mixed import Item
+from clipfleet.ingress.service_mixed import MixedItem
 
 Modality = Literal["text", "image", "auto"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -72,17 +72,19 @@ def image_source(reference: str, param: str) -> ImageSource:
     raise InvalidRequestError("an image is an http(s) URL or a data: URL", param, status=422)
 
 
-def string_item(text: str, modality: Modality, param: str, counted: bool = True) -> Item:
+def string_item(text: str, modality: Modality, param: str, counted: bool = True) -> MixedItem:
     if modality == "image" or (modality == "auto" and is_image_reference(text)):
-        return Item(param, image=image_source(text, param), counted=counted)
-    return Item(param, text=text, counted=counted)
+        return MixedItem(param, image=image_source(text, param), counted=counted)
+    return MixedItem(param, text=text, counted=counted)
 
 
-def parts_item(parts: Sequence[TextPart | ImagePart], param: str, counted: bool = True) -> Item:
+def parts_item(
+    parts: Sequence[TextPart | ImagePart], param: str, counted: bool = True
+) -> MixedItem:
     """One vector from several parts, as CLIP can make it (module docstring)."""
     images = [part for part in parts if isinstance(part, ImagePart)]
     if not images:
-        return Item(param, text=" ".join(part.text for part in parts), counted=counted)
+        return MixedItem(param, text=" ".join(part.text for part in parts), counted=counted)
     if len(parts) > 1:
         raise InvalidRequestError(
             "a CLIP embedding is of one image or of text, not both and not several images: send "
@@ -90,8 +92,8 @@ def parts_item(parts: Sequence[TextPart | ImagePart], param: str, counted: bool 
             param,
             status=422,
         )
-    return Item(param, image=image_source(images[0].image_url.url, param), counted=counted)
+    return MixedItem(param, image=image_source(images[0].image_url.url, param), counted=counted)
 
 
-def part_item(part: TextPart | ImagePart, param: str, counted: bool = True) -> Item:
+def part_item(part: TextPart | ImagePart, param: str, counted: bool = True) -> MixedItem:
     return parts_item([part], param, counted)

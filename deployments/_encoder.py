@@ -13,7 +13,7 @@ from clipfleet.ingress.coldstart import publish
 from clipfleet.models.base import TextTokens
 from clipfleet.models.device import DevicePlan, choose_device, set_torch_threads
 from clipfleet.models.sizing import ForwardLease, forward_slots, forward_threads
-from clipfleet.replicas.encoder import DEFAULT_CONFIG
+from clipfleet.replicas.embedding import DEFAULT_CONFIG
 from clipfleet.replicas.serving import StallGuard
 from clipfleet.rollout.store import RayKVStore
 
@@ -68,28 +68,22 @@ def node_lease(plan: DevicePlan) -> ForwardLease | None:
     return ForwardLease(slots) if plan.device.type == "cpu" and slots else None
 
 
-class BatchedImages:
-    """Mixed in before a plain encoder: its per-item image hook becomes Serve's batch queue
-    (list in, list out), resized live by reconfigure. Serve keeps one queue per decorated
+class ServeBatchQueue:
+    """An encoder core's batch queue under Serve (clipfleet.replicas.core.BatchQueue): each item
+    joins `@serve.batch`'s queue (list in, list out: one model id per batch), whose batches go
+    to the core's forward; resized live by reconfigure. Serve keeps one queue per decorated
     function in the process, which holds one replica."""
 
-    def _batched(self) -> list:
-        return [self._batch_image]
+    def __init__(self, core: Any) -> None:
+        self.core = core
 
-    async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        await super().reconfigure(user_config, self._batched())
-
-    @mergeable_batch
-    async def _batch_image(self, pixel_batch: list[torch.Tensor]) -> list[np.ndarray]:
-        return await self._forward_images(pixel_batch)
-
-
-class BatchedImagesAndTexts(BatchedImages):
-    """BatchedImages, and the per-item text hook too."""
-
-    def _batched(self) -> list:
-        return [self._batch_image, self._batch_text]
+    def resizable(self) -> list:
+        return [self.image, self.text]
 
     @mergeable_batch
-    async def _batch_text(self, tokens: list[TextTokens]) -> list[np.ndarray]:
-        return await self._forward_texts(tokens)
+    async def image(self, pixel_batch: list[torch.Tensor]) -> list[np.ndarray]:
+        return await self.core._forward_images(pixel_batch)
+
+    @mergeable_batch
+    async def text(self, tokens: list[TextTokens]) -> list[np.ndarray]:
+        return await self.core._forward_texts(tokens)

@@ -6,7 +6,7 @@ from clipfleet.config import ClipModelSpec, FetchLimits, random_weights_enabled
 from clipfleet.replicas import clip
 from deployments._context import replica_id
 from deployments._encoder import (
-    BatchedImagesAndTexts,
+    ServeBatchQueue,
     encoder_deployment,
     fleet_drills,
     node_lease,
@@ -16,10 +16,12 @@ from deployments._encoder import (
 
 
 @encoder_deployment
-class ClipEncoder(BatchedImagesAndTexts, clip.ClipEncoder):
+class ClipEncoder(clip.ClipEncoder):
     def __init__(self, spec: ClipModelSpec, limits: FetchLimits | None = None) -> None:
         plan = prepare_replica()
         lease = node_lease(plan)
-        super().__init__(spec, plan, random_weights_enabled(), replica_id(), lease, limits)
+        super().__init__(
+            spec, plan, random_weights_enabled(), replica_id(), lease, limits, ServeBatchQueue
+        )
         fleet_drills(self.guard)
         publish_cold_start(self)

@@ -6,7 +6,7 @@ from clipfleet.config import FetchLimits, ResNetSpec, random_weights_enabled
 from clipfleet.replicas import encoder
 from deployments._context import replica_id
 from deployments._encoder import (
-    BatchedImages,
+    ServeBatchQueue,
     encoder_deployment,
     fleet_drills,
     node_lease,
@@ -16,10 +16,12 @@ from deployments._encoder import (
 
 
 @encoder_deployment
-class ResNetEncoder(BatchedImages, encoder.ResNetEncoder):
+class ResNetEncoder(encoder.ResNetEncoder):
     def __init__(self, spec: ResNetSpec, limits: FetchLimits | None = None) -> None:
         plan = prepare_replica()
         lease = node_lease(plan)
-        super().__init__(spec, plan, random_weights_enabled(), replica_id(), lease, limits)
+        super().__init__(
+            spec, plan, random_weights_enabled(), replica_id(), lease, limits, ServeBatchQueue
+        )
         fleet_drills(self.guard)
         publish_cold_start(self)

@@ -19,6 +19,7 @@ from clipfleet.replicas.fetcher import Fetcher
 from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
 from clipfleet.replicas.scorer import Scorer
 from clipfleet.scoring import ScoreSemantics
+from tests.support.encoders import Batched
 from tests.support.fidelity import CPU
 from tests.support.images import image_base64
 from tests.support.tiny_models import make_open_clip_dir
@@ -28,19 +29,6 @@ IMAGE = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
 
 def forwards(encoder, kind: str) -> int:
     return sum(encoder.batch_sizes[kind].values())
-
-
-class Batched:
-    """Stands in for a shell's @serve.batch method: records the sizes reconfigure sets."""
-
-    def __init__(self) -> None:
-        self.sizes: list[tuple[str, float]] = []
-
-    def set_max_batch_size(self, size: int) -> None:
-        self.sizes.append(("max_batch_size", size))
-
-    def set_batch_wait_timeout_s(self, seconds: float) -> None:
-        self.sizes.append(("batch_wait_timeout_s", seconds))
 
 
 # -- cache -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 
 from clipfleet.config import EncoderConfig, SharedCacheConfig
 from clipfleet.replicas.cache import CacheConfig, EmbeddingCache, text_key
-from clipfleet.replicas.encoder import cached_embedding
+from clipfleet.replicas.embedding import cached_embedding
 from clipfleet.replicas.shared_cache import Breaker, SharedCache, decode, encode
 from tests.support.redis_server import PASSWORD, RedisServer
 

@@ -1,7 +1,7 @@
 """The two stages of a batch job: a CPU decode task and a model actor.
 
 decode: read each row's image (a file on the input's filesystem, or an http(s) URL through the
-service's SSRF-guarded ImageFetcher) and decode it with the service's own decoder (same limits,
+service's SSRF-guarded UrlFetcher) and decode it with the service's own decoder (same limits,
 same JPEG draft decoding, shorter side shrunk to fetch.ship_shortest_side), so a row whose image
 is missing, not an image or too large gets its `error` here and never reaches a model.
 
@@ -27,7 +27,7 @@ from clipfleet.batch.settings import JobSettings
 from clipfleet.config import FetchLimits, random_weights_enabled
 from clipfleet.errors import ClipfleetError
 from clipfleet.images.decode import decode_image
-from clipfleet.images.fetch import ImageFetcher
+from clipfleet.images.fetch import UrlFetcher
 from clipfleet.images.localfiles import ImageFileError, read_image_file
 from clipfleet.models.embedding_space import embedding_space, stamp
 from clipfleet.scoring import clip_scores, semantic_tags
@@ -82,7 +82,7 @@ def read_file(root: Location, value: str, limits: FetchLimits) -> bytes:
 
 
 async def download_all(urls: dict[int, str], limits: FetchLimits) -> dict[int, bytes | Exception]:
-    fetcher = ImageFetcher(limits)
+    fetcher = UrlFetcher(limits)
     try:
         results = await asyncio.gather(
             *(fetcher.download(url) for url in urls.values()), return_exceptions=True

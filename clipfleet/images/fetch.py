@@ -93,8 +93,11 @@ def inline_bytes(source: ImageSource, limits: FetchLimits) -> bytes:
 CONNECTIONS_PER_HOST = 16
 
 
-class ImageFetcher:
-    """Resolve an ImageSource to pixels. One instance per process; call `close()` at the end."""
+class UrlFetcher:
+    """Resolve an ImageSource to pixels: image URLs downloaded through the SSRF guard, inline
+    bytes checked, both decoded within the decode budget. One instance per process; call
+    `close()` at the end. (The Serve deployment that runs it is `ImageFetcher`,
+    deployments/image_fetcher.py over clipfleet.replicas.fetcher.Fetcher.)"""
 
     def __init__(self, limits: FetchLimits, resolver: AbstractResolver | None = None) -> None:
         """`resolver`: the DNS to guard (default aiohttp's); tests pass a fake one."""

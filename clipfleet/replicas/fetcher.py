@@ -1,4 +1,4 @@
-"""The image fetcher replica without Ray: clipfleet.images.fetch.ImageFetcher's two stages, each
+"""The image fetcher replica without Ray: clipfleet.images.fetch.UrlFetcher's two stages, each
 timed and its failures counted, and the process's memory figures."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import psutil
 
 from clipfleet.config import FetchLimits
-from clipfleet.images.fetch import ImageFetcher, ImageSource
+from clipfleet.images.fetch import ImageSource, UrlFetcher
 from clipfleet.images.gpu_decode import EncodedJpeg, jpeg_for_device
 from clipfleet.models.geometry import InputGeometry
 from clipfleet.observability import metrics
@@ -24,7 +24,7 @@ def source_kind(source: ImageSource) -> str:
 
 class Fetcher:
     def __init__(self, limits: FetchLimits, replica_id: str = LOCAL_REPLICA) -> None:
-        self._fetcher = ImageFetcher(limits)
+        self._fetcher = UrlFetcher(limits)
         self.replica_id = replica_id
         self._shaped: dict[InputGeometry, FetchLimits] = {}
 
@@ -32,7 +32,7 @@ class Fetcher:
     async def fetch(
         self, source: ImageSource, geometry: InputGeometry | None = None
     ) -> np.ndarray | EncodedJpeg:
-        """ImageFetcher.load, in its two stages, each timed and its failures counted.
+        """UrlFetcher.load, in its two stages, each timed and its failures counted.
         `geometry`: the square the receiving encoder's model keeps (clipfleet.models.geometry),
         decoded straight to it; None: the generic `ship_*` size. With `gpu_decode`, a JPEG
         within the limits is shipped undecoded (EncodedJpeg)."""

@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from clipfleet.api.app import create_app
 from clipfleet.config import ApiLimits, AuthConfig, CorsConfig
 from clipfleet.errors import UpstreamError
-from clipfleet.images.fetch import ImageFetcher
+from clipfleet.images.fetch import UrlFetcher
 from tests.support.local_dag import LocalHandle, build_local_service
 
 MAX_EXAMPLES = 25
@@ -22,7 +22,7 @@ MAX_EXAMPLES = 25
 COMPAT_PREFIXES = ("/embed", "/get_", "/evaluator", "/system", "/tag")
 
 
-class OfflineFetcher(ImageFetcher):
+class OfflineFetcher(UrlFetcher):
     """Fuzzed URLs must not reach any network, not even DNS."""
 
     async def download(self, url: str) -> bytes:

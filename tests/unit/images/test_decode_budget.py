@@ -18,7 +18,7 @@ from clipfleet.config import ClipModelSpec, FetchLimits, ResNetSpec
 from clipfleet.images import decode as imaging
 from clipfleet.images.budget import ByteBudget
 from clipfleet.images.decode import decode_image, open_image
-from clipfleet.images.fetch import ImageFetcher
+from clipfleet.images.fetch import UrlFetcher
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
 from clipfleet.models.resnet import ResNetModel
@@ -196,9 +196,9 @@ async def test_fetcher_decodes_within_its_budget(monkeypatch):
     plan = open_image(data, FetchLimits())
     cost = plan.cost_bytes
     plan.close()
-    fetcher = ImageFetcher(FetchLimits(decode_budget_bytes=200 * 1024 * 1024, decode_threads=4))
+    fetcher = UrlFetcher(FetchLimits(decode_budget_bytes=200 * 1024 * 1024, decode_threads=4))
     peak = 0
-    original = ImageFetcher.decode
+    original = UrlFetcher.decode
 
     async def watched(self, payload):
         nonlocal peak
@@ -208,7 +208,7 @@ async def test_fetcher_decodes_within_its_budget(monkeypatch):
             await asyncio.sleep(0.005)
         return task.result()
 
-    monkeypatch.setattr(ImageFetcher, "decode", watched)
+    monkeypatch.setattr(UrlFetcher, "decode", watched)
     try:
         results = await asyncio.gather(*(fetcher.decode(data) for _ in range(3)))
     finally:
@@ -220,7 +220,7 @@ async def test_fetcher_decodes_within_its_budget(monkeypatch):
 async def test_a_cancelled_decode_holds_its_bytes_until_the_thread_is_done():
     """A request cancelled mid-decode (deadline, failed sibling) can't stop Pillow's thread, so
     its bytes stay counted until that thread ends; then they are given back."""
-    fetcher = ImageFetcher(FetchLimits())
+    fetcher = UrlFetcher(FetchLimits())
     try:
         task = asyncio.ensure_future(fetcher.decode(giant_png(*GIANTS["giant_rgba_png"])))
         for _ in range(2000):

@@ -1,4 +1,4 @@
-"""ImageFetcher against a loopback server: success and every upstream failure's status."""
+"""UrlFetcher against a loopback server: success and every upstream failure's status."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from aiohttp.abc import AbstractResolver
 
 from clipfleet.errors import ClipfleetError, InvalidRequestError, InvalidUrlError
-from clipfleet.images.fetch import CONNECTIONS_PER_HOST, ImageFetcher, ImageSource
+from clipfleet.images.fetch import CONNECTIONS_PER_HOST, ImageSource, UrlFetcher
 from tests.support.images import ImageServer, LoopbackServer, image_base64, image_bytes
 from tests.support.local_dag import loopback_fetch
 
@@ -30,7 +30,7 @@ async def server():
 @pytest.fixture
 async def fetcher():
     limits = loopback_fetch(timeout_s=1.0, max_bytes=1024 * 1024, max_redirects=2)
-    instance = ImageFetcher(limits)
+    instance = UrlFetcher(limits)
     yield instance
     await instance.close()
 
@@ -82,7 +82,7 @@ async def test_valid_internationalised_and_underscored_hosts_are_looked_up(url):
 async def refusal_and_lookups(url: str) -> tuple[ClipfleetError, list[str]]:
     """The error fetching `url` gives, and the host names looked up meanwhile (none answer)."""
     resolver = NoDns()
-    fetcher = ImageFetcher(loopback_fetch(), resolver=resolver)
+    fetcher = UrlFetcher(loopback_fetch(), resolver=resolver)
     try:
         with pytest.raises(ClipfleetError) as caught:
             await fetcher.load(ImageSource(url=url))
@@ -156,7 +156,7 @@ class CountingServer(LoopbackServer):
 async def test_connections_to_one_host_are_capped():
     limits = loopback_fetch(timeout_s=60.0)  # waiting for a connection counts against it
     assert limits.connection_limit > CONNECTIONS_PER_HOST  # the per-host cap is what binds
-    fetcher = ImageFetcher(limits)
+    fetcher = UrlFetcher(limits)
     server = await CountingServer(full=CONNECTIONS_PER_HOST).start()
     try:
         url = f"{server.base_url}/img.jpg"

@@ -17,7 +17,7 @@ from clipfleet.api.app import create_app
 from clipfleet.config import FetchLimits
 from clipfleet.errors import ClipfleetError
 from clipfleet.images.decode import UNDECODABLE, decode_image
-from clipfleet.images.fetch import ImageFetcher, ImageSource
+from clipfleet.images.fetch import ImageSource, UrlFetcher
 from tests.support.hostile import (
     GIANTS,
     HostileServer,
@@ -42,7 +42,7 @@ def client(model_dir):
 @pytest.mark.parametrize("name", CASE_NAMES)
 async def test_fetcher_answers_each_case(hostile, name):
     case = all_cases(hostile)[name]
-    fetcher = ImageFetcher(LIMITS)
+    fetcher = UrlFetcher(LIMITS)
     try:
         started = asyncio.get_running_loop().time()
         if name in GIANTS:  # the download is bounded in time; decoding 49 MP takes CPU time

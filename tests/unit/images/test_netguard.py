@@ -14,7 +14,7 @@ from yarl import URL
 
 from clipfleet.config import FetchLimits
 from clipfleet.errors import ClipfleetError
-from clipfleet.images.fetch import ImageFetcher, ImageSource
+from clipfleet.images.fetch import ImageSource, UrlFetcher
 from clipfleet.images.netguard import (
     AddressPolicy,
     ForbiddenUrlError,
@@ -121,7 +121,7 @@ async def server():
 
 
 async def _fetch_error(limits: FetchLimits, url: str, resolver=None) -> ClipfleetError:
-    fetcher = ImageFetcher(limits, resolver=resolver)
+    fetcher = UrlFetcher(limits, resolver=resolver)
     try:
         with pytest.raises(ClipfleetError) as caught:
             await fetcher.load(ImageSource(url=url))
@@ -146,7 +146,7 @@ async def test_rebinding_gets_no_second_lookup(server):
     """The checked answer is the one connected to: a later, internal answer is never asked."""
     port = int(server.base_url.rsplit(":", 1)[1])
     fake = FakeResolver({"rebind.test": [["127.0.0.1"], ["10.0.0.1"]]})
-    fetcher = ImageFetcher(loopback_fetch(), resolver=fake)
+    fetcher = UrlFetcher(loopback_fetch(), resolver=fake)
     try:
         pixels = await fetcher.load(ImageSource(url=f"http://rebind.test:{port}/img.jpg"))
         assert pixels.shape == (72, 96, 3) and fake.calls == ["rebind.test"]
@@ -176,7 +176,7 @@ async def hostile():
 async def test_redirects_are_followed_hop_by_hop(hostile, location, status):
     limits = loopback_fetch(max_redirects=3)
     url = f"{hostile.base_url}/redirect?{urlencode({'to': location})}"
-    fetcher = ImageFetcher(limits)
+    fetcher = UrlFetcher(limits)
     try:
         if status == 200:
             assert (await fetcher.load(ImageSource(url=url))).shape[2] == 3

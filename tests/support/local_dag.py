@@ -7,8 +7,6 @@ run the same app under a real Ray Serve.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,57 +26,10 @@ from clipfleet.models.device import choose_device
 from clipfleet.replicas.clip import ClipEncoder
 from clipfleet.replicas.encoder import ResNetEncoder
 from clipfleet.replicas.fetcher import Fetcher
-from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
+from clipfleet.replicas.multiplexed import MultiplexedClipEncoder
 from clipfleet.replicas.scorer import Scorer
+from tests.support.handles import LocalHandle
 from tests.support.images import LOOPBACK_ALLOWED_PORTS
-
-
-class LocalResponse:
-    """Awaitable like a DeploymentResponse; starts running at once."""
-
-    def __init__(self, coroutine) -> None:
-        self._task = asyncio.ensure_future(coroutine)
-
-    def __await__(self):
-        return self._task.__await__()
-
-    def cancel(self) -> None:
-        self._task.cancel()
-
-
-class LocalMethod:
-    def __init__(self, function, model_id: str | None = None) -> None:
-        self._function = function
-        self._model_id = model_id
-
-    def remote(self, *args, **kwargs) -> LocalResponse:
-        async def run():
-            if self._model_id is not None:  # what Serve's multiplexed_model_id carries
-                REQUESTED_MODEL.set(self._model_id)  # in this task's own context
-            resolved = [await arg if isinstance(arg, LocalResponse) else arg for arg in args]
-            result = self._function(*resolved, **kwargs)
-            return await result if inspect.isawaitable(result) else result
-
-        return LocalResponse(run())
-
-
-class LocalHandle:
-    """`handle.method.remote(...)` over a plain object, resolving LocalResponse arguments;
-    `.options(multiplexed_model_id=...)` picks the model, like a DeploymentHandle. `calls`:
-    every (method, model id) asked for, shared by the handles `options` derives."""
-
-    def __init__(self, target: Any, model_id: str | None = None, calls: list | None = None) -> None:
-        self._target = target
-        self._model_id = model_id
-        self.calls: list[tuple[str, str | None]] = [] if calls is None else calls
-
-    def options(self, multiplexed_model_id: str) -> LocalHandle:
-        return LocalHandle(self._target, multiplexed_model_id, self.calls)
-
-    def __getattr__(self, name: str) -> LocalMethod:
-        method = getattr(self._target, name)
-        self.calls.append((name, self._model_id))
-        return LocalMethod(method, self._model_id)
 
 
 def loopback_fetch(**overrides) -> FetchLimits:

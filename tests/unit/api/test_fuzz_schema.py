@@ -15,7 +15,8 @@ from clipfleet.api.app import create_app
 from clipfleet.config import ApiLimits, AuthConfig, CorsConfig
 from clipfleet.errors import UpstreamError
 from clipfleet.images.fetch import UrlFetcher
-from tests.support.local_dag import LocalHandle, build_local_service
+from tests.support.handles import LocalHandle
+from tests.support.local_dag import build_local_service
 
 MAX_EXAMPLES = 25
 # seed routes keep their seed's own error bodies where the seed had one (issue 8)

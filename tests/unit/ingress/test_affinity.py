@@ -26,7 +26,7 @@ from clipfleet.models.device import choose_device
 from clipfleet.replicas.cache import image_key, text_key, texts_key
 from clipfleet.replicas.encoder import ResNetEncoder
 from clipfleet.replicas.images import EncodedImage
-from tests.support.local_dag import LocalHandle, LocalResponse
+from tests.support.handles import Answering, LocalHandle, LocalResponse
 
 KEYS = [text_key(f"image {index}") for index in range(4000)]
 
@@ -72,29 +72,8 @@ def test_owner_over_the_bound_falls_back():
     assert choose_owner(key, {}, bound=4) is None
 
 
-class Recorder:
-    """An encoder handle that records the keyword arguments of each call."""
-
-    def __init__(self) -> None:
-        self.calls = []
-
-    def __getattr__(self, name):
-        recorder = self
-
-        class Method:
-            def remote(self, *args, **kwargs):
-                recorder.calls.append((name, args, kwargs))
-
-                async def answer():
-                    return name
-
-                return LocalResponse(answer())
-
-        return Method()
-
-
 async def test_calls_carry_the_cache_key_of_their_content():
-    inner = Recorder()
+    inner = LocalHandle(Answering())
     handle = AffinityHandle(inner)
     pixels = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
 
@@ -105,16 +84,16 @@ async def test_calls_carry_the_cache_key_of_their_content():
     await handle.embed_text.remote("a cat")
     await handle.embed_texts.remote(["a cat", "a dog"])
     await handle.count_tokens.remote(["a cat"])
-    keys = [kwargs.get(ROUTE_KEY) for _, _, kwargs in inner.calls]
+    keys = [call.kwargs.get(ROUTE_KEY) for call in inner.calls]
     assert keys == [image_key(pixels), text_key("a cat"), texts_key(["a cat", "a dog"]), None]
     image_call = inner.calls[0]
-    assert image_call[1][0] is pixels and image_call[2]["timed"] is True
+    assert image_call.args[0] is pixels and image_call.kwargs["timed"] is True
 
 
 async def test_inline_images_carry_the_key_of_their_bytes():
     """base64 and upload alike: the hash of the bytes (EncodedImage.key()); a call with several
     images, its first's; a pair, its image's; an image the encoder will refuse, no key."""
-    inner = Recorder()
+    inner = LocalHandle(Answering())
     handle = AffinityHandle(inner, FetchLimits(max_bytes=1024))
     data = b"the bytes of an image"
     as_base64 = ImageSource(base64=base64.b64encode(data).decode())
@@ -124,28 +103,10 @@ async def test_inline_images_carry_the_key_of_their_bytes():
     await handle.embed_images.remote([ImageSource(data=data), ImageSource(data=b"other")])
     await handle.embed_image.remote(ImageSource(base64="not base64 !"))
     await handle.embed_image.remote(ImageSource(data=b"x" * 1025))  # over max_bytes
-    keys = [kwargs.get(ROUTE_KEY) for _, _, kwargs in inner.calls]
+    keys = [call.kwargs.get(ROUTE_KEY) for call in inner.calls]
     assert keys == [EncodedImage(data).key()] * 4 + [None, None]
-    assert inner.calls[0][1] == (as_base64,) and inner.calls[0][2]["timed"] is True
-    assert inner.calls[2][1][1] == "a cat" and len(inner.calls[3][1][0]) == 2
-
-
-class KeyedHandle:
-    """A LocalHandle over an encoder that records the route key of each call."""
-
-    def __init__(self, encoder) -> None:
-        self.local = LocalHandle(encoder)
-        self.keys = []
-
-    def __getattr__(self, name):
-        method, keys = getattr(self.local, name), self.keys
-
-        class Method:
-            def remote(self, *args, **kwargs):
-                keys.append(kwargs.get(ROUTE_KEY))
-                return method.remote(*args, **kwargs)
-
-        return Method()
+    assert inner.calls[0].args == (as_base64,) and inner.calls[0].kwargs["timed"] is True
+    assert inner.calls[2].args[1] == "a cat" and len(inner.calls[3].args[0]) == 2
 
 
 def jpeg() -> bytes:
@@ -157,15 +118,17 @@ def jpeg() -> bytes:
 async def test_an_inline_images_route_key_is_the_key_its_encoder_caches_it_under(model_dir):
     spec = ResNetSpec(model="resnet18", weights=str(model_dir / "resnet18.pt"))
     encoder = ResNetEncoder(spec, choose_device("cpu"))
-    keyed = KeyedHandle(encoder)
+    keyed = LocalHandle(encoder)
     handle = AffinityHandle(keyed)
     data = jpeg()
     await handle.embed_image.remote(ImageSource(base64=base64.b64encode(data).decode()))
-    (route_key,) = keyed.keys
+    (route_key,) = [call.kwargs.get(ROUTE_KEY) for call in keyed.calls]
     assert route_key is not None and encoder.cache.stats()["entries"] == 1
     assert encoder.cache.get(route_key) is not None  # what the encoder cached it under
     await handle.embed_images.remote([ImageSource(data=data)])  # an upload: the same key
-    assert keyed.keys[1] == route_key and encoder.cache.stats()["entries"] == 1
+    assert (
+        keyed.calls[1].kwargs.get(ROUTE_KEY) == route_key and encoder.cache.stats()["entries"] == 1
+    )
 
 
 def test_a_jpeg_shipped_undecoded_routes_by_its_own_cache_key():

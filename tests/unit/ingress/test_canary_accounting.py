@@ -25,19 +25,7 @@ from clipfleet.images.fetch import ImageSource
 from clipfleet.ingress.service import ClipfleetService
 from clipfleet.ingress.targets import Routing
 from clipfleet.rollout.traffic import RollbackPolicy, TrafficConfig
-
-
-class Call:
-    def __init__(self, function) -> None:
-        self.function = function
-
-    def remote(self, *args, **kwargs):
-        async def run():
-            resolved = [await a if isinstance(a, asyncio.Future) else a for a in args]
-            result = self.function(*resolved, **kwargs)
-            return await result if asyncio.iscoroutine(result) else result
-
-        return asyncio.ensure_future(run())
+from tests.support.handles import LocalHandle
 
 
 class Encoder:
@@ -46,23 +34,23 @@ class Encoder:
 
     def __init__(self, failing: bool) -> None:
         self.failing = failing
-        self.embed_image = Call(lambda image, timed=False: (np.ones(4), ENCODER_S))
-        self.embed_texts = Call(self._texts)
-        self.describe = Call(lambda: {"input_geometry": None})
 
-    def _texts(self, texts):
+    def embed_image(self, image, timed=False):
+        return np.ones(4), ENCODER_S
+
+    def embed_texts(self, texts):
         if self.failing:
             raise ModelServingError("RuntimeError in embed_texts: broken canary")
         return np.ones((len(texts), 4))
+
+    def describe(self):
+        return {"input_geometry": None}
 
 
 class SlowFetcher:
     """The client's image URL drips slowly: the ingress sees a long request."""
 
-    def __init__(self) -> None:
-        self.fetch = Call(self._fetch)
-
-    async def _fetch(self, source, geometry=None):
+    async def fetch(self, source, geometry=None):
         await asyncio.sleep(DOWNLOAD_S)
         return np.zeros((8, 8, 3), np.uint8)
 
@@ -78,9 +66,11 @@ def service() -> ClipfleetService:
     )
     service = ClipfleetService(
         AppArgs(profiles={"fast": profile}),
-        fetcher=SlowFetcher(),
+        fetcher=LocalHandle(SlowFetcher()),
         scorer=None,
-        clip_encoders={"fast": {"stable": Encoder(False), "canary": Encoder(True)}},
+        clip_encoders={
+            "fast": {"stable": LocalHandle(Encoder(False)), "canary": LocalHandle(Encoder(True))}
+        },
         resnet_encoders={"fast": None},
     )
     clock = [2000.0]
@@ -124,9 +114,8 @@ class FailingFetcher:
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
-        self.fetch = Call(self._fetch)
 
-    async def _fetch(self, source, geometry=None):
+    async def fetch(self, source, geometry=None):
         raise self.error
 
 
@@ -149,7 +138,7 @@ class FailingFetcher:
 def test_failures_outside_the_variant_never_count(service, error):
     """4xx, 502, 504, Serve's 503 and any exception not marked by the variant's own replica
     leave its outcome alone, whatever the class."""
-    service.fetcher = FailingFetcher(error)
+    service.fetcher = LocalHandle(FailingFetcher(error))
     service.traffic.choose = lambda profile, key=None, pinned=None: pinned or "canary"
 
     async def scenario():
@@ -167,8 +156,11 @@ def test_failures_outside_the_variant_never_count(service, error):
 def test_a_stalled_canary_replica_counts_against_it(service):
     """A stall is the variant's own failure: if sending the call once more fails too, it is
     counted (and the client gets the 503)."""
-    stalled = Call(lambda image, timed=False: (_ for _ in ()).throw(ReplicaStalledError("hung")))
-    service.profiles["fast"].clip["canary"].embed_image = stalled
+
+    def stalled(image, timed=False):
+        raise ReplicaStalledError("hung")
+
+    service.profiles["fast"].clip["canary"]._target.embed_image = stalled
     service.traffic.choose = lambda profile, key=None, pinned=None: pinned or "canary"
 
     async def scenario():

@@ -4,7 +4,6 @@ encoder's forward scheduler over handle calls (no Ray)."""
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import threading
 
 import pytest
@@ -28,8 +27,9 @@ from clipfleet.ingress.priority import (
 )
 from clipfleet.models.device import choose_device
 from clipfleet.replicas.multiplexed import REQUESTED_MODEL, MultiplexedClipEncoder
+from tests.support.handles import Answering, LocalHandle
 from tests.support.images import image_base64, image_bytes
-from tests.support.local_dag import LocalHandle, LocalResponse, build_local_service
+from tests.support.local_dag import build_local_service
 from tests.support.servers import ThreadedImageServer
 from tests.support.tiny_models import make_open_clip_dir
 
@@ -55,26 +55,15 @@ def test_key_classes_are_keyed_by_key_id_never_the_secret():
         AuthConfig(priorities={key_id(BULK_KEY): "urgent"})
 
 
-class IsolatedHandle(LocalHandle):
-    """A LocalHandle whose calls run in a fresh context, as over Ray: nothing the ingress set
-    in its context variables reaches the replica unless the call carries it."""
-
-    def __getattr__(self, name: str):
-        method = super().__getattr__(name)
-
-        class Isolated:
-            def remote(self, *args, **kwargs):
-                return contextvars.Context().run(method.remote, *args, **kwargs)
-
-        return Isolated()
-
-
 @pytest.fixture(scope="module")
 def keyed(tiny_args):
-    """The app over isolated handles wrapped as replica_service wraps them, two keys."""
+    """The app over isolated handles (calls in a fresh context, as over Ray: nothing the ingress
+    set in its context variables reaches the replica unless the call carries it) wrapped as
+    replica_service wraps them, two keys."""
     auth = AuthConfig(api_keys_env=KEYS_ENV, priorities={key_id(BULK_KEY): BULK})
     args = tiny_args.model_copy(update={"auth": auth})
-    service = build_local_service(args, lambda target: PriorityHandle(IsolatedHandle(target)))
+    isolated = lambda target: PriorityHandle(LocalHandle(target, isolated=True))  # noqa: E731
+    service = build_local_service(args, isolated)
     return service, create_app(service)
 
 
@@ -151,7 +140,9 @@ def test_inline_images_reach_the_scheduler_in_their_class(
     response = client.post(route, json=body, headers={"X-API-Key": BULK_KEY})
     assert response.status_code == 200, response.text
     assert response.headers[priority.HEADER] == BULK
-    embedding_calls = [name for name, _ in clip.calls[calls_before:] if name.startswith("embed")]
+    embedding_calls = [
+        call.method for call in clip.calls[calls_before:] if call.method.startswith("embed")
+    ]
     assert embedding_calls == methods
     ran = {name: scheduler.forwards_by_class[name] - before[name] for name in before}
     assert ran[INTERACTIVE] == 0
@@ -197,36 +188,21 @@ def test_a_header_naming_no_class_is_a_422(client):
     assert response.json()["error"]["param"] == priority.HEADER
 
 
-class Recording:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict]] = []
-
-    def __getattr__(self, name):
-        calls = self.calls
-
-        class Method:
-            def remote(self, *args, **kwargs):
-                calls.append((name, kwargs))
-
-        return Method()
-
-    def options(self, **options):
-        return self
-
-
-def test_handles_pass_only_bulk_and_only_to_embedding_calls():
-    handle = prioritize_handles({"fast": [Recording()]})["fast"][0]
-    handle.embed_texts.remote(["a"])
+async def test_handles_pass_only_bulk_and_only_to_embedding_calls():
+    inner = LocalHandle(Answering())
+    handle = prioritize_handles({"fast": [inner]})["fast"][0]
+    responses = [handle.embed_texts.remote(["a"])]
     token = priority.CURRENT.set(BULK)
     try:
-        handle.embed_image.remote("pixels")
-        handle.embed_images.remote(["pixels"])
-        handle.embed_pair.remote("pixels", "c")
-        handle.options(multiplexed_model_id="m").embed_text.remote("b")
-        handle.describe.remote()
+        responses.append(handle.embed_image.remote("pixels"))
+        responses.append(handle.embed_images.remote(["pixels"]))
+        responses.append(handle.embed_pair.remote("pixels", "c"))
+        responses.append(handle.options(multiplexed_model_id="m").embed_text.remote("b"))
+        responses.append(handle.describe.remote())
     finally:
         priority.CURRENT.reset(token)
-    assert handle._handle.calls == [
+    await asyncio.gather(*responses)
+    assert [(call.method, call.kwargs) for call in inner.calls] == [
         ("embed_texts", {}),
         ("embed_image", {"priority": BULK}),
         ("embed_images", {"priority": BULK}),
@@ -236,26 +212,12 @@ def test_handles_pass_only_bulk_and_only_to_embedding_calls():
     ]
 
 
-class AwaitableRecording(Recording):
-    """Recording whose calls answer like a response (AffinityHandle awaits its inner call)."""
-
-    def __getattr__(self, name):
-        calls = self.calls
-
-        class Method:
-            def remote(self, *args, **kwargs):
-                calls.append((name, kwargs))
-                return LocalResponse(asyncio.sleep(0, result=name))
-
-        return Method()
-
-
 @pytest.mark.parametrize("outer", ["affinity", "priority"])
 def test_a_call_carries_both_its_class_and_its_route_key(outer):
     """The ingress wraps the encoders' handles in PriorityHandle and the service wraps some in
     AffinityHandle (clipfleet/ingress/affinity.py): one call carries both keywords, in either
     order."""
-    inner = AwaitableRecording()
+    inner = LocalHandle(Answering())
     if outer == "affinity":
         handle = AffinityHandle(PriorityHandle(inner))
     else:
@@ -272,9 +234,9 @@ def test_a_call_carries_both_its_class_and_its_route_key(outer):
         asyncio.run(calls())
     finally:
         priority.CURRENT.reset(token)
-    assert [name for name, _ in inner.calls] == ["embed_pair", "embed_images", "embed_text"]
-    for _, kwargs in inner.calls:
-        assert kwargs[priority.KEYWORD] == BULK and isinstance(kwargs[ROUTE_KEY], bytes)
+    assert [call.method for call in inner.calls] == ["embed_pair", "embed_images", "embed_text"]
+    for call in inner.calls:
+        assert call.kwargs[priority.KEYWORD] == BULK and isinstance(call.kwargs[ROUTE_KEY], bytes)
 
 
 async def decode_order(decoder: BudgetedDecoder, work: list[tuple[str, str]]) -> list[str]:

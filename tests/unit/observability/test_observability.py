@@ -17,6 +17,7 @@ from clipfleet.errors import UpstreamError, UpstreamTimeoutError
 from clipfleet.ingress.service import ClipfleetService
 from clipfleet.observability import metrics, tracing
 from tests.support import local_dag
+from tests.support.handles import LocalHandle
 from tests.support.images import LoopbackServer, image_base64, image_bytes
 from tests.support.servers import ThreadedImageServer
 
@@ -140,7 +141,7 @@ def test_exported_names_follow_rays_prometheus_naming():
 def traced_service(args) -> ClipfleetService:
     """The local graph with its handles traced as the ingress's are (tracing.TracedHandle)."""
     return local_dag.build_local_service(
-        args, handle=lambda target: tracing.TracedHandle(local_dag.LocalHandle(target))
+        args, handle=lambda target: tracing.TracedHandle(LocalHandle(target))
     )
 
 

@@ -26,13 +26,9 @@ from clipfleet.replicas.clip import ClipEncoder
 from clipfleet.replicas.encoder import ResNetEncoder
 from clipfleet.replicas.fetcher import Fetcher
 from clipfleet.replicas.images import ImageInputs
+from tests.support.handles import LocalHandle
 from tests.support.hostile import GIANTS, giant_png, hostile_corpus
-from tests.support.local_dag import (
-    LocalHandle,
-    LocalResponse,
-    build_local_service,
-    tiny_app_args,
-)
+from tests.support.local_dag import build_local_service, tiny_app_args
 
 CPU = choose_device("cpu")
 MIN_COSINE = 0.99
@@ -187,7 +183,7 @@ def test_a_requests_inline_images_take_one_encoder_call_and_no_fetch(local, path
     response = client.post(path, json=body)
     assert response.status_code == 200, response.text
     assert len(fetcher.calls) == fetches  # the fetcher was not asked
-    image_calls = [name for name, _ in clip.calls[clip_calls:] if "image" in name]
+    image_calls = [call.method for call in clip.calls[clip_calls:] if "image" in call.method]
     assert image_calls == ["embed_images"]
 
 
@@ -207,19 +203,19 @@ def test_the_fetcher_decodes_to_the_geometry_it_is_given():
 
 async def test_url_images_are_fetched_at_the_encoders_geometry(model_dir):
     service = build_local_service(tiny_app_args(model_dir))
-    asked = []
 
-    class RecordingFetcher:
-        class fetch:
-            @staticmethod
-            def remote(source, geometry=None):
-                asked.append(geometry)
-                return LocalResponse(asyncio.sleep(0, np.zeros((64, 64, 3), np.uint8)))
+    class AnyImage:
+        async def fetch(self, source, geometry=None):
+            return np.zeros((64, 64, 3), np.uint8)
 
-    service.fetcher = RecordingFetcher()
+    service.fetcher = LocalHandle(AnyImage())
     url = ImageSource(url="https://example.com/cat.jpg")
     await service.embed_images([url, url], "clip", "fast")
     await service.embed_images([url], "resnet", "fast")
+    asked = [
+        call.args[1] if len(call.args) > 1 else call.kwargs.get("geometry")
+        for call in service.fetcher.calls
+    ]
     assert asked == [InputGeometry(64, "crop")] * 2 + [InputGeometry(256, "crop")]
 
 

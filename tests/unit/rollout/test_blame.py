@@ -22,9 +22,10 @@ from clipfleet.api.app import create_app
 from clipfleet.config import AppArgs, ClipModelSpec, ProfileSpec, ResNetSpec
 from clipfleet.replicas.fetcher import Fetcher
 from clipfleet.rollout.traffic import RollbackPolicy, TrafficConfig
+from tests.support.handles import LocalHandle
 from tests.support.hostile_corpus import INVALID_HOSTS
 from tests.support.images import image_base64
-from tests.support.local_dag import LocalHandle, build_local_service, loopback_fetch
+from tests.support.local_dag import build_local_service, loopback_fetch
 
 DEADLINE_S = 0.5  # of the app that serves the slow upstream
 FETCHER_BUG_URL = "http://fetcher-bug.test/x.jpg"

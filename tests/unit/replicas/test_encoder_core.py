@@ -16,21 +16,12 @@ from clipfleet.replicas.clip import ClipEncoder
 from clipfleet.replicas.multiplexed import MultiplexedClipEncoder
 from tests.support.encoders import GatedForwards, RecordingQueue, as_model, queued_behind_a_forward
 from tests.support.fidelity import CPU
-from tests.support.tiny_models import make_open_clip_dir
 
 IMAGE = np.random.default_rng(7).integers(0, 255, (48, 64, 3), dtype=np.uint8)
 CORE_FIELDS = {
     "replica_id", "ready", "config", "batch_sizes", "text_batch_sizes", "pending", "priority",
     "stall", "cache", "torch_threads", "forward_lease", "process", "device",
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("core-models")
-    for seed, model_id in enumerate(("alpha", "beta"), start=1):
-        make_open_clip_dir(root / model_id, seed=seed)
-    return root
 
 
 def mux(root, queue=None, **options) -> MultiplexedClipEncoder:
@@ -54,8 +45,8 @@ def served(encoder, call):
 
 
 @pytest.mark.parametrize("kind", ENCODERS)
-def test_every_item_reaches_a_forward_through_the_cores_queue_object(root, kind):
-    encoder = ENCODERS[kind](root, RecordingQueue)
+def test_every_item_reaches_a_forward_through_the_cores_queue_object(two_checkpoints, kind):
+    encoder = ENCODERS[kind](two_checkpoints, RecordingQueue)
     asyncio.run(served(encoder, lambda: encoder.embed_pair(IMAGE, "a cat")))
     asyncio.run(served(encoder, lambda: encoder.embed_texts(["a dog", "a bird"])))
     assert sorted(encoder.queue.kinds) == ["image", "text", "text", "text"]
@@ -63,8 +54,8 @@ def test_every_item_reaches_a_forward_through_the_cores_queue_object(root, kind)
 
 
 @pytest.mark.parametrize("kind", ENCODERS)
-def test_reconfigure_resizes_the_queue_and_rejects_unknown_keys(root, kind):
-    encoder = ENCODERS[kind](root, RecordingQueue)
+def test_reconfigure_resizes_the_queue_and_rejects_unknown_keys(two_checkpoints, kind):
+    encoder = ENCODERS[kind](two_checkpoints, RecordingQueue)
     config = {"max_batch_size": 3, "batch_wait_timeout_s": 0.02, "bulk_every": 5}
     asyncio.run(encoder.reconfigure({**config, "bulk_max_batch_size": 2}))
     assert encoder.queue.batched.sizes == [("max_batch_size", 3), ("batch_wait_timeout_s", 0.02)]
@@ -78,8 +69,8 @@ def test_reconfigure_resizes_the_queue_and_rejects_unknown_keys(root, kind):
 
 
 @pytest.mark.parametrize("kind", ENCODERS)
-def test_fault_drills_and_the_stall_guard_cover_both(root, kind):
-    encoder = ENCODERS[kind](root)
+def test_fault_drills_and_the_stall_guard_cover_both(two_checkpoints, kind):
+    encoder = ENCODERS[kind](two_checkpoints)
     asyncio.run(served(encoder, lambda: encoder.embed_text("a cat")))
     assert encoder.guard.slowest_forward_s > 0  # the forward ran under the stall guard
     asyncio.run(encoder.reconfigure({"fault_error_ratio": 1.0}))
@@ -89,8 +80,8 @@ def test_fault_drills_and_the_stall_guard_cover_both(root, kind):
 
 
 @pytest.mark.parametrize("kind", ENCODERS)
-def test_describe_holds_the_cores_fields_for_both(root, kind):
-    encoder = ENCODERS[kind](root)
+def test_describe_holds_the_cores_fields_for_both(two_checkpoints, kind):
+    encoder = ENCODERS[kind](two_checkpoints)
     asyncio.run(served(encoder, lambda: encoder.embed_pair(IMAGE, "a cat")))
     details = asyncio.run(encoder.describe())
     assert set(details) >= CORE_FIELDS
@@ -98,10 +89,10 @@ def test_describe_holds_the_cores_fields_for_both(root, kind):
     assert details["cache"]["misses"] == 2 and details["config"] == encoder.config.model_dump()
 
 
-def test_plain_and_multiplexed_give_one_models_vectors_alike(root):
+def test_plain_and_multiplexed_give_one_models_vectors_alike(two_checkpoints):
     """The same checkpoint served plain and from a pool: the same preprocessing, tokenizing and
     forward, so the same vectors."""
-    one, pooled = plain(root), mux(root)
+    one, pooled = plain(two_checkpoints), mux(two_checkpoints)
     texts = ["a cat", "a photo of a dog"]
     for encoder in (one, pooled):
         vectors = asyncio.run(served(encoder, lambda e=encoder: e.embed_texts(texts)))
@@ -110,11 +101,11 @@ def test_plain_and_multiplexed_give_one_models_vectors_alike(root):
         np.testing.assert_allclose(image, asyncio.run(one.embed_image(IMAGE)), atol=1e-5)
 
 
-def test_a_batch_never_mixes_two_model_ids(root):
+def test_a_batch_never_mixes_two_model_ids(two_checkpoints):
     """Texts for alpha and beta queue together behind a running forward: each model's forwards
     hold its own texts only (merged: fewer forwards than texts), each vector its model's."""
     gates = GatedForwards()
-    encoder = mux(root, load=gates)
+    encoder = mux(two_checkpoints, load=gates)
     texts = [f"text {n}" for n in range(4)]
 
     async def scenario():
@@ -131,13 +122,15 @@ def test_a_batch_never_mixes_two_model_ids(root):
     assert sum(gates.items("alpha")) == sum(gates.items("beta")) == len(texts)
     assert len(gates.batches) < 2 * len(texts)  # they did merge, each model with itself
     for model_id, offset in (("alpha", 0), ("beta", 1)):
-        own = load_clip_model(ClipModelSpec(model=f"local-dir:{root / model_id}"), CPU, False)
+        own = load_clip_model(
+            ClipModelSpec(model=f"local-dir:{two_checkpoints / model_id}"), CPU, False
+        )
         np.testing.assert_allclose(vectors[offset::2], own.encode_texts(texts), atol=1e-5)
 
 
-def test_reconfigure_applies_to_every_pooled_model(root):
+def test_reconfigure_applies_to_every_pooled_model(two_checkpoints):
     gates = GatedForwards()
-    encoder = mux(root, load=gates)
+    encoder = mux(two_checkpoints, load=gates)
 
     async def scenario():
         await encoder.reconfigure({"max_batch_size": 2})
@@ -153,8 +146,8 @@ def test_reconfigure_applies_to_every_pooled_model(root):
         assert sum(gates.items(model_id)) == 5 and max(gates.items(model_id)) == 2
 
 
-def test_describe_lists_the_resident_models_lru_first(root):
-    encoder = mux(root)
+def test_describe_lists_the_resident_models_lru_first(two_checkpoints):
+    encoder = mux(two_checkpoints)
     for model_id in ("beta", "alpha"):
         asyncio.run(as_model(model_id, lambda: encoder.embed_text("a cat")))
     details = asyncio.run(encoder.describe())

@@ -22,7 +22,6 @@ from clipfleet.scoring import ScoreSemantics
 from tests.support.encoders import Batched
 from tests.support.fidelity import CPU
 from tests.support.images import image_base64
-from tests.support.tiny_models import make_open_clip_dir
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
 
@@ -180,14 +179,6 @@ def test_scorer_scores_pairs_and_tags():
 
 
 # -- multiplexed -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def two_checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("replicas-multiplexed")
-    for seed, model_id in enumerate(("alpha", "beta"), start=1):
-        make_open_clip_dir(root / model_id, seed=seed)
-    return root
-
-
 def test_multiplexed_needs_a_model_id_and_caches_per_model(two_checkpoints):
     spec = MultiplexedProfileSpec(checkpoint_dir=str(two_checkpoints), max_models_per_replica=1)
     encoder = MultiplexedClipEncoder("custom", spec, CPU, replica_id="m-1")

@@ -12,7 +12,8 @@ The class travels as a context variable on the ingress (set by its middleware) a
 Only `bulk` is sent over the wire: callers and fakes that know nothing of classes are unaffected.
 
 `Turns` is the one rule of who goes next (interactive first, bulk a guaranteed share): the
-ForwardScheduler applies it to forwards, `ClassedSlots` to an encoder's decode threads.
+ForwardScheduler applies it to forwards, `ClassedSlots` to the decode threads of an encoder
+(inline images) and of the ImageFetcher (image URLs).
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ CLASSES = (INTERACTIVE, BULK)  # highest first
 PriorityClass = Literal["interactive", "bulk"]
 HEADER = "X-Clipfleet-Priority"
 KEYWORD = "priority"
-# The deployment methods whose callers pass `priority=` (the encoders' embedding methods).
+# The deployment methods whose callers pass `priority=` (the encoders' embedding methods, and
+# the ImageFetcher's fetch: its decodes are classed too).
 PRIORITY_METHODS = frozenset(
-    {"embed_image", "embed_images", "embed_pair", "embed_text", "embed_texts"}
+    {"embed_image", "embed_images", "embed_pair", "embed_text", "embed_texts", "fetch"}
 )
 
 DEFAULT_BULK_EVERY = 4

@@ -27,20 +27,20 @@ def replica_service(
     args: AppArgs, graph: Graph, store: SharedStore, app: str, replica: str
 ) -> ClipfleetService:
     """The service over the graph's deployment handles, traced when tracing is on, the
-    encoders' embedding calls carrying the request's priority class. One traffic state per
-    application, in the shared store: every replica reads it before sending canary traffic,
-    and it outlives any replica."""
+    encoders' embedding calls and the fetcher's fetches carrying the request's priority
+    class. One traffic state per application, in the shared store: every replica reads it
+    before sending canary traffic, and it outlives any replica."""
 
-    def encoders(handles: Any) -> Any:
+    def classed(handles: Any) -> Any:
         return prioritize_handles(trace_handles(handles))
 
     return ClipfleetService(
         args,
-        fetcher=trace_handles(graph.fetcher),
+        fetcher=classed(graph.fetcher),
         scorer=trace_handles(graph.scorer),
-        clip_encoders=encoders(graph.clip_encoders),
-        resnet_encoders=encoders(graph.resnet_encoders),
-        multiplexed_encoders=encoders(graph.multiplexed_encoders),
+        clip_encoders=classed(graph.clip_encoders),
+        resnet_encoders=classed(graph.resnet_encoders),
+        multiplexed_encoders=classed(graph.multiplexed_encoders),
         traffic=TrafficManager(
             {name: list(spec.variants) for name, spec in args.profiles.items()},
             store=store,

@@ -12,6 +12,7 @@ import psutil
 from clipfleet.config import FetchLimits
 from clipfleet.images.fetch import ImageSource, UrlFetcher
 from clipfleet.images.gpu_decode import EncodedJpeg, jpeg_for_device
+from clipfleet.ingress.priority import prioritized
 from clipfleet.models.geometry import InputGeometry
 from clipfleet.observability import metrics
 from clipfleet.observability.tracing import traced
@@ -28,6 +29,7 @@ class Fetcher:
         self.replica_id = replica_id
         self._shaped: dict[InputGeometry, FetchLimits] = {}
 
+    @prioritized
     @traced("ImageFetcher.fetch")
     async def fetch(
         self, source: ImageSource, geometry: InputGeometry | None = None
@@ -35,7 +37,8 @@ class Fetcher:
         """UrlFetcher.load, in its two stages, each timed and its failures counted.
         `geometry`: the square the receiving encoder's model keeps (clipfleet.models.geometry),
         decoded straight to it; None: the generic `ship_*` size. With `gpu_decode`, a JPEG
-        within the limits is shipped undecoded (EncodedJpeg)."""
+        within the limits is shipped undecoded (EncodedJpeg). A bulk request's decode waits
+        behind interactive ones for a decode thread (clipfleet.images.decode_pool)."""
         with metrics.counting_failures("fetch"), metrics.timed_stage("fetch"):
             data = await self._fetcher.read_bytes(source)
         if self._fetcher.limits.gpu_decode:

@@ -99,13 +99,16 @@ class LoopbackServer:
 
 
 class ImageServer(LoopbackServer):
-    """A loopback aiohttp server for fetch tests: /img.jpg, /big, /slow, /html, /missing, /loop."""
+    """A loopback aiohttp server for fetch tests: /img.jpg (?seed=N: another picture), /big,
+    /slow, /html, /missing, /loop."""
 
     def build_app(self):
         from aiohttp import web
 
-        async def image(request):
-            return web.Response(body=image_bytes(), content_type="image/jpeg")
+        async def image(request):  # ?seed=N: another picture
+            seed = request.query.get("seed")
+            body = image_bytes() if seed is None else image_bytes(seed=int(seed))
+            return web.Response(body=body, content_type="image/jpeg")
 
         async def big(request):
             response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})

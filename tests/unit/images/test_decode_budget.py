@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import os
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +21,15 @@ from clipfleet.config import ClipModelSpec, FetchLimits, ResNetSpec
 from clipfleet.images import decode as imaging
 from clipfleet.images.budget import ByteBudget
 from clipfleet.images.decode import decode_image, open_image
+from clipfleet.images.decode_pool import BULK_NICENESS, BudgetedDecoder
 from clipfleet.images.fetch import UrlFetcher
+from clipfleet.ingress import priority
+from clipfleet.ingress.priority import BULK, INTERACTIVE
 from clipfleet.models.clip import load_clip_model
 from clipfleet.models.device import choose_device
 from clipfleet.models.resnet import ResNetModel
 from tests.support.hostile import GIANTS, giant_png
+from tests.support.images import image_bytes
 
 ROOT = Path(__file__).resolve().parents[3]
 UNCAPPED = FetchLimits(ship_longest_side=65535)
@@ -239,3 +246,28 @@ async def test_a_cancelled_decode_holds_its_bytes_until_the_thread_is_done():
         assert fetcher.decode_budget.in_use == 0
     finally:
         await fetcher.close()
+
+
+def _niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
+async def test_bulk_images_decode_on_threads_of_lower_cpu_priority():
+    """A bulk request's decode (and the preprocessing run after it) yields the CPU to
+    interactive work: its thread is BULK_NICENESS nicer than an interactive decode's."""
+    decoder = BudgetedDecoder(FetchLimits(decode_threads=1))
+
+    async def niceness_of(priority_class: str) -> int:
+        priority.CURRENT.set(priority_class)  # this task's own context, as a request's
+        return await decoder.decode(image_bytes(), then=lambda pixels: _niceness())
+
+    try:
+        interactive = await asyncio.create_task(niceness_of(INTERACTIVE))
+        bulk = await asyncio.create_task(niceness_of(BULK))
+        again = await asyncio.create_task(niceness_of(INTERACTIVE))
+    finally:
+        decoder.close()
+    assert interactive == again == _niceness()
+    assert bulk == min(interactive + BULK_NICENESS, 19) > interactive
+    assert decoder.slots.busy == 0 and decoder.budget.in_use == 0

@@ -100,17 +100,23 @@ def test_each_request_is_served_in_its_capped_class(keyed, client, key, asked, s
     assert scheduler.forwards_by_class[served] == before[served] + 1
 
 
-def test_url_images_reach_the_encoder_in_their_class(keyed, client):
+def test_url_images_are_fetched_and_encoded_in_their_class(keyed, client):
+    """The fetcher's decode (its classed decode threads: bulk on the lower-priority ones)
+    and the encoder's forward both see the request's class. One client for both: the
+    fetcher's HTTP session belongs to the first TestClient's event loop."""
     scheduler = clip_scheduler(keyed[0])
-    before = scheduler.forwards_by_class[BULK]
+    decodes = keyed[0].fetcher._handle._target._fetcher.decoder.slots.turns.served
     images = ThreadedImageServer().start()
     try:
-        body = {"images": [{"url": f"{images.base_url}/img.jpg"}]}
-        response = client.post("/v1/embed/image", json=body, headers={"X-API-Key": BULK_KEY})
+        for seed, key, served in [(264, BULK_KEY, BULK), (265, FULL_KEY, INTERACTIVE)]:
+            before = dict(scheduler.forwards_by_class), dict(decodes)
+            body = {"images": [{"url": f"{images.base_url}/img.jpg?seed={seed}"}]}  # not cached
+            response = client.post("/v1/embed/image", json=body, headers={"X-API-Key": key})
+            assert response.status_code == 200, response.text
+            assert scheduler.forwards_by_class[served] == before[0][served] + 1
+            assert decodes[served] == before[1][served] + 1
     finally:
         images.stop()
-    assert response.status_code == 200, response.text
-    assert scheduler.forwards_by_class[BULK] == before + 1
 
 
 @pytest.mark.parametrize(
@@ -198,6 +204,7 @@ async def test_handles_pass_only_bulk_and_only_to_embedding_calls():
         responses.append(handle.embed_images.remote(["pixels"]))
         responses.append(handle.embed_pair.remote("pixels", "c"))
         responses.append(handle.options(multiplexed_model_id="m").embed_text.remote("b"))
+        responses.append(handle.fetch.remote("https://example.com/a.jpg"))
         responses.append(handle.describe.remote())
     finally:
         priority.CURRENT.reset(token)
@@ -208,6 +215,7 @@ async def test_handles_pass_only_bulk_and_only_to_embedding_calls():
         ("embed_images", {"priority": BULK}),
         ("embed_pair", {"priority": BULK}),
         ("embed_text", {"priority": BULK}),
+        ("fetch", {"priority": BULK}),
         ("describe", {}),
     ]
 

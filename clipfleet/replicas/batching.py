@@ -15,7 +15,10 @@ own queues. Interactive work runs first; while bulk work waits, at least one for
 starves a bulk job. A forward
 holds one class only: filling an interactive batch with bulk items would lengthen the forward
 that interactive requests wait on. `bulk_max_batch_size` bounds a bulk forward's items (the
-time an interactive request can wait for the bulk forward already running).
+time an interactive request can wait for the bulk forward already running) while interactive
+work is about: once none has come for `INTERACTIVE_WINDOW_S`, bulk forwards are
+`max_batch_size` again (a bulk job alone runs at full batch efficiency; the first interactive
+request after the lull may wait for one full bulk forward).
 
 Plain asyncio, no Ray: the encoder deployments own one per model. A multiplexed encoder owns one
 for all its models: each (kind, model id) gets its own queue and forward, so batches of
@@ -39,6 +42,8 @@ logger = logging.getLogger(__name__)
 Forward = Callable[[list[Any]], Sequence[Any]]
 ForwardKey = tuple[str, str | None]  # (kind, model id); None: the encoder's one model
 QueueKey = tuple[str, str | None, str]  # (kind, model id, priority class)
+
+INTERACTIVE_WINDOW_S = 10.0
 
 
 @dataclass
@@ -90,6 +95,7 @@ class ForwardScheduler:
         self._running: list[_Pending] = []
         self._failure: Callable[[], BaseException] | None = None
         self._last: QueueKey | None = None  # the queue whose batch ran last
+        self._interactive_at = -INTERACTIVE_WINDOW_S  # monotonic time interactive work came
         self.max_batch_size = max_batch_size
 
     @property
@@ -148,6 +154,8 @@ class ForwardScheduler:
         for item in items:
             tagged = item if isinstance(item, Classed) else Classed(item)
             entry = _Pending(tagged.item, loop.create_future())
+            if tagged.priority == INTERACTIVE:
+                self._interactive_at = entry.queued_at
             self._queues.setdefault((kind, model_id, tagged.priority), deque()).append(entry)
             entries.append(entry)
         if self._worker is None or self._worker.done():
@@ -171,13 +179,17 @@ class ForwardScheduler:
             chosen.pop(self._last, None)
         return min(chosen, key=chosen.__getitem__)
 
+    def interactive_about(self) -> bool:
+        """Interactive work came within the last INTERACTIVE_WINDOW_S."""
+        return time.monotonic() - self._interactive_at < INTERACTIVE_WINDOW_S
+
     def _count_class(self, priority: str) -> None:
         bulk_waits = any(queue for key, queue in self._queues.items() if key[2] == BULK)
         self.turns.count(priority, bulk_waits)
 
     def _take(self, key: QueueKey) -> list[_Pending]:
         queue, batch, limit = self._queues[key], [], self.max_batch_size
-        if key[2] == BULK and self.bulk_max_batch_size is not None:
+        if key[2] == BULK and self.bulk_max_batch_size is not None and self.interactive_about():
             limit = min(limit, self.bulk_max_batch_size)
         while queue and len(batch) < limit:
             entry = queue.popleft()

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from clipfleet.ingress.priority import BULK, INTERACTIVE, Classed
+from clipfleet.replicas import batching
 from clipfleet.replicas.batching import ForwardScheduler
 
 
@@ -218,6 +219,36 @@ async def test_a_bulk_forward_holds_at_most_bulk_max_batch_size_items():
     image.gate.set()
     await asyncio.gather(blocker, bulk, plain)
     assert [items for _, items in image.calls] == [["b"], ["p", "q", "r"], [0, 1], [2, 3], [4]]
+
+
+async def bulk_batches(scheduler: ForwardScheduler, image: GatedForward) -> list:
+    """The forwards of 5 bulk items queued behind a one-item bulk forward (nothing
+    interactive queued), the first one included."""
+    image.calls.clear()
+    image.gate.clear()
+    image.entered.clear()
+    first = asyncio.create_task(scheduler.run("image", [Classed("first", BULK)]))
+    await until_busy(image)
+    rest = asyncio.create_task(scheduler.run("image", [Classed(n, BULK) for n in range(5)]))
+    await asyncio.sleep(0.01)
+    image.gate.set()
+    await asyncio.gather(first, rest)
+    return [items for _, items in image.calls]
+
+
+async def test_bulk_forwards_are_bounded_only_while_interactive_work_is_about(monkeypatch):
+    """A bulk job alone runs full batches; interactive work within the window bounds them."""
+    monkeypatch.setattr(batching, "INTERACTIVE_WINDOW_S", 0.3)
+    scheduler, image, _, _calls, _ = make(max_batch_size=8)
+    scheduler.bulk_max_batch_size = 2
+    assert not scheduler.interactive_about()
+    assert await bulk_batches(scheduler, image) == [["first"], [0, 1, 2, 3, 4]]
+    await scheduler.run("image", ["interactive"])
+    assert scheduler.interactive_about()
+    assert await bulk_batches(scheduler, image) == [["first"], [0, 1], [2, 3], [4]]
+    await asyncio.sleep(0.35)
+    assert not scheduler.interactive_about()
+    assert await bulk_batches(scheduler, image) == [["first"], [0, 1, 2, 3, 4]]
 
 
 def test_bulk_every_must_leave_interactive_first():

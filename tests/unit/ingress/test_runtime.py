@@ -92,7 +92,8 @@ def test_replica_service_wraps_the_graphs_handles(tiny_args):
         {},
     )
     service = replica_service(tiny_args, graph, MemoryStore(), "app", "r1")
-    assert service.fetcher is local.fetcher and not service.multiplexed.handles
-    clip = service.profiles["fast"].clip  # each call carries the request's class
+    # each call (fetches too) carries the request's class
+    assert service.fetcher._handle is local.fetcher and not service.multiplexed.handles
+    clip = service.profiles["fast"].clip
     assert {v: h._handle for v, h in clip.items()} == local.profiles["fast"].clip
     assert service.traffic.shared_state()["replica"] == "r1"

@@ -154,3 +154,26 @@ def test_transformers_texts_match(hf_pair):
         tokens = tokenizer(TEXTS, padding=True, return_tensors="pt")
         expected = _features(reference.get_text_features(**tokens))
     assert_rows_match(ours.encode_texts(TEXTS), expected)
+
+
+@pytest.mark.parametrize("random_weights", [False, True])
+def test_transformers_image_forward_uses_fused_attention_without_grad(
+    model_dir, monkeypatch, random_weights
+):
+    """The image forward's cost choices, both load paths: SDPA attention (torch's fused kernel,
+    one call per layer; eager attention is several matmuls and a softmax each), eval mode, and
+    no autograd state kept (inference mode)."""
+    model = load_clip_model(
+        ClipModelSpec(backend="transformers", model=str(model_dir / "hf_clip")), CPU, random_weights
+    )
+    fused = torch.nn.functional.scaled_dot_product_attention
+    calls = []
+
+    def counting(query, *args, **kwargs):
+        calls.append(torch.is_inference_mode_enabled())
+        return fused(query, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    model.embed_images([np.zeros((40, 50, 3), np.uint8)])
+    layers = model._model.config.vision_config.num_hidden_layers
+    assert calls == [True] * layers and not model._model.training

@@ -75,15 +75,6 @@ class ClipModelSpec(RuntimeChoice):
             )
         return self
 
-    @model_validator(mode="after")
-    def _onnx_only_for_open_clip(self) -> ClipModelSpec:
-        if self.runtime == "onnx" and self.backend != "open_clip":
-            raise ValueError(
-                f"runtime onnx is built for backend open_clip; backend {self.backend} runs on "
-                "torch only"
-            )
-        return self
-
 
 class ResNetSpec(RuntimeChoice):
     """A torchvision classification model used as a feature extractor.

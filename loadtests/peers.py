@@ -52,6 +52,7 @@ MODEL_DIR = PEERS / "clip-vit-b-32-random"
 RESNET = PEERS / "resnet18-random.pt"
 PEER_PYTHON = PEERS / "venv" / "bin" / "python"
 PEERS_CONFIG = ROOT / "loadtests" / "bench_config.peers.yaml"
+PEERS_ONNX_CONFIG = ROOT / "loadtests" / "bench_config.peers-onnx.yaml"
 EMBEDDING_DIM = 512
 TARGETS = {
     "clipfleet_over_infinity_1": results.target(
@@ -127,10 +128,12 @@ class Infinity(Server):
 
 
 class Clipfleet(Server):
-    def __init__(self, port: int, batch: int | None) -> None:
+    def __init__(
+        self, port: int, batch: int | None, name: str = "clipfleet", config: Path = PEERS_CONFIG
+    ) -> None:
         url = f"http://127.0.0.1:{port}"
-        super().__init__("clipfleet", "clipfleet", url, "fast", "/v1/embeddings")
-        self.port, self.batch = port, batch
+        super().__init__(name, name, url, "fast", "/v1/embeddings")
+        self.port, self.batch, self.config = port, batch, config
 
     def edit(self, document: dict) -> None:
         """The overlay's repository-relative paths made absolute (Ray workers run elsewhere);
@@ -144,8 +147,8 @@ class Clipfleet(Server):
                     entry["user_config"]["max_batch_size"] = self.batch
 
     def start(self) -> subprocess.Popen:
-        config = prepared(PEERS_CONFIG, self.port, edit=self.edit)
-        log = PEERS / "logs" / "clipfleet.log"
+        config = prepared(self.config, self.port, edit=self.edit)
+        log = PEERS / "logs" / f"{self.name}.log"
         return start_clipfleet(config, self.url, random_weights=False, log=log)
 
 
@@ -256,6 +259,8 @@ def ratios(rows: list[dict]) -> dict[str, float]:
             metric("clipfleet/1", "cpu_s_per_image"), metric("infinity/1", "cpu_s_per_image")
         ),
         "clipfleet_over_infinity_16": over(metric("clipfleet/16"), metric("infinity/16")),
+        "clipfleet_onnx_over_infinity_1": over(metric("clipfleet-onnx/1"), metric("infinity/1")),
+        "clipfleet_onnx_over_infinity_16": over(metric("clipfleet-onnx/16"), metric("infinity/16")),
         "infinity_over_own_forward_ceiling": over(
             metric("infinity/1"), metric("ceiling/infinity-stack/forward")
         ),
@@ -279,7 +284,11 @@ def parse_args() -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--count", type=int, default=2000, help="unique JPEGs")
     parser.add_argument("--ceiling-seconds", type=float, default=20)
-    parser.add_argument("--only", default="infinity,clipfleet,ceilings")
+    parser.add_argument(
+        "--only", default="infinity,clipfleet,clipfleet-onnx,ceilings",
+        help="comma-separated parts: infinity, clipfleet (torch), clipfleet-onnx (runtime onnx "
+        "fp32, loadtests/bench_config.peers-onnx.yaml), ceilings",
+    )  # fmt: skip
     parser.add_argument("--clipfleet-batch", type=int, default=None, help="override the config's")
     parser.add_argument("--port", type=int, default=8000, help="clipfleet's HTTP port")
     parser.add_argument("--infinity-port", type=int, default=7997)
@@ -298,7 +307,11 @@ def main() -> None:
     results.provenance()  # the commit as the runs start
     (PEERS / "logs").mkdir(parents=True, exist_ok=True)
     uris = setup(args.count)
-    servers = [Infinity(args.infinity_port), Clipfleet(args.port, args.clipfleet_batch)]
+    servers = [
+        Infinity(args.infinity_port),
+        Clipfleet(args.port, args.clipfleet_batch),
+        Clipfleet(args.port, args.clipfleet_batch, "clipfleet-onnx", PEERS_ONNX_CONFIG),
+    ]
     servers = [server for server in servers if server.name in parts]
     runs = []
     for number in range(args.runs):
@@ -312,6 +325,7 @@ def main() -> None:
         runs.append(rows + (measure_ceilings(args) if "ceilings" in parts else []))
     settings = {key: value for key, value in vars(args).items() if key not in ("out", "label")}
     settings["config"] = str(PEERS_CONFIG.relative_to(ROOT))
+    settings["onnx_config"] = str(PEERS_ONNX_CONFIG.relative_to(ROOT))
     doc = results.document(
         "bench-peers", args.label, runs, [ratios(rows) for rows in runs], TARGETS, settings,
         extra_versions=peer_versions(),

@@ -177,6 +177,14 @@ class TransformersClipModel(ClipModel):
         }
         return self._run(self._image_features, stacked)
 
+    def image_tower(self) -> torch.nn.Module:
+        if self._model_type == "siglip2":
+            raise ModelLoadError(
+                "runtime onnx takes one pixel tensor; SigLIP 2 (NaFlex) images are patches, a "
+                "mask and shapes: run it with runtime torch"
+            )
+        return HfImageTower(self._model)
+
     def _image_features(self, pixels: torch.Tensor | dict) -> torch.Tensor:
         if isinstance(pixels, dict):
             return _projected(self._model.get_image_features(**pixels))
@@ -218,6 +226,21 @@ class TransformersClipModel(ClipModel):
             masks = [[*mask, *[0] * (length - len(mask))] for _, mask in pairs]
             batch["attention_mask"] = torch.tensor(masks, dtype=torch.long, device=self.plan.device)
         return batch
+
+
+class HfImageTower(torch.nn.Module):
+    """The image half of a transformers CLIP or SigLIP as one module, pixels -> features, what
+    `get_image_features` computes (the vision tower's pooled output, then CLIP's projection);
+    only these weights, so runtime=onnx's cache key names the image tower's own."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.vision_model = model.vision_model
+        self.visual_projection = getattr(model, "visual_projection", None)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled = self.vision_model(pixel_values=pixel_values).pooler_output
+        return pooled if self.visual_projection is None else self.visual_projection(pooled)
 
 
 def model_class_for(config) -> type:

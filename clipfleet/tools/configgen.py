@@ -63,6 +63,14 @@ TARGETS = (
         "loadtests/bench_config.peers.yaml",
         (f"{OVERLAYS}/bench.yaml", f"{OVERLAYS}/bench-peers.yaml"),
     ),
+    Target(
+        "loadtests/bench_config.peers-onnx.yaml",
+        (
+            f"{OVERLAYS}/bench.yaml",
+            f"{OVERLAYS}/bench-peers.yaml",
+            f"{OVERLAYS}/bench-peers-onnx.yaml",
+        ),
+    ),
 )
 
 

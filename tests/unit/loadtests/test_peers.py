@@ -42,6 +42,24 @@ def test_the_clipfleet_config_serves_the_shared_directory_by_absolute_path():
     assert clip["user_config"]["max_batch_size"] == 8
 
 
+def test_the_onnx_row_differs_from_the_torch_row_only_in_its_runtime():
+    torch_doc, onnx_doc = (yaml.safe_load(path.read_text()) for path in (
+        peers.PEERS_CONFIG, peers.PEERS_ONNX_CONFIG
+    ))  # fmt: skip
+    onnx_clip = onnx_doc["applications"][0]["args"]["profiles"]["fast"]["clip"]
+    assert onnx_clip.pop("runtime") == "onnx"
+    assert onnx_doc["applications"] == torch_doc["applications"]
+    server = peers.Clipfleet(8000, None, "clipfleet-onnx", peers.PEERS_ONNX_CONFIG)
+    assert (server.name, server.config) == ("clipfleet-onnx", peers.PEERS_ONNX_CONFIG)
+    found = peers.ratios(
+        [
+            {"id": "infinity/1", "metrics": {"throughput": 10.0}},
+            {"id": "clipfleet-onnx/1", "metrics": {"throughput": 13.0}},
+        ]
+    )
+    assert found == {"clipfleet_onnx_over_infinity_1": 1.3}
+
+
 def test_both_servers_get_the_same_request_shape():
     uris = ["data:image/jpeg;base64,AAAA"] * 2
     bodies = [server.body(uris) for server in (peers.Infinity(7997), peers.Clipfleet(8000, None))]

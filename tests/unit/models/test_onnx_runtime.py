@@ -26,6 +26,11 @@ def clip_pair(model_dir, **runtime):
     return load_clip_model(spec, CPU, False), load_clip_model(spec, CPU, False), spec
 
 
+def hf_clip_pair(model_dir, **runtime):
+    spec = ClipModelSpec(backend="transformers", model=str(model_dir / "hf_clip"), **runtime)
+    return load_clip_model(spec, CPU, False), load_clip_model(spec, CPU, False), spec
+
+
 def resnet_pair(model_dir, **runtime):
     spec = ResNetSpec(model="resnet18", weights=str(model_dir / "resnet18.pt"), **runtime)
     return ResNetModel(spec, CPU, False), ResNetModel(spec, CPU, False), spec
@@ -36,7 +41,7 @@ def min_cosine(first: np.ndarray, second: np.ndarray) -> float:
     return float(np.sum(first * second, axis=1).min())
 
 
-@pytest.mark.parametrize("pair", [clip_pair, resnet_pair])
+@pytest.mark.parametrize("pair", [clip_pair, hf_clip_pair, resnet_pair])
 @pytest.mark.parametrize("count", [1, 4])
 def test_fp32_onnx_matches_torch(model_dir, tmp_path, pair, count):
     torch_model, onnx_model, spec = pair(model_dir, runtime="onnx")
@@ -49,22 +54,24 @@ def test_fp32_onnx_matches_torch(model_dir, tmp_path, pair, count):
     )
 
 
-def test_text_tower_stays_on_torch(model_dir, tmp_path):
-    torch_model, onnx_model, spec = clip_pair(model_dir, runtime="onnx")
+@pytest.mark.parametrize("pair", [clip_pair, hf_clip_pair])
+def test_text_tower_stays_on_torch(model_dir, tmp_path, pair):
+    torch_model, onnx_model, spec = pair(model_dir, runtime="onnx")
     apply_runtime(onnx_model, spec, tmp_path)
     texts = list(CALIBRATION_PROMPTS[:5])
     np.testing.assert_array_equal(onnx_model.encode_texts(texts), torch_model.encode_texts(texts))
 
 
-def test_export_is_cached_by_weights_and_reused(model_dir, tmp_path, monkeypatch):
-    _, first, spec = clip_pair(model_dir, runtime="onnx")
+@pytest.mark.parametrize("pair", [clip_pair, hf_clip_pair])
+def test_export_is_cached_by_weights_and_reused(model_dir, tmp_path, monkeypatch, pair):
+    _, first, spec = pair(model_dir, runtime="onnx")
     apply_runtime(first, spec, tmp_path)
     files = sorted(path.name for path in tmp_path.iterdir())
     assert len(files) == 1 and files[0].endswith(".onnx")  # no temporary file left behind
     assert first.info.extra["onnx_file"] == str(tmp_path / files[0])
     exports = []
     monkeypatch.setattr(onnx_runtime, "export_tower", lambda *args: exports.append(args))
-    _, second, _ = clip_pair(model_dir, runtime="onnx")
+    _, second, _ = pair(model_dir, runtime="onnx")
     apply_runtime(second, spec, tmp_path)
     assert exports == [] and second.info.extra["onnx_file"] == first.info.extra["onnx_file"]
 
@@ -88,8 +95,9 @@ def test_random_weights_are_not_cached(tmp_path, monkeypatch):
     assert model.embed_images([np.zeros((40, 50, 3), np.uint8)]).shape == (1, 512)
 
 
-def test_int8_reports_its_calibration_cosine(model_dir, tmp_path):
-    torch_model, int8_model, spec = clip_pair(model_dir, runtime="onnx", precision="int8")
+@pytest.mark.parametrize("pair", [clip_pair, hf_clip_pair])
+def test_int8_reports_its_calibration_cosine(model_dir, tmp_path, pair):
+    torch_model, int8_model, spec = pair(model_dir, runtime="onnx", precision="int8")
     apply_runtime(int8_model, spec, tmp_path)
     report = int8_model.info.as_dict()["int8_cosine_vs_fp32"]
     assert report["images"] == len(calibration_images()) >= 32
@@ -126,7 +134,6 @@ def test_torch_runtime_is_recorded(model_dir):
     ("spec", "message"),
     [
         ({"model": "m", "precision": "int8"}, "needs runtime onnx"),
-        ({"model": "m", "backend": "transformers", "runtime": "onnx"}, "open_clip"),
         ({"model": "m", "runtime": "tensorflow"}, "runtime"),
         ({"model": "m", "runtime": "onnx", "precision": "int4"}, "precision"),
         ({"model": "m", "runtime": "onnx", "int8_min_cosine": 1.5}, "int8_min_cosine"),
@@ -135,6 +142,34 @@ def test_torch_runtime_is_recorded(model_dir):
 def test_validation_rejects_what_no_backend_runs(spec, message):
     with pytest.raises(ValidationError, match=message):
         ClipModelSpec(**spec)
+
+
+def test_hf_image_tower_is_get_image_features(model_dir, tmp_path):
+    """What runtime=onnx exports for backend transformers: CLIP's vision tower and projection,
+    SigLIP's pooled vision output, each equal to the model's own get_image_features."""
+    import torch
+
+    from clipfleet.models.hf_clip_backend import HfImageTower
+    from tests.support.tiny_models import make_hf_siglip_dir
+
+    siglip = ClipModelSpec(backend="transformers", model=str(make_hf_siglip_dir(tmp_path / "s")))
+    for spec in (hf_clip_pair(model_dir)[2], siglip):
+        model = load_clip_model(spec, CPU, False)
+        pixels = torch.stack([model.preprocess_image(image) for image in calibration_images(3)])
+        tower = model.image_tower()
+        assert isinstance(tower, HfImageTower)
+        assert not any(name.startswith("text") for name in tower.state_dict())
+        with torch.inference_mode():
+            torch.testing.assert_close(tower(pixels), model._image_features(pixels))
+
+
+def test_siglip2_is_refused_on_onnx(tmp_path):
+    from tests.support.tiny_models import make_hf_siglip_dir
+
+    folder = make_hf_siglip_dir(tmp_path / "s2", version=2)
+    spec = ClipModelSpec(backend="transformers", model=str(folder), runtime="onnx")
+    with pytest.raises(ModelLoadError, match="SigLIP 2"):
+        apply_runtime(load_clip_model(spec, CPU, False), spec, tmp_path / "cache")
 
 
 def test_resnet_int8_needs_onnx_too():

@@ -35,16 +35,21 @@ class RuntimeChoice(StrictModel):
     stays on torch (its trimmed, variable-length forward is faster there). precision=int8: ORT
     dynamic quantisation, CPU only and opt-in: at start-up its cosine against fp32 on the
     calibration set is measured, and the replica refuses to start below `int8_min_cosine`.
+    precision=bf16: the torch image forward under CPU bf16 autocast (AVX512-BF16 / AMX
+    matmuls), opt-in, with the same start-up gate against fp32 at `bf16_min_cosine`.
     """
 
     runtime: Literal["torch", "onnx"] = "torch"
-    precision: Literal["fp32", "int8"] = "fp32"
+    precision: Literal["fp32", "int8", "bf16"] = "fp32"
     int8_min_cosine: float = Field(0.99, gt=0.0, le=1.0)
+    bf16_min_cosine: float = Field(0.999, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _int8_needs_onnx(self):
         if self.precision == "int8" and self.runtime != "onnx":
             raise ValueError("precision int8 needs runtime onnx (torch runs fp32 / fp16 only)")
+        if self.precision == "bf16" and self.runtime != "torch":
+            raise ValueError("precision bf16 is torch's CPU autocast: it needs runtime torch")
         return self
 
 

@@ -65,8 +65,8 @@ def short_digest(value: Any) -> str:
 
 def compute_precision(info_extra: dict[str, Any], fp16: bool) -> str:
     """What the image forward computes in: ONNX Runtime records its own (fp32, fp16, int8);
-    torch runs fp16 autocast on CUDA and fp32 on the CPU."""
-    if info_extra.get("runtime") == "onnx":
+    torch runs fp16 autocast on CUDA, and fp32 on the CPU unless bf16 was asked for."""
+    if info_extra.get("runtime") == "onnx" or info_extra.get("precision") == "bf16":
         return str(info_extra.get("precision", "fp32"))
     return "fp16" if fp16 else "fp32"
 

@@ -10,6 +10,9 @@ torch tower on the calibration set (clipfleet.models.calibration) before the mod
 CUDA the export is fp16 and the session uses TensorRT (when installed) then CUDA. Random weights are
 exported to a temporary directory: they differ on every start, so caching them would only fill
 the disk. The text tower stays on torch.
+
+precision=bf16 (runtime torch, CPU only) is here too because it shares the gate: the torch image
+forward under bf16 autocast, measured against fp32 on the calibration set before it may serve.
 """
 
 from __future__ import annotations
@@ -219,12 +222,13 @@ def _embed(model: ImageEncoderModel, forward, pixels: list[torch.Tensor]) -> np.
     return np.concatenate(rows)
 
 
-def check_int8(model: ImageEncoderModel, int8_forward, floor: float) -> dict[str, Any]:
-    """int8 vs the fp32 torch tower on the calibration images; raises below `floor`."""
+def check_against_fp32(
+    model: ImageEncoderModel, forward, floor: float, precision: str = "int8"
+) -> dict[str, Any]:
+    """`forward` (int8 or bf16) vs the fp32 torch tower on the calibration images; raises
+    below `floor` (the spec's `<precision>_min_cosine`)."""
     pixels = calibration_pixels(model)
-    found = cosines(
-        _embed(model, int8_forward, pixels), _embed(model, model._image_features, pixels)
-    )
+    found = cosines(_embed(model, forward, pixels), _embed(model, model._image_features, pixels))
     report = {
         "images": len(pixels),
         "min": round(float(found.min()), 6),
@@ -233,17 +237,44 @@ def check_int8(model: ImageEncoderModel, int8_forward, floor: float) -> dict[str
     }
     if found.min() < floor:
         raise ModelLoadError(
-            f"int8 {model.info.model} reaches cosine {found.min():.4f} against fp32 on the "
-            f"calibration set, below int8_min_cosine {floor}: serve it in fp32 (precision: fp32) "
-            "or lower the floor if that accuracy is acceptable"
+            f"{precision} {model.info.model} reaches cosine {found.min():.4f} against fp32 on "
+            f"the calibration set, below {precision}_min_cosine {floor}: serve it in fp32 "
+            "(precision: fp32) or lower the floor if that accuracy is acceptable"
         )
     return report
+
+
+class Bf16ImageForward:
+    """The model's torch image forward under CPU bf16 autocast; features back in fp32."""
+
+    def __init__(self, forward) -> None:
+        self.forward = forward
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            return self.forward(pixels).float()
+
+
+def apply_bf16(model: ImageEncoderModel, spec: RuntimeChoice) -> ImageEncoderModel:
+    """precision=bf16 on runtime torch: CPU only, gated on the calibration set like int8."""
+    if model.plan.device.type != "cpu":
+        raise ModelLoadError("precision bf16 is CPU autocast; on CUDA runtime torch runs fp16")
+    forward = Bf16ImageForward(model._image_features)
+    report = check_against_fp32(model, forward, spec.bf16_min_cosine, "bf16")
+    model._image_features = forward  # the instance's forward; preprocessing is unchanged
+    model.info.extra.update(
+        {"runtime": "torch", "precision": "bf16", "bf16_cosine_vs_fp32": report}
+    )
+    logger.info("%s image tower in bf16 autocast: %s", model.info.model, report)
+    return model
 
 
 def apply_runtime(
     model: ImageEncoderModel, spec: RuntimeChoice, directory: Path | None = None
 ) -> ImageEncoderModel:
     """Run `model`'s image tower on the spec's runtime; records the choice in its details."""
+    if spec.runtime == "torch" and spec.precision == "bf16":
+        return apply_bf16(model, spec)
     if spec.runtime == "torch":
         model.info.extra.update({"runtime": "torch", "precision": "fp32"})
         return model
@@ -274,7 +305,7 @@ def apply_runtime(
         "onnx_file": None if model.info.random_weights else str(path),
     }
     if spec.precision == "int8":
-        details["int8_cosine_vs_fp32"] = check_int8(model, forward, spec.int8_min_cosine)
+        details["int8_cosine_vs_fp32"] = check_against_fp32(model, forward, spec.int8_min_cosine)
     details["onnx_setup_seconds"] = round(time.perf_counter() - started, 3)
     model._image_features = forward  # the instance's forward; preprocessing is unchanged
     model.info.extra.update(details)

@@ -106,12 +106,13 @@ def test_space_changes_with_runtime_and_precision(model_dir, tmp_path):
         "torch": {},
         "onnx": {"runtime": "onnx"},
         "int8": {"runtime": "onnx", "precision": "int8", "int8_min_cosine": 0.5},
+        "bf16": {"precision": "bf16"},
     }.items():
         spec = tiny_spec(folder, **runtime)
         model = apply_runtime(load_clip_model(spec, CPU, False), spec, tmp_path)
         spaces[name] = stamp(model)["model_space"]
         assert model.info.extra["space_recipe"]["runtime"] == (runtime.get("runtime", "torch"))
-    assert len(set(spaces.values())) == 3, spaces
+    assert len(set(spaces.values())) == 4, spaces
 
 
 def test_served_space_folds_in_how_images_reach_the_model():

@@ -116,6 +116,33 @@ def test_int8_below_its_floor_refuses_to_start(model_dir, tmp_path):
         apply_runtime(int8_model, spec, tmp_path)
 
 
+@pytest.mark.parametrize("pair", [clip_pair, hf_clip_pair, resnet_pair])
+def test_bf16_is_gated_on_the_calibration_set(model_dir, pair):
+    torch_model, bf16_model, spec = pair(model_dir, precision="bf16")
+    apply_runtime(bf16_model, spec)
+    report = bf16_model.info.as_dict()["bf16_cosine_vs_fp32"]
+    assert report["images"] == len(calibration_images()) and report["floor"] == 0.999
+    assert report["min"] >= 0.999 and bf16_model.info.extra["precision"] == "bf16"
+    images = [np.asarray(image) for image in mixed_images()]
+    found = bf16_model.embed_images(images)
+    assert found.dtype == np.float32
+    assert 0.999 <= min_cosine(found, torch_model.embed_images(images)) < 1.0  # bf16 ran
+
+
+def test_bf16_below_its_floor_refuses_to_start(model_dir):
+    _, bf16_model, _ = clip_pair(model_dir)
+    spec = ClipModelSpec(model="unused", precision="bf16", bf16_min_cosine=1.0)
+    with pytest.raises(ModelLoadError, match="bf16_min_cosine"):
+        apply_runtime(bf16_model, spec)
+
+
+def test_bf16_on_cuda_is_refused(model_dir):
+    model, _, _ = resnet_pair(model_dir)
+    model.plan = choose_device("cuda", cuda_available=True)
+    with pytest.raises(ModelLoadError, match="CPU autocast"):
+        apply_runtime(model, ResNetSpec(precision="bf16"))
+
+
 def test_calibration_set_is_fixed_and_varied():
     first, second = calibration_images(), calibration_images()
     assert len(first) >= 32 and len(CALIBRATION_PROMPTS) >= 32
@@ -137,6 +164,8 @@ def test_torch_runtime_is_recorded(model_dir):
         ({"model": "m", "runtime": "tensorflow"}, "runtime"),
         ({"model": "m", "runtime": "onnx", "precision": "int4"}, "precision"),
         ({"model": "m", "runtime": "onnx", "int8_min_cosine": 1.5}, "int8_min_cosine"),
+        ({"model": "m", "runtime": "onnx", "precision": "bf16"}, "needs runtime torch"),
+        ({"model": "m", "precision": "bf16", "bf16_min_cosine": 0}, "bf16_min_cosine"),
     ],
 )
 def test_validation_rejects_what_no_backend_runs(spec, message):

@@ -53,6 +53,7 @@ RESNET = PEERS / "resnet18-random.pt"
 PEER_PYTHON = PEERS / "venv" / "bin" / "python"
 PEERS_CONFIG = ROOT / "loadtests" / "bench_config.peers.yaml"
 PEERS_ONNX_CONFIG = ROOT / "loadtests" / "bench_config.peers-onnx.yaml"
+PEERS_BF16_CONFIG = ROOT / "loadtests" / "bench_config.peers-bf16.yaml"
 EMBEDDING_DIM = 512
 TARGETS = {
     "clipfleet_over_infinity_1": results.target(
@@ -285,9 +286,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=2000, help="unique JPEGs")
     parser.add_argument("--ceiling-seconds", type=float, default=20)
     parser.add_argument(
-        "--only", default="infinity,clipfleet,clipfleet-onnx,ceilings",
+        "--only", default="infinity,clipfleet,clipfleet-onnx,clipfleet-bf16,ceilings",
         help="comma-separated parts: infinity, clipfleet (torch), clipfleet-onnx (runtime onnx "
-        "fp32, loadtests/bench_config.peers-onnx.yaml), ceilings",
+        "fp32, loadtests/bench_config.peers-onnx.yaml), clipfleet-bf16 (precision bf16, "
+        "opt-in; loadtests/bench_config.peers-bf16.yaml), ceilings",
     )  # fmt: skip
     parser.add_argument("--clipfleet-batch", type=int, default=None, help="override the config's")
     parser.add_argument("--port", type=int, default=8000, help="clipfleet's HTTP port")
@@ -311,6 +313,7 @@ def main() -> None:
         Infinity(args.infinity_port),
         Clipfleet(args.port, args.clipfleet_batch),
         Clipfleet(args.port, args.clipfleet_batch, "clipfleet-onnx", PEERS_ONNX_CONFIG),
+        Clipfleet(args.port, args.clipfleet_batch, "clipfleet-bf16", PEERS_BF16_CONFIG),
     ]
     servers = [server for server in servers if server.name in parts]
     runs = []
@@ -326,6 +329,7 @@ def main() -> None:
     settings = {key: value for key, value in vars(args).items() if key not in ("out", "label")}
     settings["config"] = str(PEERS_CONFIG.relative_to(ROOT))
     settings["onnx_config"] = str(PEERS_ONNX_CONFIG.relative_to(ROOT))
+    settings["bf16_config"] = str(PEERS_BF16_CONFIG.relative_to(ROOT))
     doc = results.document(
         "bench-peers", args.label, runs, [ratios(rows) for rows in runs], TARGETS, settings,
         extra_versions=peer_versions(),

@@ -71,6 +71,14 @@ TARGETS = (
             f"{OVERLAYS}/bench-peers-onnx.yaml",
         ),
     ),
+    Target(
+        "loadtests/bench_config.peers-bf16.yaml",
+        (
+            f"{OVERLAYS}/bench.yaml",
+            f"{OVERLAYS}/bench-peers.yaml",
+            f"{OVERLAYS}/bench-peers-bf16.yaml",
+        ),
+    ),
 )
 
 

@@ -142,6 +142,7 @@ def test_every_deployment_sheds_load(name):
         "loadtests/bench_config.gpu.yaml",
         "loadtests/bench_config.peers.yaml",
         "loadtests/bench_config.peers-onnx.yaml",
+        "loadtests/bench_config.peers-bf16.yaml",
     ],
 )
 def test_benchmark_configs_are_valid(name):

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 from PIL import Image
 
@@ -42,13 +43,18 @@ def test_the_clipfleet_config_serves_the_shared_directory_by_absolute_path():
     assert clip["user_config"]["max_batch_size"] == 8
 
 
-def test_the_onnx_row_differs_from_the_torch_row_only_in_its_runtime():
-    torch_doc, onnx_doc = (yaml.safe_load(path.read_text()) for path in (
-        peers.PEERS_CONFIG, peers.PEERS_ONNX_CONFIG
-    ))  # fmt: skip
-    onnx_clip = onnx_doc["applications"][0]["args"]["profiles"]["fast"]["clip"]
-    assert onnx_clip.pop("runtime") == "onnx"
-    assert onnx_doc["applications"] == torch_doc["applications"]
+@pytest.mark.parametrize(
+    ("path", "key", "value"),
+    [(peers.PEERS_ONNX_CONFIG, "runtime", "onnx"), (peers.PEERS_BF16_CONFIG, "precision", "bf16")],
+)
+def test_the_onnx_and_bf16_rows_differ_from_the_torch_row_only_there(path, key, value):
+    torch_doc, other_doc = (yaml.safe_load(p.read_text()) for p in (peers.PEERS_CONFIG, path))
+    other_clip = other_doc["applications"][0]["args"]["profiles"]["fast"]["clip"]
+    assert other_clip.pop(key) == value
+    assert other_doc["applications"] == torch_doc["applications"]
+
+
+def test_the_onnx_row_is_its_own_server_and_ratio():
     server = peers.Clipfleet(8000, None, "clipfleet-onnx", peers.PEERS_ONNX_CONFIG)
     assert (server.name, server.config) == ("clipfleet-onnx", peers.PEERS_ONNX_CONFIG)
     found = peers.ratios(

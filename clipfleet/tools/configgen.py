@@ -63,7 +63,7 @@ TARGETS = (
         "loadtests/bench_config.peers.yaml",
         (f"{OVERLAYS}/bench.yaml", f"{OVERLAYS}/bench-peers.yaml"),
     ),
-    Target(
+    GeneratedFile(
         "loadtests/bench_config.peers-onnx.yaml",
         (
             f"{OVERLAYS}/bench.yaml",
@@ -71,7 +71,7 @@ TARGETS = (
             f"{OVERLAYS}/bench-peers-onnx.yaml",
         ),
     ),
-    Target(
+    GeneratedFile(
         "loadtests/bench_config.peers-bf16.yaml",
         (
             f"{OVERLAYS}/bench.yaml",

@@ -111,6 +111,13 @@ def _throughput(doc: dict, row_id: str) -> str:
     return figure(_row(doc, row_id)["metrics"].get("throughput"))
 
 
+def _fast_alone(doc: dict) -> str:
+    """The bench config's row, where the run measured it (`--only` may leave it out)."""
+    if not _row(doc, "bench@32")["metrics"]:
+        return ""
+    return f"the fast profile alone {_throughput(doc, 'bench@32')} and "
+
+
 def render_summary(doc: dict) -> str:
     ratio = doc["ratios"].get
     if doc["kind"] == "bench":
@@ -118,9 +125,8 @@ def render_summary(doc: dict) -> str:
             f"At 32 clients (`/v1/score`, random ViT-B-32), `make run`'s config serves "
             f"{_throughput(doc, 'make-run@32')} req/s ({figure(ratio('make_run_over_naive_at_32'))}"
             f" {TIMES} the naive in-process open_clip pipeline, "
-            f"{figure(ratio('make_run_over_baseline_at_32'))} {TIMES} the seed-style server), the "
-            f"fast "
-            f"profile alone {_throughput(doc, 'bench@32')} and `serve_config.fast-int8.yaml` "
+            f"{figure(ratio('make_run_over_baseline_at_32'))} {TIMES} the seed-style server), "
+            f"{_fast_alone(doc)}`serve_config.fast-int8.yaml` "
             f"{_throughput(doc, 'fast-int8@32')} ({figure(ratio('fast_int8_over_naive_at_32'))} "
             f"{TIMES} the naive fp32 pipeline)."
         )

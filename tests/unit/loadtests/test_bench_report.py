@@ -106,3 +106,20 @@ def test_figures_show_the_median_and_the_spread():
         "1.5"
     )
     assert report.figure(None) == report.DASH
+
+
+def bench_summary(row_ids: list[str]) -> str:
+    rows = [
+        {"id": row_id, "label": row_id, "unit": "req/s", "metrics": {"throughput": 10.0}}
+        for row_id in row_ids
+    ]
+    rows = results.summarise_rows([rows] * 3)
+    path = results.RESULTS_DIR / "bench-x.json"
+    doc = {"kind": "bench", "label": "full", "runs": 3, "rows": rows, "ratios": {}, "_path": path}
+    return plain(report.render_summary(doc))
+
+
+def test_the_bench_summary_names_only_the_rows_the_run_measured():
+    measured = bench_summary(["make-run@32", "bench@32", "fast-int8@32"])
+    assert "the fast profile alone 10" in measured
+    assert "fast profile" not in bench_summary(["make-run@32", "fast-int8@32"])

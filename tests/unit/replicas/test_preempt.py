@@ -1,0 +1,96 @@
+"""A running bulk forward parks at a module call for interactive work (no Ray; real torch
+modules, so the process-wide module hook is what parks it)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import torch
+
+from clipfleet.ingress.priority import BULK, Classed
+from clipfleet.models.sizing import ForwardLease
+from clipfleet.replicas.batching import ForwardScheduler
+from clipfleet.replicas.preempt import PausableForward
+
+
+class Mark(torch.nn.Module):
+    """Records `name` when called; with `gate`, then blocks until it is set."""
+
+    def __init__(self, name: str, order: list, gate: threading.Event | None = None) -> None:
+        super().__init__()
+        self.name, self.order, self.gate = name, order, gate
+        self.entered = threading.Event()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.order.append(self.name)
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(5)
+        return x
+
+
+def models(order: list):
+    """A bulk model that holds its thread in its first module until `go` is set, and the
+    forwards of a scheduler whose image forward records what it ran."""
+    go = threading.Event()
+    started = Mark("bulk started", order, go)
+    bulk_model = torch.nn.Sequential(started, Mark("bulk ended", order))
+
+    def image(items: list) -> list:
+        for item in items:
+            if item == "bulk":
+                bulk_model(torch.zeros(1))
+            else:
+                Mark(item, order)(torch.zeros(1))
+        return items
+
+    return image, go, started
+
+
+async def run_beside_bulk(interactive: list[str], bulk_every: int, lease: ForwardLease | None):
+    order: list = []
+    image, go, started = models(order)
+    forward = lease.wrap(image) if lease is not None else image
+    scheduler = ForwardScheduler({"image": forward}, max_batch_size=1, bulk_every=bulk_every)
+    bulk = asyncio.create_task(scheduler.run("image", [Classed("bulk", BULK)]))
+    assert await asyncio.to_thread(started.entered.wait, 5)
+    tasks = [asyncio.create_task(scheduler.run("image", [name])) for name in interactive]
+    await asyncio.sleep(0.01)  # queued, and the bulk forward asked to park
+    go.set()
+    await asyncio.wait_for(asyncio.gather(bulk, *tasks), 5)
+    return order, scheduler
+
+
+async def test_interactive_work_runs_while_the_bulk_forward_running_is_parked(tmp_path):
+    """Interactive work that comes during a bulk forward does not wait for its end; the
+    parked forward's lease slot serves it (a one-slot lease would otherwise never free)."""
+    order, scheduler = await run_beside_bulk(["i1"], 4, ForwardLease(1, tmp_path))
+    assert order == ["bulk started", "i1", "bulk ended"]
+    assert scheduler.forwards_by_class == {"interactive": 1, "bulk": 1}
+
+
+async def test_a_parked_bulk_forward_goes_on_after_bulk_every_minus_one_interactive_forwards():
+    order, _ = await run_beside_bulk(["i1", "i2", "i3"], 3, None)
+    # two interactive forwards while it is parked, then bulk's turn: it ends unpaused
+    assert order == ["bulk started", "i1", "i2", "bulk ended", "i3"]
+
+
+async def test_a_bulk_forward_is_not_parked_when_preemption_is_off():
+    order: list = []
+    image, go, started = models(order)
+    scheduler = ForwardScheduler({"image": image}, max_batch_size=1)
+    scheduler.preempt_bulk = False
+    bulk = asyncio.create_task(scheduler.run("image", [Classed("bulk", BULK)]))
+    assert await asyncio.to_thread(started.entered.wait, 5)
+    interactive = asyncio.create_task(scheduler.run("image", ["i1"]))
+    await asyncio.sleep(0.01)
+    go.set()
+    await asyncio.wait_for(asyncio.gather(bulk, interactive), 5)
+    assert order == ["bulk started", "bulk ended", "i1"]
+
+
+async def test_pausing_a_forward_that_ends_first_is_refused():
+    gate = PausableForward()
+    assert await asyncio.to_thread(gate.run, lambda items: items, [1]) == [1]
+    assert await gate.pause() is False

@@ -234,25 +234,32 @@ class ForwardScheduler:
         module docstring); its results once it has run to its end."""
         gate = PausableForward()
         running = asyncio.ensure_future(asyncio.to_thread(gate.run, forward, items))
-        while not running.done():
-            if self._may_park():
-                if not await gate.pause():
-                    break  # it ended first
-                self._parked = True
-                self.parked += 1
-                try:
-                    await self._serve_while_parked()
-                finally:
-                    self._parked = False
-                    gate.resume()
-                continue
-            self._interactive_came.clear()
-            came = asyncio.ensure_future(self._interactive_came.wait())
-            try:
-                await asyncio.wait({running, came}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                came.cancel()
+        try:
+            while not running.done():
+                if self._may_park():
+                    if not await gate.pause():
+                        break  # it ended first
+                    self._parked = True
+                    self.parked += 1
+                    try:
+                        await self._serve_while_parked()
+                    finally:
+                        self._parked = False
+                        gate.resume()
+                    continue
+                await self._interactive_or(running)
+        finally:
+            gate.resume()  # never left parked (this task cancelled while asking)
         return await running
+
+    async def _interactive_or(self, running: asyncio.Future) -> None:
+        """Until interactive work comes or `running` is done."""
+        self._interactive_came.clear()
+        came = asyncio.ensure_future(self._interactive_came.wait())
+        try:
+            await asyncio.wait({running, came}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            came.cancel()
 
     async def _serve_while_parked(self) -> None:
         """The interactive forwards Turns allows, in the parked forward's lease slot."""

@@ -94,3 +94,25 @@ async def test_pausing_a_forward_that_ends_first_is_refused():
     gate = PausableForward()
     assert await asyncio.to_thread(gate.run, lambda items: items, [1]) == [1]
     assert await gate.pause() is False
+
+
+async def test_a_bulk_forward_asked_to_park_goes_on_when_the_scheduler_is_cancelled():
+    """Never a thread parked for good (it would hold the process's exit): a drain cancelled
+    while it waits for the bulk forward to park lets it go on."""
+    order: list = []
+    image, go, started = models(order)
+    scheduler = ForwardScheduler({"image": image}, max_batch_size=1)
+    bulk = asyncio.create_task(scheduler.run("image", [Classed("bulk", BULK)]))
+    assert await asyncio.to_thread(started.entered.wait, 5)
+    interactive = asyncio.create_task(scheduler.run("image", ["i1"]))
+    await asyncio.sleep(0.01)  # the bulk forward is asked to park at its next module call
+    scheduler._worker.cancel()
+    await asyncio.sleep(0.01)
+    go.set()
+    for _ in range(200):
+        if "bulk ended" in order:
+            break
+        await asyncio.sleep(0.01)
+    assert order == ["bulk started", "bulk ended"]
+    bulk.cancel()
+    interactive.cancel()

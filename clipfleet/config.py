@@ -167,6 +167,10 @@ class EncoderConfig(BatchingConfig):
     # Interactive work parks a running bulk forward at its next torch module call and runs
     # first (clipfleet/replicas/preempt.py); false: it waits for the bulk forward's end.
     bulk_preempt: bool = True
+    # A parked bulk forward whose turn is due (bulk_every) goes on for this long before
+    # interactive work may park it again (null: to its end). Bulk's turns are then slices of
+    # a forward: bulk_max_batch_size may be larger (better batch efficiency) at the same wait.
+    bulk_slice_s: float | None = Field(None, ge=0.0, le=60.0)
     stall_limit_s: float = Field(15.0, gt=0.0, le=3600.0)
     fault_error_ratio: float = Field(0.0, ge=0.0, le=1.0)
     fault_latency_s: float = Field(0.0, ge=0.0, le=30.0)

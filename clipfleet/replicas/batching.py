@@ -97,6 +97,7 @@ class ForwardScheduler:
         self._queues: dict[QueueKey, deque[_Pending]] = {}
         self.turns = Turns(bulk_every)
         self.bulk_max_batch_size: int | None = None  # None: max_batch_size
+        self.bulk_slice_s: float | None = None  # None: a parked forward's turn is its rest
         self.forwards_by_class = self.turns.served
         self._on_batch = on_batch
         self._worker: asyncio.Task | None = None
@@ -234,23 +235,39 @@ class ForwardScheduler:
         module docstring); its results once it has run to its end."""
         gate = PausableForward()
         running = asyncio.ensure_future(asyncio.to_thread(gate.run, forward, items))
+        loop, unparkable_until = asyncio.get_running_loop(), 0.0
         try:
             while not running.done():
-                if self._may_park():
-                    if not await gate.pause():
-                        break  # it ended first
+                if not self._may_park():
+                    await self._interactive_or(running)
+                elif (slice_left := unparkable_until - loop.time()) > 0:
+                    await asyncio.wait({running}, timeout=slice_left)
+                elif not await gate.pause():
+                    break  # it ended first
+                else:
                     self._parked = True
                     self.parked += 1
                     try:
                         await self._serve_while_parked()
                     finally:
                         self._parked = False
+                        unparkable_until = self._bulk_slice(loop.time())
                         gate.resume()
-                    continue
-                await self._interactive_or(running)
         finally:
             gate.resume()  # never left parked (this task cancelled while asking)
         return await running
+
+    def _bulk_slice(self, now: float) -> float:
+        """Until when a parked bulk forward going on may not be parked again. While bulk's turn
+        is not due, none (it goes on only because no interactive work waits); once due, its
+        turn: the rest of the forward (bulk_slice_s None), or bulk_slice_s of it, and Turns
+        counts that turn (interactive work may take its next ones)."""
+        if self.turns.next((INTERACTIVE, BULK)) != BULK:
+            return 0.0
+        if self.bulk_slice_s is None:
+            return float("inf")
+        self.turns.count(BULK, bulk_waits=True, served=False)
+        return now + self.bulk_slice_s
 
     async def _interactive_or(self, running: asyncio.Future) -> None:
         """Until interactive work comes or `running` is done."""

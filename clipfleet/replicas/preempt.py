@@ -61,6 +61,7 @@ class PausableForward:
         self._asked = False
         self._parked = False
         self._finished = False
+        self._resumed = 0  # resumes so far: a resumed thread runs one module call at least
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None
 
     def run(self, forward: Callable[[list[Any]], Sequence[Any]], items: list[Any]) -> Any:
@@ -82,9 +83,9 @@ class PausableForward:
                 return
             self._parked = True
             self._tell(True)
-            while self._asked:
+            resumed = self._resumed
+            while self._resumed == resumed:
                 self._cond.wait()
-            self._parked = False
 
     def _tell(self, parked: bool) -> None:
         """Resolve the event loop's `pause` future (under the condition's lock)."""
@@ -107,8 +108,13 @@ class PausableForward:
         return await future
 
     def resume(self) -> None:
+        """Let the parked forward go on (to its next module call at least, even if asked to
+        park again at once); a no-op when it is not parked."""
         with self._cond:
             self._asked = False
+            if self._parked:
+                self._parked = False
+                self._resumed += 1
             self._waiter = None
             self._cond.notify_all()
 

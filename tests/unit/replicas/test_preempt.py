@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import torch
 
@@ -116,3 +117,46 @@ async def test_a_bulk_forward_asked_to_park_goes_on_when_the_scheduler_is_cancel
     assert order == ["bulk started", "bulk ended"]
     bulk.cancel()
     interactive.cancel()
+
+
+async def test_with_bulk_slice_s_a_parked_forward_whose_turn_came_can_be_parked_again():
+    """bulk_every 2: one interactive forward per parking. Without a slice the forward's turn
+    is its rest (i2 and i3 wait for its end); with bulk_slice_s 0 its turn is a slice, then
+    interactive work parks it again (the forward still makes progress: a resumed forward runs
+    one module call at least)."""
+
+    async def order_with(slice_s: float | None) -> list:
+        order: list = []
+        go = threading.Event()
+        started = Mark("bulk started", order, go)
+        steps = [SlowMark(f"m{n}", order) for n in range(40)]
+        bulk_model = torch.nn.Sequential(started, *steps, Mark("bulk ended", order))
+
+        def image(items: list) -> list:
+            for item in items:
+                (bulk_model if item == "bulk" else Mark(item, order))(torch.zeros(1))
+            return items
+
+        scheduler = ForwardScheduler({"image": image}, max_batch_size=1, bulk_every=2)
+        scheduler.bulk_slice_s = slice_s
+        bulk = asyncio.create_task(scheduler.run("image", [Classed("bulk", BULK)]))
+        assert await asyncio.to_thread(started.entered.wait, 5)
+        tasks = [asyncio.create_task(scheduler.run("image", [f"i{n}"])) for n in (1, 2, 3)]
+        await asyncio.sleep(0.01)
+        go.set()
+        await asyncio.wait_for(asyncio.gather(bulk, *tasks), 10)
+        assert scheduler.forwards_by_class == {"interactive": 3, "bulk": 1}
+        return [name for name in order if not name.startswith("m")]
+
+    assert await order_with(None) == ["bulk started", "i1", "bulk ended", "i2", "i3"]
+    assert await order_with(0.0) == ["bulk started", "i1", "i2", "i3", "bulk ended"]
+
+
+class SlowMark(Mark):
+    """A module call that takes a while (so a resumed forward is asked to park again long
+    before it could reach its end)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.order.append(self.name)
+        time.sleep(0.01)
+        return x

@@ -105,7 +105,7 @@ class ForwardScheduler:
         self._parked = False  # a bulk forward is parked for interactive work
         self._interactive_came = asyncio.Event()
         self.preempt_bulk = True  # interactive work may park a running bulk forward
-        self.parked = 0  # times a bulk forward was parked for interactive work
+        self.parkings = 0  # times a bulk forward was parked for interactive work
         self._failure: Callable[[], BaseException] | None = None
         self._last: QueueKey | None = None  # the queue whose batch ran last
         self._interactive_at = -INTERACTIVE_WINDOW_S  # monotonic time interactive work came
@@ -246,7 +246,7 @@ class ForwardScheduler:
                     break  # it ended first
                 else:
                     self._parked = True
-                    self.parked += 1
+                    self.parkings += 1
                     try:
                         await self._serve_while_parked()
                     finally:

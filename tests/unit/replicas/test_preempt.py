@@ -69,6 +69,7 @@ async def test_interactive_work_runs_while_the_bulk_forward_running_is_parked(tm
     order, scheduler = await run_beside_bulk(["i1"], 4, ForwardLease(1, tmp_path))
     assert order == ["bulk started", "i1", "bulk ended"]
     assert scheduler.forwards_by_class == {"interactive": 1, "bulk": 1}
+    assert scheduler.parkings == 1
 
 
 async def test_a_parked_bulk_forward_goes_on_after_bulk_every_minus_one_interactive_forwards():

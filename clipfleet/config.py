@@ -161,9 +161,16 @@ class EncoderConfig(BatchingConfig):
     # Priority classes (clipfleet/ingress/priority.py): while bulk work waits, at least one forward
     # in this many serves it; the others serve interactive work first.
     bulk_every: int = Field(4, ge=2, le=1000)
-    # Items in one bulk forward (null: max_batch_size). A running forward is never interrupted:
-    # on a CPU this bounds how long an interactive request can wait behind bulk work.
+    # Items in one bulk forward (null: max_batch_size): what an interactive request waits for
+    # where a bulk forward cannot be parked (bulk_preempt off, a model without torch modules).
     bulk_max_batch_size: int | None = Field(None, ge=1, le=512)
+    # Interactive work parks a running bulk forward at its next torch module call and runs
+    # first (clipfleet/replicas/preempt.py); false: it waits for the bulk forward's end.
+    bulk_preempt: bool = True
+    # A parked bulk forward whose turn is due (bulk_every) goes on for this long before
+    # interactive work may park it again (null: to its end). Bulk's turns are then slices of
+    # a forward: bulk_max_batch_size may be larger (better batch efficiency) at the same wait.
+    bulk_slice_s: float | None = Field(None, ge=0.0, le=60.0)
     stall_limit_s: float = Field(15.0, gt=0.0, le=3600.0)
     fault_error_ratio: float = Field(0.0, ge=0.0, le=1.0)
     fault_latency_s: float = Field(0.0, ge=0.0, le=30.0)

@@ -146,10 +146,11 @@ class Turns:
             return BULK
         return INTERACTIVE if INTERACTIVE in waiting else None
 
-    def count(self, priority: str, bulk_waits: bool) -> None:
-        """A turn went to `priority`; `bulk_waits`: bulk work is still waiting after it."""
+    def count(self, priority: str, bulk_waits: bool, served: bool = True) -> None:
+        """A turn went to `priority`; `bulk_waits`: bulk work is still waiting after it;
+        `served`: counted among `served` (not for a parked bulk forward going on)."""
         self._since_bulk = self._since_bulk + 1 if priority != BULK and bulk_waits else 0
-        self.served[priority] += 1
+        self.served[priority] += served
 
 
 class ClassedSlots:

@@ -15,6 +15,7 @@ per node; default one per 8 cores, at least 1; 0 turns the lease off), CLIPFLEET
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import math
 import os
@@ -31,6 +32,13 @@ SLOTS_ENV = "CLIPFLEET_FORWARD_SLOTS"
 LEASE_DIR_ENV = "CLIPFLEET_LEASE_DIR"
 CORES_PER_SLOT = 8
 _POLL_S = 0.002
+
+# True while a forward runs in the slot of one parked in this process (a bulk forward paused
+# for interactive work: clipfleet.replicas.preempt): it takes no slot of its own, since the
+# parked one computes nothing until it resumes, and waiting for its slot would never end.
+LENT_SLOT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "clipfleet_lent_slot", default=False
+)
 
 
 def _cgroup_cpu_limit(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> int | None:
@@ -132,6 +140,8 @@ class ForwardLease:
 
     def wrap(self, forward: Callable[[Any], Any]) -> Callable[[Any], Any]:
         def leased(items: Any) -> Any:
+            if LENT_SLOT.get():
+                return forward(items)
             with self.hold():
                 return forward(items)
 

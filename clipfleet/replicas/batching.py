@@ -20,6 +20,12 @@ work is about: once none has come for `INTERACTIVE_WINDOW_S`, bulk forwards are
 `max_batch_size` again (a bulk job alone runs at full batch efficiency; the first interactive
 request after the lull may wait for one full bulk forward).
 
+A bulk forward already running need not be waited for: interactive work that comes while it
+runs parks it at its next module call (clipfleet/replicas/preempt.py), runs in its place, and
+lets it go on. Turns still rule: the forwards run while it is parked are interactive turns
+taken while bulk waits, so after `bulk_every - 1` of them the parked forward runs to its end
+unpaused (bulk keeps one forward in every `bulk_every`, as before).
+
 Plain asyncio, no Ray: the encoder deployments own one per model. A multiplexed encoder owns one
 for all its models: each (kind, model id) gets its own queue and forward, so batches of
 different models (which Serve's batching keeps apart) are never merged back together.
@@ -36,6 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clipfleet.ingress.priority import BULK, DEFAULT_BULK_EVERY, INTERACTIVE, Classed, Turns
+from clipfleet.models.sizing import LENT_SLOT
+from clipfleet.replicas.preempt import PausableForward
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +97,15 @@ class ForwardScheduler:
         self._queues: dict[QueueKey, deque[_Pending]] = {}
         self.turns = Turns(bulk_every)
         self.bulk_max_batch_size: int | None = None  # None: max_batch_size
+        self.bulk_slice_s: float | None = None  # None: a parked forward's turn is its rest
         self.forwards_by_class = self.turns.served
         self._on_batch = on_batch
         self._worker: asyncio.Task | None = None
-        self._running: list[_Pending] = []
+        self._running: list[list[_Pending]] = []  # the parked bulk forward's, then the one run
+        self._parked = False  # a bulk forward is parked for interactive work
+        self._interactive_came = asyncio.Event()
+        self.preempt_bulk = True  # interactive work may park a running bulk forward
+        self.parkings = 0  # times a bulk forward was parked for interactive work
         self._failure: Callable[[], BaseException] | None = None
         self._last: QueueKey | None = None  # the queue whose batch ran last
         self._interactive_at = -INTERACTIVE_WINDOW_S  # monotonic time interactive work came
@@ -126,7 +139,7 @@ class ForwardScheduler:
         waiting = [entry for queue in self._queues.values() for entry in queue]
         for queue in self._queues.values():
             queue.clear()
-        for entry in [*self._running, *waiting]:
+        for entry in [*(entry for batch in self._running for entry in batch), *waiting]:
             if not entry.future.done():
                 entry.future.set_exception(failure())
 
@@ -156,6 +169,7 @@ class ForwardScheduler:
             entry = _Pending(tagged.item, loop.create_future())
             if tagged.priority == INTERACTIVE:
                 self._interactive_at = entry.queued_at
+                self._interactive_came.set()
             self._queues.setdefault((kind, model_id, tagged.priority), deque()).append(entry)
             entries.append(entry)
         if self._worker is None or self._worker.done():
@@ -168,13 +182,11 @@ class ForwardScheduler:
         longest (first come, first served), other than the one that ran last while another
         of the class waits."""
         heads = {key: queue[0].queued_at for key, queue in self._queues.items() if queue}
-        if not heads:
-            return None
-        by_class = {
-            name: {key: at for key, at in heads.items() if key[2] == name}
-            for name in (INTERACTIVE, BULK)
-        }
-        chosen = by_class[self.turns.next([name for name, keys in by_class.items() if keys])]
+        waiting = {key[2] for key in heads} | ({BULK} if self._parked else set())
+        name = self.turns.next(waiting)
+        if name is None or (name == BULK and self._parked):
+            return None  # nothing waits, or the parked bulk forward's turn to go on
+        chosen = {key: at for key, at in heads.items() if key[2] == name}
         if len(chosen) > 1:
             chosen.pop(self._last, None)
         return min(chosen, key=chosen.__getitem__)
@@ -184,7 +196,7 @@ class ForwardScheduler:
         return time.monotonic() - self._interactive_at < INTERACTIVE_WINDOW_S
 
     def _count_class(self, priority: str) -> None:
-        bulk_waits = any(queue for key, queue in self._queues.items() if key[2] == BULK)
+        bulk_waits = self._parked or any(q for key, q in self._queues.items() if key[2] == BULK)
         self.turns.count(priority, bulk_waits)
 
     def _take(self, key: QueueKey) -> list[_Pending]:
@@ -199,23 +211,93 @@ class ForwardScheduler:
 
     async def _drain(self) -> None:
         while (key := self._next_queue()) is not None:
-            self._last = key
-            batch = self._take(key)
-            if batch:
-                self._count_class(key[2])
-                await self._run_batch(key, batch)
-            if not self._queues[key]:
-                del self._queues[key]
-            if key[1] is not None and not any(k[:2] == key[:2] for k in self._queues):
-                del self._forwards[key[:2]]  # let an evicted model go
+            await self._serve(key)
+
+    async def _serve(self, key: QueueKey) -> None:
+        """One forward of `key`'s queue (none if all its callers went away)."""
+        self._last = key
+        batch = self._take(key)
+        if batch:
+            self._count_class(key[2])
+            await self._run_batch(key, batch)
+        if not self._queues.get(key):
+            self._queues.pop(key, None)
+        if key[1] is not None and not any(k[:2] == key[:2] for k in self._queues):
+            self._forwards.pop(key[:2], None)  # let an evicted model go
+
+    def _may_park(self) -> bool:
+        """Interactive work waits and Turns would serve it before the bulk forward running."""
+        interactive = any(q for key, q in self._queues.items() if key[2] == INTERACTIVE)
+        return interactive and self.turns.next((INTERACTIVE, BULK)) == INTERACTIVE
+
+    async def _pausable(self, forward: Forward, items: list[Any]) -> Sequence[Any]:
+        """A bulk forward that interactive work parks while Turns lets it go first (see the
+        module docstring); its results once it has run to its end."""
+        gate = PausableForward()
+        running = asyncio.ensure_future(asyncio.to_thread(gate.run, forward, items))
+        loop, unparkable_until = asyncio.get_running_loop(), 0.0
+        try:
+            while not running.done():
+                if not self._may_park():
+                    await self._interactive_or(running)
+                elif (slice_left := unparkable_until - loop.time()) > 0:
+                    await asyncio.wait({running}, timeout=slice_left)
+                elif not await gate.pause():
+                    break  # it ended first
+                else:
+                    self._parked = True
+                    self.parkings += 1
+                    try:
+                        await self._serve_while_parked()
+                    finally:
+                        self._parked = False
+                        unparkable_until = self._bulk_slice(loop.time())
+                        gate.resume()
+        finally:
+            gate.resume()  # never left parked (this task cancelled while asking)
+        return await running
+
+    def _bulk_slice(self, now: float) -> float:
+        """Until when a parked bulk forward going on may not be parked again. While bulk's turn
+        is not due, none (it goes on only because no interactive work waits); once due, its
+        turn: the rest of the forward (bulk_slice_s None), or bulk_slice_s of it, and Turns
+        counts that turn (interactive work may take its next ones)."""
+        if self.turns.next((INTERACTIVE, BULK)) != BULK:
+            return 0.0
+        if self.bulk_slice_s is None:
+            return float("inf")
+        self.turns.count(BULK, bulk_waits=True, served=False)
+        return now + self.bulk_slice_s
+
+    async def _interactive_or(self, running: asyncio.Future) -> None:
+        """Until interactive work comes or `running` is done."""
+        self._interactive_came.clear()
+        came = asyncio.ensure_future(self._interactive_came.wait())
+        try:
+            await asyncio.wait({running, came}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            came.cancel()
+
+    async def _serve_while_parked(self) -> None:
+        """The interactive forwards Turns allows, in the parked forward's lease slot."""
+        token = LENT_SLOT.set(True)
+        try:
+            while (key := self._next_queue()) is not None:
+                await self._serve(key)
+        finally:
+            LENT_SLOT.reset(token)
 
     async def _run_batch(self, key: QueueKey, batch: list[_Pending]) -> None:
         kind = key[0]
         started = time.perf_counter()
-        self._running = batch
+        self._running.append(batch)
         forward = self._forwards[key[:2]]
+        items = [entry.item for entry in batch]
         try:
-            results = await asyncio.to_thread(forward, [entry.item for entry in batch])
+            if key[2] == BULK and self.preempt_bulk:
+                results = await self._pausable(forward, items)
+            else:
+                results = await asyncio.to_thread(forward, items)
             if len(results) != len(batch):
                 raise RuntimeError(
                     f"{kind} forward returned {len(results)} results for {len(batch)} items"
@@ -229,7 +311,7 @@ class ForwardScheduler:
                 if not entry.future.done():
                     entry.future.set_result(result)
         finally:
-            self._running = []
+            self._running = [running for running in self._running if running is not batch]
         if self._on_batch is not None:
             try:
                 self._on_batch(kind, len(batch), time.perf_counter() - started)

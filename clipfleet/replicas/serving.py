@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -72,7 +73,9 @@ class StallGuard:
     def __init__(self, replica_id: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.replica_id = replica_id
         self._clock = clock
-        self._forward_started: float | None = None  # set on the forward's thread
+        # when each running forward started, by its thread: a bulk forward parked for
+        # interactive work (clipfleet/replicas/preempt.py) runs beside the one run in its stead
+        self._forwards_started: dict[int, float] = {}
         self.slowest_forward_s = 0.0
         self.stall_next_s = 0.0  # the drill: the next forward blocks its thread this long
         self.failed_checks = 0
@@ -87,21 +90,22 @@ class StallGuard:
 
         def watched(items: Any) -> Any:
             started = self._clock()
-            self._forward_started = started
+            thread = threading.get_ident()
+            self._forwards_started[thread] = started
             try:
                 stall_s, self.stall_next_s = self.stall_next_s, 0.0
                 if stall_s:
                     time.sleep(stall_s)  # the drill: a forward thread that hangs
                 return forward(items)
             finally:
-                self._forward_started = None
+                self._forwards_started.pop(thread, None)
                 self.slowest_forward_s = max(self.slowest_forward_s, self._clock() - started)
 
         return watched
 
     def running_for(self) -> float:
-        """Seconds the running forward has run; 0 when none runs."""
-        started = self._forward_started
+        """Seconds the oldest running forward has run; 0 when none runs."""
+        started = min(self._forwards_started.values(), default=None)
         return 0.0 if started is None else self._clock() - started
 
     def stalled_error(self) -> ReplicaStalledError:

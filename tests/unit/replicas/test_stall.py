@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -153,3 +154,27 @@ def test_the_ingress_sends_a_stalled_call_once_more():
     with pytest.raises(ReplicaStalledError):
         asyncio.run(once_more_if_replica_lost(always_stalled))
     assert len(calls) == 2  # once more, not forever
+
+
+def test_a_forward_that_ends_beside_a_parked_one_leaves_it_watched():
+    """A bulk forward parked for interactive work (clipfleet/replicas/preempt.py) is still
+    timed once the forward run in its stead has ended."""
+    clock = [100.0]
+    guard = serving.StallGuard("r", clock=lambda: clock[0])
+    parked, release = threading.Event(), threading.Event()
+
+    def bulk(items):
+        parked.set()
+        release.wait(5)
+        return items
+
+    thread = threading.Thread(target=guard.watch(bulk), args=([1],))
+    thread.start()
+    assert parked.wait(5)
+    clock[0] = 101.0
+    assert guard.watch(lambda items: items)([2]) == [2]  # the interactive one, ended
+    clock[0] = 103.0
+    assert guard.running_for() == 3.0  # the parked bulk forward's time, not 0
+    release.set()
+    thread.join(5)
+    assert guard.running_for() == 0.0

@@ -104,7 +104,7 @@ class ForwardScheduler:
         self._running: list[list[_Pending]] = []  # the parked bulk forward's, then the one run
         self._parked = False  # a bulk forward is parked for interactive work
         self._interactive_came = asyncio.Event()
-        self.preempt_bulk = True  # interactive work may park a running bulk forward
+        self.bulk_preempt = True  # interactive work may park a running bulk forward
         self.parkings = 0  # times a bulk forward was parked for interactive work
         self._failure: Callable[[], BaseException] | None = None
         self._last: QueueKey | None = None  # the queue whose batch ran last
@@ -294,7 +294,7 @@ class ForwardScheduler:
         forward = self._forwards[key[:2]]
         items = [entry.item for entry in batch]
         try:
-            if key[2] == BULK and self.preempt_bulk:
+            if key[2] == BULK and self.bulk_preempt:
                 results = await self._pausable(forward, items)
             else:
                 results = await asyncio.to_thread(forward, items)

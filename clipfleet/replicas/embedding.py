@@ -40,7 +40,7 @@ def apply_encoder_config(
     encoder.scheduler.max_batch_size = config.max_batch_size
     encoder.scheduler.bulk_every = config.bulk_every
     encoder.scheduler.bulk_max_batch_size = config.bulk_max_batch_size
-    encoder.scheduler.preempt_bulk = config.bulk_preempt
+    encoder.scheduler.bulk_preempt = config.bulk_preempt
     encoder.scheduler.bulk_slice_s = config.bulk_slice_s
     encoder.inputs.decoder.slots.turns.bulk_every = config.bulk_every
     if config.cache != encoder.cache.config:
@@ -147,9 +147,9 @@ def priority_view(scheduler: ForwardScheduler, inputs: ImageInputs) -> dict[str,
     return {
         "bulk_every": scheduler.bulk_every,
         "bulk_max_batch_size": scheduler.bulk_max_batch_size,
-        "bulk_preempt": scheduler.preempt_bulk,
+        "bulk_preempt": scheduler.bulk_preempt,
         "bulk_slice_s": scheduler.bulk_slice_s,
-        "bulk_parked": scheduler.parkings,
+        "bulk_parkings": scheduler.parkings,
         "forwards": dict(scheduler.forwards_by_class),
         "pending": scheduler.pending_by_class(),
         "decodes": dict(slots.turns.served),

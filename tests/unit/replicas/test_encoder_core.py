@@ -57,11 +57,11 @@ def test_every_item_reaches_a_forward_through_the_cores_queue_object(two_checkpo
 def test_reconfigure_resizes_the_queue_and_rejects_unknown_keys(two_checkpoints, kind):
     encoder = ENCODERS[kind](two_checkpoints, RecordingQueue)
     config = {"max_batch_size": 3, "batch_wait_timeout_s": 0.02, "bulk_every": 5}
-    assert encoder.scheduler.preempt_bulk  # the default
+    assert encoder.scheduler.bulk_preempt  # the default
     asyncio.run(encoder.reconfigure({**config, "bulk_max_batch_size": 2, "bulk_preempt": False}))
     assert encoder.queue.batched.sizes == [("max_batch_size", 3), ("batch_wait_timeout_s", 0.02)]
     assert encoder.scheduler.max_batch_size == 3 and encoder.scheduler.bulk_every == 5
-    assert encoder.scheduler.bulk_max_batch_size == 2 and not encoder.scheduler.preempt_bulk
+    assert encoder.scheduler.bulk_max_batch_size == 2 and not encoder.scheduler.bulk_preempt
     assert encoder.inputs.decoder.slots.turns.bulk_every == 5
     before = encoder.config
     with pytest.raises(ValidationError):

@@ -82,7 +82,7 @@ async def test_a_bulk_forward_is_not_parked_when_preemption_is_off():
     order: list = []
     image, go, started = models(order)
     scheduler = ForwardScheduler({"image": image}, max_batch_size=1)
-    scheduler.preempt_bulk = False
+    scheduler.bulk_preempt = False
     bulk = asyncio.create_task(scheduler.run("image", [Classed("bulk", BULK)]))
     assert await asyncio.to_thread(started.entered.wait, 5)
     interactive = asyncio.create_task(scheduler.run("image", ["i1"]))

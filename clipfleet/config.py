@@ -168,9 +168,9 @@ class EncoderConfig(BatchingConfig):
     # first (clipfleet/replicas/preempt.py); false: it waits for the bulk forward's end.
     bulk_preempt: bool = True
     # A parked bulk forward whose turn is due (bulk_every) goes on for this long before
-    # interactive work may park it again (null: to its end). Bulk's turns are then slices of
-    # a forward: bulk_max_batch_size may be larger (better batch efficiency) at the same wait.
-    bulk_slice_s: float | None = Field(None, ge=0.0, le=60.0)
+    # interactive work may park it again (null: to its end): the most an interactive request
+    # waits for one bulk turn. Bulk keeps one slice in every bulk_every turns.
+    bulk_slice_s: float | None = Field(0.03, ge=0.0, le=60.0)
     stall_limit_s: float = Field(15.0, gt=0.0, le=3600.0)
     fault_error_ratio: float = Field(0.0, ge=0.0, le=1.0)
     fault_latency_s: float = Field(0.0, ge=0.0, le=30.0)

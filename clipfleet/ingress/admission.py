@@ -20,6 +20,7 @@ CPU that the models need). Plain; the middleware is in clipfleet/api/middleware/
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
@@ -97,3 +98,70 @@ class Admission:
             return
         self.latency_s += SMOOTHING * (latency - self.latency_s)
         self.concurrency += SMOOTHING * (in_flight - self.concurrency)
+
+
+# A bulk request may start only if it is expected to finish within this share of the request
+# deadline (limits.request_timeout_s): the rest is margin for the bulk rate to drop meanwhile.
+BULK_DEADLINE_SHARE = 0.5
+BULK_SMOOTHING = 0.25  # bulk requests finish rarely: each weighs more in the means
+
+
+class BulkSlots:
+    """When a bulk request may start: at most `cap` at once (None: no cap), and fewer while
+    the measured bulk rate says a newcomer would not finish within `deadline_s`.
+
+    Beside interactive traffic bulk gets what is left of the models, which can be little: at
+    2-4 pairs/s, four 16-pair requests in flight each took ~20 s and some passed the 30 s
+    request deadline (504 after the work was done). Each bulk request that ends measures its
+    latency and how many ran beside it; a newcomer behind N running expects (N + 1) / X, X =
+    running / latency (Little's law), and waits for a start while that is over `deadline_s`.
+    One always runs, so bulk never starves; until one has ended, only one runs (the first four
+    of a slow bulk job would otherwise all pass the deadline before any had measured it).
+    Plain; clipfleet/api/middleware/admission.py waits on it."""
+
+    def __init__(self, cap: int | None, deadline_s: float, clock=time.monotonic) -> None:
+        self.cap, self.deadline_s = cap, deadline_s
+        self._clock = clock
+        self.running = 0
+        self.latency_s: float | None = None  # moving mean of the bulk requests that ended
+        self.concurrency = 1.0  # moving mean of the bulk requests running while they ran
+        self._changed = asyncio.Condition()
+
+    def expected_s(self) -> float | None:
+        """Seconds a bulk request starting now should take; None before any has ended."""
+        if self.latency_s is None:
+            return None
+        return (self.running + 1) * max(self.latency_s, 1e-6) / max(self.concurrency, 1.0)
+
+    def may_start(self) -> bool:
+        if self.running == 0:
+            return True
+        if self.cap is not None and self.running >= self.cap:
+            return False
+        expected = self.expected_s()
+        return expected is not None and expected <= self.deadline_s
+
+    async def acquire(self, wait_s: float) -> float | None:
+        """The start time once the request may start (pass it to `release`), or None if it
+        could not within `wait_s`."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(self.may_start), wait_s)
+            except TimeoutError:
+                return None
+            self.running += 1
+            return self._clock()
+
+    async def release(self, started: float, measured: bool) -> None:
+        """A started bulk request ended; `measured`: its latency says what bulk takes (served,
+        or timed out: not a quick refusal)."""
+        async with self._changed:
+            running, self.running = self.running, self.running - 1
+            if measured:
+                latency = self._clock() - started
+                if self.latency_s is None:
+                    self.latency_s, self.concurrency = latency, float(running)
+                else:
+                    self.latency_s += BULK_SMOOTHING * (latency - self.latency_s)
+                    self.concurrency += BULK_SMOOTHING * (running - self.concurrency)
+            self._changed.notify_all()

@@ -42,6 +42,9 @@ PRIORITY_METHODS = frozenset(
 )
 
 DEFAULT_BULK_EVERY = 4
+# A parked bulk forward's turn: this long, then interactive work may park it again (the most an
+# interactive request waits for a bulk turn; measured in docs/fleet.md#priority-classes).
+DEFAULT_BULK_SLICE_S = 0.03
 
 CURRENT: contextvars.ContextVar[str] = contextvars.ContextVar(
     "clipfleet_priority", default=INTERACTIVE

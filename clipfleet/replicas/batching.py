@@ -41,7 +41,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from clipfleet.ingress.priority import BULK, DEFAULT_BULK_EVERY, INTERACTIVE, Classed, Turns
+from clipfleet.ingress.priority import (
+    BULK,
+    DEFAULT_BULK_EVERY,
+    DEFAULT_BULK_SLICE_S,
+    INTERACTIVE,
+    Classed,
+    Turns,
+)
 from clipfleet.models.sizing import LENT_SLOT
 from clipfleet.replicas.preempt import PausableForward
 
@@ -97,7 +104,7 @@ class ForwardScheduler:
         self._queues: dict[QueueKey, deque[_Pending]] = {}
         self.turns = Turns(bulk_every)
         self.bulk_max_batch_size: int | None = None  # None: max_batch_size
-        self.bulk_slice_s: float | None = None  # None: a parked forward's turn is its rest
+        self.bulk_slice_s: float | None = DEFAULT_BULK_SLICE_S  # None: a turn is the rest
         self.forwards_by_class = self.turns.served
         self._on_batch = on_batch
         self._worker: asyncio.Task | None = None

@@ -18,16 +18,20 @@ granted, and the scheduler waits for it as before.
 
 A parked forward keeps the node's forward lease (clipfleet.models.sizing), which the forwards
 run while it is parked use in its stead (`LENT_SLOT`): one forward computes at a time, as before.
+Code that times a forward from its own thread (the stall guard) learns when it parks and
+resumes through `park_listener`: a parked forward is waiting by design, not hung.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-_LOCAL = threading.local()  # .gate: the PausableForward the current thread is running
+# .gate: the PausableForward the current thread is running; .listener: park_listener's callback
+_LOCAL = threading.local()
 _installed = False
 _install_lock = threading.Lock()
 
@@ -50,6 +54,19 @@ def install_hook() -> bool:
             register_module_forward_pre_hook(_checkpoint)
             _installed = True
     return True
+
+
+@contextlib.contextmanager
+def park_listener(listener: Callable[[bool], None]) -> Iterator[None]:
+    """While inside, a pausable forward on this thread calls `listener(True)` when it parks
+    and `listener(False)` when it goes on (on this thread, holding the gate's lock: keep it
+    short)."""
+    previous = getattr(_LOCAL, "listener", None)
+    _LOCAL.listener = listener
+    try:
+        yield
+    finally:
+        _LOCAL.listener = previous
 
 
 class PausableForward:
@@ -82,10 +99,15 @@ class PausableForward:
             if not self._asked:
                 return
             self._parked = True
+            listener = getattr(_LOCAL, "listener", None)
+            if listener is not None:
+                listener(True)
             self._tell(True)
             resumed = self._resumed
             while self._resumed == resumed:
                 self._cond.wait()
+            if listener is not None:
+                listener(False)
 
     def _tell(self, parked: bool) -> None:
         """Resolve the event loop's `pause` future (under the condition's lock)."""

@@ -30,6 +30,7 @@ from typing import Any
 
 from clipfleet.config import EncoderConfig
 from clipfleet.errors import ClipfleetError, ModelServingError, ReplicaStalledError
+from clipfleet.replicas.preempt import park_listener
 from clipfleet.rollout.store import MemoryStore, SharedStore
 
 logger = logging.getLogger("ray.serve")
@@ -73,8 +74,9 @@ class StallGuard:
     def __init__(self, replica_id: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.replica_id = replica_id
         self._clock = clock
-        # when each running forward started, by its thread: a bulk forward parked for
-        # interactive work (clipfleet/replicas/preempt.py) runs beside the one run in its stead
+        # when each running forward started (or last resumed), by its thread: a bulk forward
+        # parked for interactive work (clipfleet/replicas/preempt.py) is not timed while parked,
+        # and runs beside the one run in its stead
         self._forwards_started: dict[int, float] = {}
         self.slowest_forward_s = 0.0
         self.stall_next_s = 0.0  # the drill: the next forward blocks its thread this long
@@ -92,11 +94,20 @@ class StallGuard:
             started = self._clock()
             thread = threading.get_ident()
             self._forwards_started[thread] = started
+
+            def parked(now_parked: bool) -> None:
+                # parked for interactive work: waiting by design, timed again from its resume
+                if now_parked:
+                    self._forwards_started.pop(thread, None)
+                else:
+                    self._forwards_started[thread] = self._clock()
+
             try:
                 stall_s, self.stall_next_s = self.stall_next_s, 0.0
                 if stall_s:
                     time.sleep(stall_s)  # the drill: a forward thread that hangs
-                return forward(items)
+                with park_listener(parked):
+                    return forward(items)
             finally:
                 self._forwards_started.pop(thread, None)
                 self.slowest_forward_s = max(self.slowest_forward_s, self._clock() - started)

@@ -3,7 +3,6 @@ the cap on bulk requests running at once."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,7 +12,7 @@ from clipfleet.api.middleware.base import HttpMiddleware
 from clipfleet.api.middleware.priority import request_class
 from clipfleet.config import ApiLimits
 from clipfleet.errors import ServiceUnavailableError
-from clipfleet.ingress.admission import Admission
+from clipfleet.ingress.admission import BULK_DEADLINE_SHARE, Admission, BulkSlots
 from clipfleet.ingress.priority import BULK
 
 SHED_HEADER = "X-Clipfleet-Shed"  # on this middleware's 503s: not Serve's own queues
@@ -25,43 +24,45 @@ class AdmissionMiddleware(HttpMiddleware):
     bulk goes first. Its 503s carry
     `X-Clipfleet-Shed: admission`, so they can be told from a full Serve queue's.
 
-    At most `limits.bulk_in_flight` bulk requests run at once (first come, first served, before
-    their bodies are read): one over it waits up to the bulk limit for a turn, then gets a 503
-    with `X-Clipfleet-Shed: bulk`. Waiting bulk requests are not in flight for admission, so they
-    make no interactive request look late."""
+    At most `limits.bulk_in_flight` bulk requests run at once (before their bodies are read), and
+    fewer while the bulk rate measured says one more would not finish within half the request
+    deadline (clipfleet.ingress.admission.BulkSlots): one over waits up to the bulk limit for a
+    start, then gets a 503 with `X-Clipfleet-Shed: bulk`. Waiting bulk requests are not in
+    flight for admission, so they make no interactive request look late."""
 
     def __init__(self, app: ASGIApp, limits: ApiLimits) -> None:
         super().__init__(app)
         self.admission = Admission()
         self.max_wait_s = limits.admission_wait_s
         self.bulk_max_wait_s = limits.bulk_wait_s
-        cap = limits.bulk_in_flight
-        self.bulk_slots = asyncio.Semaphore(cap) if cap is not None else None
+        deadline_s = limits.request_timeout_s * BULK_DEADLINE_SHARE
+        self.bulk_slots = BulkSlots(limits.bulk_in_flight, deadline_s)
 
     def passes_through(self, scope: Scope) -> bool:
         return scope.get("method") != "POST"
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if request_class(scope) != BULK or self.bulk_slots is None:
+        if request_class(scope) != BULK:
             await self.admitted(scope, receive, send, self.max_wait_s)
             return
-        try:
-            await asyncio.wait_for(self.bulk_slots.acquire(), self.bulk_max_wait_s)
-        except TimeoutError:
+        started = await self.bulk_slots.acquire(self.bulk_max_wait_s)
+        if started is None:
             retry_after = max(1, math.ceil(self.bulk_max_wait_s))
             await shed(scope, receive, send, retry_after, "bulk")
             return
+        status = 500
         try:
-            await self.admitted(scope, receive, send, self.bulk_max_wait_s)
+            status = await self.admitted(scope, receive, send, self.bulk_max_wait_s)
         finally:
-            self.bulk_slots.release()
+            await self.bulk_slots.release(started, measured=status < 300 or status == 504)
 
-    async def admitted(self, scope: Scope, receive: Receive, send: Send, max_wait_s: float) -> None:
-        """The request, unless admission expects it to wait longer than `max_wait_s`."""
+    async def admitted(self, scope: Scope, receive: Receive, send: Send, max_wait_s: float) -> int:
+        """The request, unless admission expects it to wait longer than `max_wait_s`; its
+        response's status."""
         retry_after = self.admission.admit(max_wait_s)
         if retry_after is not None:
             await shed(scope, receive, send, int(retry_after), "admission")
-            return
+            return 503
         started = self.admission.started()
         status = 500
 
@@ -75,6 +76,7 @@ class AdmissionMiddleware(HttpMiddleware):
             await self.app(scope, receive, noting_send)
         finally:
             self.admission.done(started, served=status < 300)
+        return status
 
 
 async def shed(scope: Scope, receive: Receive, send: Send, retry_after: int, why: str) -> None:

@@ -9,7 +9,14 @@ import pytest
 from clipfleet.api.middleware.admission import AdmissionMiddleware
 from clipfleet.api.middleware.priority import STATE_PRIORITY
 from clipfleet.config import ApiLimits
-from clipfleet.ingress.admission import MAX_RETRY_AFTER_S, MIN_IN_FLIGHT, RATE_WINDOW_S, Admission
+from clipfleet.ingress.admission import (
+    BULK_DEADLINE_SHARE,
+    MAX_RETRY_AFTER_S,
+    MIN_IN_FLIGHT,
+    RATE_WINDOW_S,
+    Admission,
+    BulkSlots,
+)
 from clipfleet.ingress.priority import BULK, INTERACTIVE
 from tests.support.clock import Clock
 
@@ -168,3 +175,82 @@ def test_the_bulk_cap_is_validated():
     assert ApiLimits().bulk_in_flight == 4 and ApiLimits(bulk_in_flight=None).bulk_in_flight is None
     with pytest.raises(ValueError, match="greater than or equal to 1"):
         ApiLimits(bulk_in_flight=0)
+
+
+def slow_bulk(clock: Clock, deadline_s: float = 15.0) -> BulkSlots:
+    """Bulk slots (cap 4) that measured four bulk requests at once each taking 20 s: 0.2 a
+    second served, so a newcomer behind N running expects (N + 1) x 5 s."""
+    slots = BulkSlots(cap=4, deadline_s=deadline_s, clock=clock)
+    slots.latency_s, slots.concurrency = 20.0, 4.0
+    return slots
+
+
+def test_bulk_starts_only_while_a_newcomer_would_finish_within_the_deadline():
+    slots = slow_bulk(Clock())
+    starts = []
+    for running in range(5):
+        slots.running = running
+        starts.append(slots.may_start())
+    # 5, 10, 15 s expected: start; 20 s: over the 15 s deadline; 4 running: the cap anyway
+    assert starts == [True, True, True, False, False]
+    slots.latency_s = 1e6
+    slots.running = 0
+    assert slots.may_start()  # one always runs: bulk never starves
+
+
+async def test_until_a_bulk_request_has_ended_they_run_one_at_a_time():
+    clock = Clock()
+    slots = BulkSlots(cap=4, deadline_s=15.0, clock=clock)
+    first = await slots.acquire(0.1)
+    assert first is not None and await slots.acquire(0.05) is None
+    clock.advance(2.0)
+    await slots.release(first, measured=True)  # 2 s alone: 0.5 a second
+    started = [await slots.acquire(0.05) for _ in range(5)]
+    assert slots.running == 4 and started[-1] is None  # the cap
+
+
+async def test_a_bulk_request_over_the_deadline_waits_for_one_to_end_then_its_measure():
+    clock = Clock()
+    slots = slow_bulk(clock)
+    started = [await slots.acquire(0.1) for _ in range(3)]
+    assert None not in started and slots.running == 3
+    assert await slots.acquire(0.05) is None  # 4 x 5 s expected: over 15 s
+    waiting = asyncio.create_task(slots.acquire(5.0))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    clock.advance(4.0)  # faster than measured: 4 s with 3 running
+    await slots.release(started[0], measured=True)
+    assert await waiting is not None and slots.running == 3
+    assert slots.latency_s == pytest.approx(20.0 + 0.25 * (4.0 - 20.0))
+
+
+async def test_a_quick_refusal_is_not_measured():
+    clock = Clock()
+    slots = slow_bulk(clock)
+    started = await slots.acquire(0.1)
+    clock.advance(0.01)
+    await slots.release(started, measured=False)
+    assert slots.latency_s == 20.0 and slots.running == 0
+
+
+async def test_the_middleware_sheds_bulk_that_could_not_finish_in_time():
+    """request_timeout_s 30: a bulk request may start while it should finish within 15 s; with
+    bulk measured at 0.2 a second and three running, a fourth waits, then gets 503 bulk."""
+    release = asyncio.Event()
+
+    async def held(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    limits = ApiLimits(request_timeout_s=30.0, shed_wait_s=0.2, bulk_in_flight=4)
+    middleware = AdmissionMiddleware(held, limits)
+    assert middleware.bulk_slots.deadline_s == 30.0 * BULK_DEADLINE_SHARE
+    middleware.bulk_slots = slow_bulk(Clock(), middleware.bulk_slots.deadline_s)
+    running = [asyncio.create_task(status_of(middleware, BULK)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    status, headers = await status_of(middleware, BULK)
+    assert status == 503 and headers["x-clipfleet-shed"] == "bulk"
+    release.set()
+    assert [(await request)[0] for request in running] == [200, 200, 200]
+    assert middleware.bulk_slots.running == 0

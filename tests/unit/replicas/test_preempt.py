@@ -9,7 +9,8 @@ import time
 
 import torch
 
-from clipfleet.ingress.priority import BULK, Classed
+from clipfleet.config import EncoderConfig
+from clipfleet.ingress.priority import BULK, DEFAULT_BULK_SLICE_S, Classed
 from clipfleet.models.sizing import ForwardLease
 from clipfleet.replicas.batching import ForwardScheduler
 from clipfleet.replicas.preempt import PausableForward
@@ -126,7 +127,7 @@ async def test_with_bulk_slice_s_a_parked_forward_whose_turn_came_can_be_parked_
     interactive work parks it again (the forward still makes progress: a resumed forward runs
     one module call at least)."""
 
-    async def order_with(slice_s: float | None) -> list:
+    async def order_with(slice_s: float | str | None) -> list:
         order: list = []
         go = threading.Event()
         started = Mark("bulk started", order, go)
@@ -139,7 +140,8 @@ async def test_with_bulk_slice_s_a_parked_forward_whose_turn_came_can_be_parked_
             return items
 
         scheduler = ForwardScheduler({"image": image}, max_batch_size=1, bulk_every=2)
-        scheduler.bulk_slice_s = slice_s
+        if slice_s != "default":
+            scheduler.bulk_slice_s = slice_s
         bulk = asyncio.create_task(scheduler.run("image", [Classed("bulk", BULK)]))
         assert await asyncio.to_thread(started.entered.wait, 5)
         tasks = [asyncio.create_task(scheduler.run("image", [f"i{n}"])) for n in (1, 2, 3)]
@@ -151,6 +153,13 @@ async def test_with_bulk_slice_s_a_parked_forward_whose_turn_came_can_be_parked_
 
     assert await order_with(None) == ["bulk started", "i1", "bulk ended", "i2", "i3"]
     assert await order_with(0.0) == ["bulk started", "i1", "i2", "i3", "bulk ended"]
+    # As shipped, a turn is a slice (30 ms) of the 400 ms forward, not its rest.
+    assert await order_with("default") == ["bulk started", "i1", "i2", "i3", "bulk ended"]
+
+
+def test_the_encoder_config_ships_the_schedulers_slice():
+    assert EncoderConfig().bulk_slice_s == DEFAULT_BULK_SLICE_S is not None
+    assert ForwardScheduler({}, max_batch_size=1).bulk_slice_s == DEFAULT_BULK_SLICE_S
 
 
 class SlowMark(Mark):

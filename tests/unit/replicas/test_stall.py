@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from clipfleet.errors import (
     InvalidImageError,
@@ -18,6 +19,7 @@ from clipfleet.errors import (
 from clipfleet.ingress.fanout import once_more_if_replica_lost
 from clipfleet.replicas import serving
 from clipfleet.replicas.clip import ClipEncoder
+from clipfleet.replicas.preempt import PausableForward
 from clipfleet.rollout.store import MemoryStore
 from tests.support.fidelity import CPU
 
@@ -178,3 +180,48 @@ def test_a_forward_that_ends_beside_a_parked_one_leaves_it_watched():
     release.set()
     thread.join(5)
     assert guard.running_for() == 0.0
+
+
+def test_a_forward_parked_for_interactive_work_is_timed_only_while_it_runs():
+    """With bulk turns in slices a bulk forward can spend far longer parked than its own
+    compute takes: parked is waiting by design, not hung. Timed again from its resume."""
+    clock = [100.0]
+    guard = serving.StallGuard("r", clock=lambda: clock[0])
+    first, second = Hold(), Hold()
+    model = torch.nn.Sequential(first, torch.nn.Identity(), second)
+    gate = PausableForward()
+    forward = guard.watch(lambda items: [model(item) for item in items])
+
+    async def scenario() -> list:
+        running = asyncio.ensure_future(asyncio.to_thread(gate.run, forward, [torch.zeros(1)]))
+        assert await asyncio.to_thread(first.inside.wait, 5)
+        clock[0] = 101.0
+        assert guard.running_for() == 1.0
+        pausing = asyncio.ensure_future(gate.pause())
+        await asyncio.sleep(0.01)
+        first.go.set()  # it goes on to the Identity's call, and parks there
+        assert await pausing
+        clock[0] = 500.0  # long parked
+        assert guard.running_for() == 0.0
+        gate.resume()
+        assert await asyncio.to_thread(second.inside.wait, 5)
+        clock[0] = 502.0
+        assert guard.running_for() == 2.0  # from its resume at 500
+        second.go.set()
+        return await running
+
+    assert len(asyncio.run(scenario())) == 1
+    assert guard.running_for() == 0.0
+
+
+class Hold(torch.nn.Module):
+    """A module call that waits for `go` (set `inside` once entered)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside, self.go = threading.Event(), threading.Event()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inside.set()
+        assert self.go.wait(5)
+        return x

@@ -116,22 +116,30 @@ class BulkSlots:
     latency and how many ran beside it; a newcomer behind N running expects (N + 1) / X, X =
     running / latency (Little's law), and waits for a start while that is over `deadline_s`.
     One always runs, so bulk never starves; until one has ended, only one runs (the first four
-    of a slow bulk job would otherwise all pass the deadline before any had measured it).
+    of a slow bulk job would otherwise all pass the deadline before any had measured it). A
+    bulk request running for longer than the mean latency raises it in the estimate at once,
+    so a drop in the bulk rate (an interactive surge) shows before the slow ones end.
     Plain; clipfleet/api/middleware/admission.py waits on it."""
 
     def __init__(self, cap: int | None, deadline_s: float, clock=time.monotonic) -> None:
         self.cap, self.deadline_s = cap, deadline_s
         self._clock = clock
-        self.running = 0
+        self._starts: list[float] = []  # when each running bulk request started
         self.latency_s: float | None = None  # moving mean of the bulk requests that ended
         self.concurrency = 1.0  # moving mean of the bulk requests running while they ran
         self._changed = asyncio.Condition()
+
+    @property
+    def running(self) -> int:
+        return len(self._starts)
 
     def expected_s(self) -> float | None:
         """Seconds a bulk request starting now should take; None before any has ended."""
         if self.latency_s is None:
             return None
-        return (self.running + 1) * max(self.latency_s, 1e-6) / max(self.concurrency, 1.0)
+        oldest_s = self._clock() - min(self._starts, default=self._clock())
+        latency_s = max(self.latency_s, oldest_s, 1e-6)
+        return (self.running + 1) * latency_s / max(self.concurrency, 1.0)
 
     def may_start(self) -> bool:
         if self.running == 0:
@@ -149,14 +157,16 @@ class BulkSlots:
                 await asyncio.wait_for(self._changed.wait_for(self.may_start), wait_s)
             except TimeoutError:
                 return None
-            self.running += 1
-            return self._clock()
+            started = self._clock()
+            self._starts.append(started)
+            return started
 
     async def release(self, started: float, measured: bool) -> None:
         """A started bulk request ended; `measured`: its latency says what bulk takes (served,
         or timed out: not a quick refusal)."""
         async with self._changed:
-            running, self.running = self.running, self.running - 1
+            running = self.running
+            self._starts.remove(started)
             if measured:
                 latency = self._clock() - started
                 if self.latency_s is None:

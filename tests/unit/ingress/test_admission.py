@@ -185,17 +185,31 @@ def slow_bulk(clock: Clock, deadline_s: float = 15.0) -> BulkSlots:
     return slots
 
 
-def test_bulk_starts_only_while_a_newcomer_would_finish_within_the_deadline():
+async def test_bulk_starts_only_while_a_newcomer_would_finish_within_the_deadline():
     slots = slow_bulk(Clock())
-    starts = []
-    for running in range(5):
-        slots.running = running
-        starts.append(slots.may_start())
-    # 5, 10, 15 s expected: start; 20 s: over the 15 s deadline; 4 running: the cap anyway
-    assert starts == [True, True, True, False, False]
+    started = [await slots.acquire(0.01) for _ in range(5)]
+    # 5, 10, 15 s expected: start; 20 s: over the 15 s deadline, below the cap of 4
+    assert [start is not None for start in started] == [True, True, True, False, False]
+
+
+async def test_one_bulk_request_always_runs():
+    slots = slow_bulk(Clock())
     slots.latency_s = 1e6
-    slots.running = 0
-    assert slots.may_start()  # one always runs: bulk never starves
+    assert await slots.acquire(0.01) is not None  # bulk never starves
+    assert await slots.acquire(0.01) is None
+
+
+async def test_a_bulk_request_running_past_the_mean_raises_the_estimate_at_once():
+    """Measured 5 s a request at 4 running (20 s each); one has now run 40 s: the rate has
+    dropped, and a second would take 2 x 40 / 4 = 20 s, over 15 s (10 s by the mean alone)."""
+    clock = Clock()
+    slots = slow_bulk(clock)
+    first = await slots.acquire(0.01)
+    assert slots.expected_s() == 10.0
+    clock.advance(40.0)
+    assert slots.expected_s() == 20.0 and await slots.acquire(0.01) is None
+    await slots.release(first, measured=True)
+    assert await slots.acquire(0.01) is not None
 
 
 async def test_until_a_bulk_request_has_ended_they_run_one_at_a_time():

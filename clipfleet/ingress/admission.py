@@ -32,12 +32,32 @@ RATE_WINDOW_S = 5.0
 MAX_RETRY_AFTER_S = 30
 
 
-class Admission:
+class LittleRate:
+    """Moving means of finished requests' latency and of how many ran at once while they did,
+    and the rate they give by Little's law (requests served per second)."""
+
+    smoothing = SMOOTHING  # weight of each finished request in the means
+
+    def __init__(self) -> None:
+        self.latency_s: float | None = None
+        self.concurrency = 1.0
+
+    def observe(self, latency_s: float, in_flight: int) -> None:
+        if self.latency_s is None:
+            self.latency_s, self.concurrency = latency_s, float(in_flight)
+            return
+        self.latency_s += self.smoothing * (latency_s - self.latency_s)
+        self.concurrency += self.smoothing * (in_flight - self.concurrency)
+
+    def little_rate(self, latency_s: float) -> float:
+        return max(self.concurrency, 1.0) / max(latency_s, 1e-6)
+
+
+class Admission(LittleRate):
     def __init__(self, clock=time.monotonic) -> None:
+        super().__init__()
         self._clock = clock
         self.in_flight = 0
-        self.latency_s: float | None = None  # moving mean of completed requests
-        self.concurrency = 1.0  # moving mean of requests in flight while they ran
         self.shed = 0
         self._served_at: deque[float] = deque()  # completions in the last RATE_WINDOW_S
         self._saturated_since: float | None = None
@@ -61,7 +81,7 @@ class Admission:
             return len(self._served_at) / RATE_WINDOW_S
         if self.latency_s is None:
             return None
-        return max(self.concurrency, 1.0) / max(self.latency_s, 1e-6)
+        return self.little_rate(self.latency_s)
 
     def expected_wait_s(self) -> float | None:
         rate = self.throughput()
@@ -93,20 +113,15 @@ class Admission:
             return
         self._forget_before(now)
         self._served_at.append(now)
-        if self.latency_s is None:
-            self.latency_s, self.concurrency = latency, float(in_flight)
-            return
-        self.latency_s += SMOOTHING * (latency - self.latency_s)
-        self.concurrency += SMOOTHING * (in_flight - self.concurrency)
+        self.observe(latency, in_flight)
 
 
 # A bulk request may start only if it is expected to finish within this share of the request
 # deadline (limits.request_timeout_s): the rest is margin for the bulk rate to drop meanwhile.
 BULK_DEADLINE_SHARE = 0.5
-BULK_SMOOTHING = 0.25  # bulk requests finish rarely: each weighs more in the means
 
 
-class BulkSlots:
+class BulkSlots(LittleRate):
     """When a bulk request may start: at most `cap` at once (None: no cap), and fewer while
     the measured bulk rate says a newcomer would not finish within `deadline_s`.
 
@@ -119,15 +134,17 @@ class BulkSlots:
     of a slow bulk job would otherwise all pass the deadline before any had measured it). A
     bulk request running for longer than the mean latency raises it in the estimate at once,
     so a drop in the bulk rate (an interactive surge) shows before the slow ones end.
+    `release` is synchronous: a request cancelled while it ends never keeps its start.
     Plain; clipfleet/api/middleware/admission.py waits on it."""
 
+    smoothing = 0.25  # bulk requests finish rarely: each weighs more in the means
+
     def __init__(self, cap: int | None, deadline_s: float, clock=time.monotonic) -> None:
+        super().__init__()
         self.cap, self.deadline_s = cap, deadline_s
         self._clock = clock
         self._starts: list[float] = []  # when each running bulk request started
-        self.latency_s: float | None = None  # moving mean of the bulk requests that ended
-        self.concurrency = 1.0  # moving mean of the bulk requests running while they ran
-        self._changed = asyncio.Condition()
+        self._released = asyncio.Event()  # set (and replaced) by each release
 
     @property
     def running(self) -> int:
@@ -137,9 +154,9 @@ class BulkSlots:
         """Seconds a bulk request starting now should take; None before any has ended."""
         if self.latency_s is None:
             return None
-        oldest_s = self._clock() - min(self._starts, default=self._clock())
-        latency_s = max(self.latency_s, oldest_s, 1e-6)
-        return (self.running + 1) * latency_s / max(self.concurrency, 1.0)
+        now = self._clock()
+        oldest_s = now - min(self._starts, default=now)
+        return (self.running + 1) / self.little_rate(max(self.latency_s, oldest_s))
 
     def may_start(self) -> bool:
         if self.running == 0:
@@ -151,27 +168,25 @@ class BulkSlots:
 
     async def acquire(self, wait_s: float) -> float | None:
         """The start time once the request may start (pass it to `release`), or None if it
-        could not within `wait_s`."""
-        async with self._changed:
+        could not within `wait_s`. Only a release lets one more start (time only tightens the
+        estimate)."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + wait_s
+        while not self.may_start():
             try:
-                await asyncio.wait_for(self._changed.wait_for(self.may_start), wait_s)
+                await asyncio.wait_for(self._released.wait(), give_up_at - loop.time())
             except TimeoutError:
                 return None
-            started = self._clock()
-            self._starts.append(started)
-            return started
+        started = self._clock()
+        self._starts.append(started)
+        return started
 
-    async def release(self, started: float, measured: bool) -> None:
+    def release(self, started: float, measured: bool) -> None:
         """A started bulk request ended; `measured`: its latency says what bulk takes (served,
         or timed out: not a quick refusal)."""
-        async with self._changed:
-            running = self.running
-            self._starts.remove(started)
-            if measured:
-                latency = self._clock() - started
-                if self.latency_s is None:
-                    self.latency_s, self.concurrency = latency, float(running)
-                else:
-                    self.latency_s += BULK_SMOOTHING * (latency - self.latency_s)
-                    self.concurrency += BULK_SMOOTHING * (running - self.concurrency)
-            self._changed.notify_all()
+        running = self.running
+        self._starts.remove(started)
+        if measured:
+            self.observe(self._clock() - started, running)
+        released, self._released = self._released, asyncio.Event()
+        released.set()

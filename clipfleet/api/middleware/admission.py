@@ -54,7 +54,7 @@ class AdmissionMiddleware(HttpMiddleware):
         try:
             status = await self.admitted(scope, receive, send, self.bulk_max_wait_s)
         finally:
-            await self.bulk_slots.release(started, measured=status < 300 or status == 504)
+            self.bulk_slots.release(started, measured=status < 300 or status == 504)
 
     async def admitted(self, scope: Scope, receive: Receive, send: Send, max_wait_s: float) -> int:
         """The request, unless admission expects it to wait longer than `max_wait_s`; its

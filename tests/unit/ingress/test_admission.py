@@ -208,7 +208,7 @@ async def test_a_bulk_request_running_past_the_mean_raises_the_estimate_at_once(
     assert slots.expected_s() == 10.0
     clock.advance(40.0)
     assert slots.expected_s() == 20.0 and await slots.acquire(0.01) is None
-    await slots.release(first, measured=True)
+    slots.release(first, measured=True)
     assert await slots.acquire(0.01) is not None
 
 
@@ -218,7 +218,7 @@ async def test_until_a_bulk_request_has_ended_they_run_one_at_a_time():
     first = await slots.acquire(0.1)
     assert first is not None and await slots.acquire(0.05) is None
     clock.advance(2.0)
-    await slots.release(first, measured=True)  # 2 s alone: 0.5 a second
+    slots.release(first, measured=True)  # 2 s alone: 0.5 a second
     started = [await slots.acquire(0.05) for _ in range(5)]
     assert slots.running == 4 and started[-1] is None  # the cap
 
@@ -233,7 +233,7 @@ async def test_a_bulk_request_over_the_deadline_waits_for_one_to_end_then_its_me
     await asyncio.sleep(0.01)
     assert not waiting.done()
     clock.advance(4.0)  # faster than measured: 4 s with 3 running
-    await slots.release(started[0], measured=True)
+    slots.release(started[0], measured=True)
     assert await waiting is not None and slots.running == 3
     assert slots.latency_s == pytest.approx(20.0 + 0.25 * (4.0 - 20.0))
 
@@ -243,7 +243,7 @@ async def test_a_quick_refusal_is_not_measured():
     slots = slow_bulk(clock)
     started = await slots.acquire(0.1)
     clock.advance(0.01)
-    await slots.release(started, measured=False)
+    slots.release(started, measured=False)
     assert slots.latency_s == 20.0 and slots.running == 0
 
 

@@ -78,7 +78,7 @@ class StallGuard:
         # parked for interactive work (clipfleet/replicas/preempt.py) is not timed while parked,
         # and runs beside the one run in its stead
         self._forwards_started: dict[int, float] = {}
-        self.slowest_forward_s = 0.0
+        self.slowest_forward_s = 0.0  # the longest timed run (parked time left out)
         self.stall_next_s = 0.0  # the drill: the next forward blocks its thread this long
         self.failed_checks = 0
         self.stalled = False  # released: everything here fails with ReplicaStalledError
@@ -91,14 +91,13 @@ class StallGuard:
         lease is not stalling)."""
 
         def watched(items: Any) -> Any:
-            started = self._clock()
             thread = threading.get_ident()
-            self._forwards_started[thread] = started
+            self._forwards_started[thread] = self._clock()
 
             def parked(now_parked: bool) -> None:
                 # parked for interactive work: waiting by design, timed again from its resume
                 if now_parked:
-                    self._forwards_started.pop(thread, None)
+                    self._stop_timing(thread)
                 else:
                     self._forwards_started[thread] = self._clock()
 
@@ -109,10 +108,15 @@ class StallGuard:
                 with park_listener(parked):
                     return forward(items)
             finally:
-                self._forwards_started.pop(thread, None)
-                self.slowest_forward_s = max(self.slowest_forward_s, self._clock() - started)
+                self._stop_timing(thread)
 
         return watched
+
+    def _stop_timing(self, thread: int) -> None:
+        """The forward on `thread` ended or parked: its timed run counts for the slowest."""
+        started = self._forwards_started.pop(thread, None)
+        if started is not None:
+            self.slowest_forward_s = max(self.slowest_forward_s, self._clock() - started)
 
     def running_for(self) -> float:
         """Seconds the oldest running forward has run; 0 when none runs."""

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from clipfleet.api.limits import ApiLimits
 from clipfleet.api.settings import AuthConfig, CorsConfig
 from clipfleet.config_fleet import AffinityConfig, SharedCacheConfig, StrictModel
+from clipfleet.ingress.priority import DEFAULT_BULK_EVERY, DEFAULT_BULK_SLICE_S
 
 RANDOM_WEIGHTS_ENV = "CLIPFLEET_RANDOM_WEIGHTS"
 _TRUE_WORDS = {"1", "true", "yes", "on"}
@@ -160,7 +161,7 @@ class EncoderConfig(BatchingConfig):
     cache: CacheConfig = CacheConfig()
     # Priority classes (clipfleet/ingress/priority.py): while bulk work waits, at least one forward
     # in this many serves it; the others serve interactive work first.
-    bulk_every: int = Field(4, ge=2, le=1000)
+    bulk_every: int = Field(DEFAULT_BULK_EVERY, ge=2, le=1000)
     # Items in one bulk forward (null: max_batch_size): what an interactive request waits for
     # where a bulk forward cannot be parked (bulk_preempt off, a model without torch modules).
     bulk_max_batch_size: int | None = Field(None, ge=1, le=512)
@@ -170,7 +171,7 @@ class EncoderConfig(BatchingConfig):
     # A parked bulk forward whose turn is due (bulk_every) goes on for this long before
     # interactive work may park it again (null: to its end): the most an interactive request
     # waits for one bulk turn. Bulk keeps one slice in every bulk_every turns.
-    bulk_slice_s: float | None = Field(0.03, ge=0.0, le=60.0)
+    bulk_slice_s: float | None = Field(DEFAULT_BULK_SLICE_S, ge=0.0, le=60.0)
     stall_limit_s: float = Field(15.0, gt=0.0, le=3600.0)
     fault_error_ratio: float = Field(0.0, ge=0.0, le=1.0)
     fault_latency_s: float = Field(0.0, ge=0.0, le=30.0)
